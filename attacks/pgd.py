@@ -1,0 +1,45 @@
+"""Projected gradient descent (Madry et al., "Towards Deep Learning Models Resistant to Adversarial
+Attacks", ICLR 2018) for Linf, L2 and L1, on the shared :class:`IterativeAttack` loop.
+
+Steps follow the threat model's steepest-ascent direction (sign for Linf, normalized gradient for
+L2, sparse top-k signs for L1) and are projected exactly onto ball ∩ box. The default step length
+is Madry's rule, 2.5 * eps / steps, so the iterate can cross the ball in a fraction of the budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import Tensor
+
+from robustbench_ext.errors import RbxError
+from robustbench_ext.losses import LOSSES
+from robustbench_ext.attack import IterativeAttack
+from robustbench_ext.registry import ATTACKS
+
+
+@ATTACKS.register("pgd", summary="PGD with random start and restarts (Madry et al. 2018); loss ce or margin")
+@dataclass(eq=False)
+class PGD(IterativeAttack):
+    """PGD: ``steps`` projected steepest-ascent steps of ``rel_step_size * eps`` on the ``loss``."""
+
+    name: ClassVar[str] = "pgd"
+
+    steps: int = 20
+    loss: str = "ce"
+    rel_step_size: float | None = None  # None: 2.5 / steps (Madry et al. 2018)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.loss not in LOSSES:
+            raise RbxError(f"attack 'pgd': unknown loss '{self.loss}'; known: {', '.join(LOSSES)}")
+        if self.rel_step_size is not None and not self.rel_step_size > 0:
+            raise RbxError(f"attack 'pgd': rel_step_size must be > 0, got {self.rel_step_size!r}")
+
+    def objective(self, logits: Tensor, y: Tensor, step: int) -> Tensor:
+        return LOSSES[self.loss](logits, y)
+
+    def step_size(self, step: int, eps: float) -> float:
+        rel = self.rel_step_size if self.rel_step_size is not None else 2.5 / self.steps
+        return rel * eps

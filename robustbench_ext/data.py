@@ -1,0 +1,263 @@
+"""Evaluation data: CIFAR-10 (official or the offline JPEG copy), ``npz:PATH`` and ``imagefolder:PATH``.
+
+Every loader returns :class:`EvalData`: images ``[N, C, H, W]`` float32 in [0, 1] on the CPU,
+labels ``[N]`` int64, and where they came from. ``n_examples`` takes the first N.
+
+Where CIFAR-10 is looked for, in order (first hit wins):
+
+1. each folder of ``$RBX_DATA`` (``os.pathsep``-separated), then ``./data``, then ``<repo>/data``:
+   the official torchvision layout (``cifar-10-batches-py/``) or the packed JPEG copy
+   (``cifar10/{test,train}_jpeg.npz``);
+2. ``../shared/data/cifar10/`` beside the working directory or the repository (the JPEG copy);
+3. otherwise the official dataset is downloaded through torchvision into ``./data``.
+
+The JPEG copy is class-interleaved (image k has label k % 10) and not lossless; records label it
+"CIFAR-10 (JPEG copy)" so its numbers are never mistaken for numbers on the official test set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import DataError
+from .registry import DATASETS
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """A slice of a dataset ready to evaluate.
+
+    ``x``: ``[N, C, H, W]`` float32 in [0, 1] (CPU); ``y``: ``[N]`` int64. ``source`` is a human
+    label ("CIFAR-10 test (JPEG copy)"); ``location`` the file or folder it was read from.
+    """
+
+    name: str
+    x: Tensor
+    y: Tensor
+    source: str
+    location: str
+    split: str | None = None
+    classes: tuple[str, ...] | None = None
+
+    @property
+    def n(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def num_classes(self) -> int | None:
+        return len(self.classes) if self.classes else None
+
+    def sha256(self) -> str:
+        """Hash of exactly what is evaluated: float32 pixels (C-order) then int64 labels."""
+        h = hashlib.sha256()
+        h.update(self.x.detach().cpu().to(torch.float32).contiguous().numpy().tobytes())
+        h.update(self.y.detach().cpu().to(torch.int64).contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def describe(self) -> dict:
+        """The record's ``dataset`` block."""
+        return {
+            "name": self.name,
+            "source": self.source,
+            "location": self.location,
+            "split": self.split,
+            "n": self.n,
+            "selection": f"first {self.n}",
+            "shape": list(self.x.shape[1:]),
+            "num_classes": self.num_classes,
+            "sha256": self.sha256(),
+        }
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+def check_n_examples(n_examples: int | None, available: int, what: str) -> int:
+    """Validate ``n_examples`` against ``available``; ``None`` means all."""
+    if n_examples is None:
+        return available
+    if isinstance(n_examples, bool) or not isinstance(n_examples, (int, np.integer)) or n_examples < 1:
+        raise DataError(f"--n-examples must be a positive integer, got {n_examples!r}")
+    if n_examples > available:
+        raise DataError(f"--n-examples {n_examples} is more than the {available} images in {what}")
+    return int(n_examples)
+
+
+def _to_float_images(arr: np.ndarray, what: str) -> Tensor:
+    """uint8 or float images in NHWC, NCHW or NHW -> float32 ``[N, C, H, W]`` in [0, 1]."""
+    a = np.asarray(arr)
+    if a.ndim == 3:
+        a = a[:, None]
+    if a.ndim != 4:
+        raise DataError(f"{what}: images must be [N, H, W, C] or [N, C, H, W], got shape {a.shape}")
+    if a.shape[-1] in (1, 3, 4) and a.shape[1] not in (1, 3, 4):
+        a = a.transpose(0, 3, 1, 2)
+    if a.dtype == np.uint8:
+        return torch.from_numpy(np.ascontiguousarray(a)).float().div_(255.0)
+    if not np.issubdtype(a.dtype, np.floating):
+        raise DataError(f"{what}: images must be uint8 or float, got {a.dtype}")
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    if not torch.isfinite(t).all():
+        raise DataError(f"{what}: images contain NaN or inf")
+    lo, hi = float(t.min()), float(t.max())
+    if lo < 0 or hi > 1:
+        hint = " (looks like 0..255: store uint8 or divide by 255)" if hi > 1.5 else ""
+        raise DataError(f"{what}: float images must lie in [0, 1], got {lo:.4g}..{hi:.4g}{hint}")
+    return t
+
+
+def _labels(arr: np.ndarray, n: int, what: str) -> Tensor:
+    y = np.asarray(arr)
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{what}: labels must be a 1-D integer array, got {y.dtype} {y.shape}")
+    if len(y) < n:
+        raise DataError(f"{what}: {len(y)} labels for {n} images")
+    if len(y) and y.min() < 0:
+        raise DataError(f"{what}: labels must be >= 0, found {int(y.min())}")
+    return torch.from_numpy(y[:n].astype(np.int64))
+
+
+def _stack_images(arrays: list[np.ndarray], what: str) -> Tensor:
+    shapes = sorted({a.shape for a in arrays})
+    if len(shapes) > 1:
+        raise DataError(f"{what}: images differ in size ({shapes[:3]}): resize them to one size first")
+    return _to_float_images(np.stack(arrays), what)
+
+
+def decode_packed_jpeg(jpeg: np.ndarray, offsets: np.ndarray, n: int, what: str) -> Tensor:
+    """Decode images 0..n-1 of a packed-JPEG array (image k is ``jpeg[offsets[k]:offsets[k+1]]``)."""
+    from PIL import Image
+
+    arrays = []
+    for k in range(n):
+        try:
+            img = Image.open(io.BytesIO(jpeg[offsets[k] : offsets[k + 1]].tobytes())).convert("RGB")
+        except Exception as exc:
+            raise DataError(f"{what}: image {k} is not a readable JPEG ({exc})") from None
+        arrays.append(np.asarray(img))
+    return _stack_images(arrays, what)
+
+
+def read_npz(path: Path, n_examples: int | None, name: str, source: str | None = None) -> EvalData:
+    """Read decoded (``x``, ``y``) or packed-JPEG (``jpeg``, ``offsets``, ``y``) npz images."""
+    what = str(path)
+    if not path.is_file():
+        raise DataError(f"no such file: {path}")
+    try:
+        z = np.load(path, allow_pickle=False)
+        keys = set(z.files)
+    except Exception as exc:
+        raise DataError(f"cannot read {path} as .npz ({exc})") from None
+    classes = tuple(str(c) for c in z["classes"]) if "classes" in keys else None
+    if {"jpeg", "offsets", "y"} <= keys:
+        offsets = z["offsets"]
+        total = len(offsets) - 1
+        n = check_n_examples(n_examples, total, what)
+        x = decode_packed_jpeg(z["jpeg"], offsets, n, what)
+    elif {"x", "y"} <= keys:
+        xs = z["x"]
+        n = check_n_examples(n_examples, len(xs), what)
+        x = _to_float_images(xs[:n], what)
+    else:
+        raise DataError(f"{path}: expected arrays x and y, or jpeg, offsets and y; found {sorted(keys)}")
+    y = _labels(z["y"], n, what)
+    if classes and len(y) and int(y.max()) >= len(classes):
+        raise DataError(f"{what}: label {int(y.max())} is out of range for {len(classes)} classes")
+    return EvalData(name, x, y, source or f"npz ({path.name})", str(path), None, classes)
+
+
+# ---- search paths ---------------------------------------------------------------------------------
+def data_dirs() -> list[Path]:
+    """Folders searched for local datasets, in order (see the module docstring)."""
+    env = [Path(p) for p in os.environ.get("RBX_DATA", "").split(os.pathsep) if p]
+    local = [Path("data"), REPO_ROOT / "data"]
+    shared = [Path("..") / "shared" / "data", REPO_ROOT.parent / "shared" / "data"]
+    seen, out = set(), []
+    for p in env + local + shared:
+        key = str(p.resolve())
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+def _load_cifar10(split: str, n_examples: int | None, name: str) -> EvalData:
+    train = split == "train"
+    for d in data_dirs():
+        if (d / "cifar-10-batches-py").is_dir():
+            return _torchvision_cifar10(d, train, n_examples, name, download=False)
+        packed = d / "cifar10" / f"{split}_jpeg.npz"
+        if packed.is_file():
+            data = read_npz(packed, n_examples, name, source=f"CIFAR-10 {split} (JPEG copy)")
+            return EvalData(name, data.x, data.y, data.source, data.location, split, CIFAR10_CLASSES)
+    log.info("CIFAR-10 not found locally (searched %s); downloading through torchvision", ", ".join(map(str, data_dirs())))
+    return _torchvision_cifar10(Path("data"), train, n_examples, name, download=True)
+
+
+def _torchvision_cifar10(root: Path, train: bool, n_examples: int | None, name: str, download: bool) -> EvalData:
+    from torchvision.datasets import CIFAR10
+
+    split = "train" if train else "test"
+    try:
+        ds = CIFAR10(str(root), train=train, download=download)
+    except Exception as exc:
+        searched = ", ".join(str(d) for d in data_dirs())
+        raise DataError(
+            f"CIFAR-10 {split} not found (searched {searched}) and the torchvision download failed "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            f"put {split}_jpeg.npz in ./data/cifar10/ or set RBX_DATA"
+        ) from None
+    n = check_n_examples(n_examples, len(ds.targets), f"CIFAR-10 {split}")
+    x = _to_float_images(ds.data[:n], "CIFAR-10")
+    y = torch.as_tensor(ds.targets[:n], dtype=torch.int64)
+    return EvalData(name, x, y, f"CIFAR-10 {split} (official, torchvision)", str(root), split, CIFAR10_CLASSES)
+
+
+# ---- registered datasets ---------------------------------------------------------------------------
+@DATASETS.register("cifar10", summary="CIFAR-10 test split (10,000 images): local copy or torchvision download")
+def cifar10(n_examples: int | None = None) -> EvalData:
+    """CIFAR-10 test split."""
+    return _load_cifar10("test", n_examples, "cifar10")
+
+
+@DATASETS.register("cifar10-train", summary="CIFAR-10 train split (50,000 images): local copy or torchvision download")
+def cifar10_train(n_examples: int | None = None) -> EvalData:
+    """CIFAR-10 training split."""
+    return _load_cifar10("train", n_examples, "cifar10-train")
+
+
+@DATASETS.register("npz", takes_arg=True, arg_name="PATH",
+                   summary="images from an .npz: x [N,H,W,C] uint8 or [0,1] float and y, or packed jpeg/offsets/y")
+def npz(path: str, n_examples: int | None = None) -> EvalData:
+    return read_npz(Path(path), n_examples, f"npz:{path}")
+
+
+@DATASETS.register("imagefolder", takes_arg=True, arg_name="PATH",
+                   summary="a torchvision ImageFolder (PATH/<class>/<image>); classes in sorted order")
+def imagefolder(path: str, n_examples: int | None = None) -> EvalData:
+    from torchvision.datasets import ImageFolder
+
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"no such folder: {root}")
+    try:
+        ds = ImageFolder(str(root))
+    except Exception as exc:
+        raise DataError(f"cannot read {root} as an image folder ({exc})") from None
+    n = check_n_examples(n_examples, len(ds.samples), str(root))
+    x = _stack_images([np.asarray(ds[k][0].convert("RGB")) for k in range(n)], str(root))
+    y = torch.as_tensor([t for _, t in ds.samples[:n]], dtype=torch.int64)
+    return EvalData(f"imagefolder:{path}", x, y, f"image folder ({root.name})", str(root), None, tuple(ds.classes))

@@ -1,0 +1,303 @@
+"""Result records: one JSON record per run plus an ``.npz`` of per-sample flags; the one schema.
+
+Record (``schema = "rbx.record/1"``), a :class:`RunRecord`:
+
+- ``run_id``, ``suite`` (name or null), ``model`` (name, architecture, source, sha256, ...),
+  ``dataset`` (name, source, location, split, n, selection, sha256 of the evaluated slice);
+- ``n``, ``clean`` / ``union`` (:class:`Accuracy`: accuracy, count, n, 95% Wilson interval);
+- ``threats``: per threat model its robust :class:`Accuracy` and the attack cascade
+  (:class:`AttackStage`: name, parameters, seconds, points attacked and broken, passes, loss curve);
+- ``config`` (seed, batch size, device) and ``provenance`` (rbx version, git commit, torch/CUDA
+  versions, device name, start time, wall seconds, ...);
+- ``flags_file`` and ``flags_sha256``: the companion npz (:class:`SampleFlags`).
+
+Flags npz arrays: ``index`` [N] (position in the dataset), ``y`` [N], ``clean_correct`` [N] bool,
+``robust`` [N, T] bool (T threat models, in the record's order), ``union`` [N] bool,
+``broken_by`` [N, T] int16 (index of the attack in that threat's cascade that broke the point;
+:data:`ROBUST` = -1 if none did, :data:`MISCLASSIFIED` = -2 if the clean input was already wrong),
+``threats`` [T] str.
+
+Both files are written atomically (temp file, fsync, rename), flags first, so a record that exists
+always has its flags, and an interrupted run leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .errors import ResultsError
+from .stats import wilson_interval
+
+SCHEMA = "rbx.record/1"
+ROBUST = -1
+MISCLASSIFIED = -2
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """``count`` of ``n`` samples; ``accuracy = count / n``; ``ci95`` the Wilson interval."""
+
+    accuracy: float
+    count: int
+    n: int
+    ci95: tuple[float, float]
+
+    @classmethod
+    def from_flags(cls, flags: np.ndarray) -> "Accuracy":
+        flags = np.asarray(flags, dtype=bool)
+        n, k = int(flags.size), int(flags.sum())
+        return cls(k / n if n else 0.0, k, n, wilson_interval(k, n))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Accuracy":
+        return cls(float(d["accuracy"]), int(d["count"]), int(d["n"]), tuple(d["ci95"]))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class AttackStage:
+    """One attack of one threat model's cascade, as it ran."""
+
+    attack: str
+    params: dict[str, Any]
+    seconds: float
+    n_attacked: int
+    n_broken: int
+    robust_after: int
+    n_forward: int = 0
+    n_backward: int = 0
+    loss_curve: tuple[float, ...] = ()
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AttackStage":
+        d = dict(d)
+        d["loss_curve"] = tuple(d.get("loss_curve", ()))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class ThreatResult:
+    """Robust accuracy under one threat model and the cascade that produced it."""
+
+    threat: str
+    norm: str
+    eps: float
+    robust: Accuracy
+    attacks: tuple[AttackStage, ...]
+    seconds: float
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ThreatResult":
+        return cls(d["threat"], d["norm"], float(d["eps"]), Accuracy.from_dict(d["robust"]),
+                   tuple(AttackStage.from_dict(a) for a in d["attacks"]), float(d["seconds"]))
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One evaluation of one model on one dataset slice under one or more threat models."""
+
+    run_id: str
+    suite: str | None
+    model: dict[str, Any]
+    dataset: dict[str, Any]
+    n: int
+    clean: Accuracy
+    threats: tuple[ThreatResult, ...]
+    union: Accuracy
+    config: dict[str, Any]
+    provenance: dict[str, Any]
+    flags_file: str = ""
+    flags_sha256: str = ""
+    checks: dict[str, Any] = field(default_factory=dict)
+    schema: str = SCHEMA
+
+    @property
+    def suite_label(self) -> str:
+        """The suite name, or ``custom: <threats>`` for runs given threat models directly."""
+        return self.suite or "custom: " + " + ".join(t.threat for t in self.threats)
+
+    def threat(self, label: str) -> ThreatResult:
+        for t in self.threats:
+            if t.threat == label:
+                return t
+        raise KeyError(label)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {"schema": d.pop("schema"), **d}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False, default=_json_default)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunRecord":
+        schema = d.get("schema")
+        if not isinstance(schema, str) or not schema.startswith("rbx.record/"):
+            raise ResultsError(f"not an rbx record (schema {schema!r})")
+        if schema != SCHEMA:
+            raise ResultsError(f"record schema {schema} is not supported by this rbx (reads {SCHEMA}); upgrade rbx")
+        try:
+            return cls(
+                run_id=d["run_id"], suite=d.get("suite"), model=d["model"], dataset=d["dataset"], n=int(d["n"]),
+                clean=Accuracy.from_dict(d["clean"]),
+                threats=tuple(ThreatResult.from_dict(t) for t in d["threats"]),
+                union=Accuracy.from_dict(d["union"]), config=d["config"], provenance=d["provenance"],
+                flags_file=d.get("flags_file", ""), flags_sha256=d.get("flags_sha256", ""),
+                checks=d.get("checks", {}), schema=schema,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ResultsError(f"malformed rbx record: {type(exc).__name__}: {exc}") from None
+
+
+@dataclass
+class SampleFlags:
+    """Per-sample outcome of a run (see the module docstring for the arrays)."""
+
+    index: np.ndarray
+    y: np.ndarray
+    clean_correct: np.ndarray
+    robust: np.ndarray
+    broken_by: np.ndarray
+    threats: tuple[str, ...]
+
+    @property
+    def union(self) -> np.ndarray:
+        from .runner import union_flags
+
+        return union_flags(self.clean_correct, self.robust)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "index": self.index.astype(np.int64),
+            "y": self.y.astype(np.int64),
+            "clean_correct": self.clean_correct.astype(bool),
+            "robust": self.robust.astype(bool),
+            "union": self.union.astype(bool),
+            "broken_by": self.broken_by.astype(np.int16),
+            "threats": np.array(self.threats, dtype=str),
+        }
+
+    @classmethod
+    def load(cls, path: Path) -> "SampleFlags":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return cls(z["index"], z["y"], z["clean_correct"], z["robust"], z["broken_by"],
+                           tuple(str(t) for t in z["threats"]))
+        except Exception as exc:
+            raise ResultsError(f"cannot read flags file {path}: {exc}") from None
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, (np.ndarray,)):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, tuple):
+        return list(obj)
+    return str(obj)
+
+
+# ---- files ------------------------------------------------------------------------------------------
+def ensure_writable(results_dir: Path) -> Path:
+    """Create ``results_dir`` if needed and prove it is writable, before any work is done."""
+    results_dir = Path(results_dir)
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=results_dir, prefix=".rbx-write-test-", delete=True):
+            pass
+    except OSError as exc:
+        raise ResultsError(f"cannot write to results directory {results_dir} ({exc.strerror or exc}); pass a writable --results-dir") from None
+    return results_dir
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_run(record: RunRecord, flags: SampleFlags, results_dir: Path, stem: str) -> Path:
+    """Write ``<stem>.npz`` then ``<stem>.json`` atomically under ``results_dir/records``; return the JSON path."""
+    out = Path(results_dir) / "records"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **flags.to_arrays())
+        blob = buf.getvalue()
+        flags_path = out / f"{stem}.npz"
+        atomic_write_bytes(flags_path, blob)
+        record = dataclasses.replace(record, flags_file=flags_path.name, flags_sha256=hashlib.sha256(blob).hexdigest())
+        json_path = out / f"{stem}.json"
+        atomic_write_text(json_path, record.to_json() + "\n")
+    except OSError as exc:
+        raise ResultsError(f"cannot write results to {out} ({exc.strerror or exc}); pass a writable --results-dir") from None
+    return json_path
+
+
+def read_record(path: Path) -> RunRecord:
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ResultsError(f"cannot read record {path}: {exc}") from None
+    if not isinstance(d, dict):
+        raise ResultsError(f"{path} is not an rbx record")
+    return RunRecord.from_dict(d)
+
+
+def read_flags(record_path: Path, record: RunRecord | None = None) -> SampleFlags:
+    """The flags npz of the record at ``record_path``, checked against the record's sha256."""
+    record = record or read_record(record_path)
+    path = Path(record_path).parent / record.flags_file
+    if record.flags_sha256:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+        if digest != record.flags_sha256:
+            raise ResultsError(f"flags file {path} is missing or does not match its record's sha256")
+    return SampleFlags.load(path)
+
+
+def iter_records(results_dir: Path) -> Iterator[tuple[Path, RunRecord]]:
+    """Every readable rbx record under ``results_dir`` (recursively), oldest first by start time."""
+    found = []
+    for p in sorted(Path(results_dir).rglob("*.json")):
+        if p.name.startswith("."):
+            continue
+        try:
+            d = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(d, dict) and str(d.get("schema", "")).startswith("rbx.record/"):
+            try:
+                found.append((p, RunRecord.from_dict(d)))
+            except ResultsError:
+                continue
+    found.sort(key=lambda pr: (pr[1].provenance.get("started", ""), str(pr[0])))
+    return iter(found)

@@ -1,0 +1,185 @@
+"""Benchmark suites: declarative TOML files naming a dataset and, per threat model, an ordered attack list.
+
+A suite file (``benchmarks/<name>.toml``)::
+
+    name = "cifar10-union"
+    description = "..."
+    dataset = "cifar10"
+
+    [[threats]]
+    threat = "Linf:8/255"
+    attacks = [{ name = "pgd", steps = 20 }]
+
+Suites are found in ``$RBX_SUITES`` (``os.pathsep``-separated), ``./benchmarks``, ``<repo>/benchmarks``
+and ``<prefix>/share/rbx/benchmarks`` (where ``pip install`` puts the built-in ones); the first file
+defining a name wins. ``--suite`` also takes a path to a ``.toml`` file.
+
+Attack specs on the command line use ``NAME[:KEY=VALUE,...]``, e.g. ``pgd:steps=50,restarts=2``;
+values are read as TOML literals (numbers, ``true``/``false``, quoted strings), else as plain strings.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .attack import Attack
+from .errors import RbxError, UnsupportedNormError
+from .registry import ATTACKS, SUITES
+from .threat import ThreatModel
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """An attack name and its parameters, buildable into an :class:`Attack`."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> "AttackSpec":
+        """``pgd`` or ``pgd:steps=50,restarts=2``."""
+        name, _, rest = str(text).strip().partition(":")
+        params: dict[str, Any] = {}
+        for item in filter(None, (p.strip() for p in rest.split(","))):
+            key, eq, value = item.partition("=")
+            if not eq or not key.strip():
+                raise RbxError(f"cannot parse attack parameter '{item}' in '{text}': write NAME:KEY=VALUE,KEY=VALUE")
+            params[key.strip()] = _literal(value.strip())
+        return cls(name, params)
+
+    @classmethod
+    def from_mapping(cls, obj: Any, where: str) -> "AttackSpec":
+        if isinstance(obj, str):
+            return cls.parse(obj)
+        if isinstance(obj, dict) and isinstance(obj.get("name"), str):
+            return cls(obj["name"], {k: v for k, v in obj.items() if k != "name"})
+        raise RbxError(f"{where}: each attack must be a name or a table with a 'name' key, got {obj!r}")
+
+    def build(self) -> Attack:
+        """Create the attack; unknown names or parameters give an error that lists the valid ones."""
+        entry = ATTACKS.get(self.name)
+        try:
+            return entry.factory(**self.params)
+        except TypeError as exc:
+            fields = getattr(entry.factory, "__dataclass_fields__", {})
+            known = ", ".join(k for k in fields) or "none"
+            raise RbxError(f"attack '{self.name}': bad parameters {self.params} ({exc}); parameters: {known}") from None
+
+    @property
+    def label(self) -> str:
+        if not self.params:
+            return self.name
+        return f"{self.name}(" + ", ".join(f"{k}={v}" for k, v in self.params.items()) + ")"
+
+
+@dataclass(frozen=True)
+class ThreatSpec:
+    """One threat model of a suite and the attacks that run on it, as a cascade, in order."""
+
+    threat: ThreatModel
+    attacks: tuple[AttackSpec, ...]
+
+    def build(self) -> list[Attack]:
+        """Build every attack, checking that each supports this threat model's norm."""
+        built = [a.build() for a in self.attacks]
+        for spec, attack in zip(self.attacks, built):
+            if not attack.supports(self.threat):
+                raise UnsupportedNormError(
+                    f"attack '{spec.name}' does not support {self.threat.norm} (threat {self.threat.label}); "
+                    f"it supports: {', '.join(attack.norms)}"
+                )
+        return built
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A named benchmark: a dataset and threat models with their attack cascades."""
+
+    name: str
+    dataset: str
+    threats: tuple[ThreatSpec, ...]
+    description: str = ""
+    path: str | None = None
+
+    def attacks_for(self, norm: str) -> tuple[AttackSpec, ...] | None:
+        """The attack list this suite uses for ``norm`` (the first threat of that norm), if any."""
+        for spec in self.threats:
+            if spec.threat.norm == norm:
+                return spec.attacks
+        return None
+
+
+def read_suite(path: Path) -> Suite:
+    """Parse one suite file; errors name the file and what is wrong."""
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise RbxError(f"cannot read suite file {path}: {exc}") from None
+    where = str(path)
+    threats_raw = raw.get("threats")
+    if not isinstance(threats_raw, list) or not threats_raw:
+        raise RbxError(f"{where}: a suite needs at least one [[threats]] table")
+    threats = []
+    for i, t in enumerate(threats_raw):
+        if not isinstance(t, dict) or "threat" not in t:
+            raise RbxError(f"{where}: threats[{i}] needs a 'threat' key such as \"Linf:8/255\"")
+        attacks = t.get("attacks") or ["pgd"]
+        threats.append(ThreatSpec(ThreatModel.parse(t["threat"]),
+                                  tuple(AttackSpec.from_mapping(a, f"{where} threats[{i}]") for a in attacks)))
+    return Suite(
+        name=str(raw.get("name") or Path(path).stem),
+        dataset=str(raw.get("dataset", "cifar10")),
+        threats=tuple(threats),
+        description=str(raw.get("description", "")),
+        path=str(path),
+    )
+
+
+def suite_dirs() -> list[Path]:
+    env = [Path(p) for p in os.environ.get("RBX_SUITES", "").split(os.pathsep) if p]
+    return env + [Path("benchmarks"), REPO_ROOT / "benchmarks", Path(sys.prefix) / "share" / "rbx" / "benchmarks"]
+
+
+def load_suite(spec: str) -> Suite:
+    """A registered suite name, or a path to a suite ``.toml`` file."""
+    p = Path(spec)
+    if spec.endswith(".toml") or p.is_file():
+        if not p.is_file():
+            raise RbxError(f"no such suite file: {spec}")
+        return read_suite(p)
+    return SUITES.create(spec)
+
+
+def _register_suite_files() -> None:
+    for d in suite_dirs():
+        if not d.is_dir():
+            continue
+        for f in sorted(p.resolve() for p in d.glob("*.toml")):
+            try:
+                raw = tomllib.loads(f.read_text())
+            except Exception:
+                continue  # a broken file is reported when someone asks for it by path
+            name = str(raw.get("name") or f.stem)
+            if not SUITES.has(name):
+                SUITES.register(name, summary=str(raw.get("description", "")), path=str(f))(lambda f=f: read_suite(f))
+
+
+def _literal(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+_register_suite_files()

@@ -1,0 +1,114 @@
+"""The rbx CLI through click's CliRunner, the bad-input matrix, and the installed `rbx` once end to end."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from robustbench_ext.cli import cli
+from robustbench_ext.records import read_record
+
+SMALL = ["--model", "cifar10-smallcnn-linf-at", "--n-examples", "20", "--batch-size", "10", "--no-progress"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.mark.parametrize("kind", ["attacks", "defenses", "models", "datasets", "suites", "architectures"])
+def test_list(kind):
+    res = invoke("list", kind)
+    assert res.exit_code == 0
+    expected = {"attacks": "pgd", "defenses": "no defenses", "models": "cifar10-smallcnn-linf-at",
+                "datasets": "npz:PATH", "suites": "cifar10-union", "architectures": "smallcnn"}[kind]
+    assert expected in res.output
+
+
+def test_run_writes_record_and_prints_table(in_tmp):
+    res = invoke("run", *SMALL, "--threat", "Linf:8/255", "--threat", "L2:0.5", "--attack", "pgd:steps=3", "--results-dir", in_tmp / "res")
+    assert res.exit_code == 0, res.output
+    for word in ("clean", "Linf:8/255", "L2:0.5", "union", "record:"):
+        assert word in res.stdout
+    records = list((in_tmp / "res" / "records").glob("*.json"))
+    assert len(records) == 1 and len(list((in_tmp / "res" / "records").glob("*.npz"))) == 1
+    rec = read_record(records[0])
+    assert rec.suite is None and rec.suite_label == "custom: Linf:8/255 + L2:0.5"
+    assert rec.threats[0].attacks[0].params["steps"] == 3
+
+
+def test_run_suite_json_and_leaderboard(in_tmp):
+    res = invoke("run", *SMALL, "--suite", "cifar10-union", "--attack", "pgd:steps=2", "--json", "--results-dir", in_tmp)
+    assert res.exit_code == 0
+    d = json.loads(res.stdout)
+    assert [t["threat"] for t in d["threats"]] == ["Linf:8/255", "L2:0.5", "L1:12"]
+    assert d["n"] == 20 and d["schema"] == "rbx.record/1"
+    lb = invoke("leaderboard", "--results-dir", in_tmp)
+    assert lb.exit_code == 0
+    text = (in_tmp / "leaderboard.md").read_text()
+    assert "cifar10-smallcnn-linf-at" in text and "Linf:8/255" in text and "union" in text
+
+
+BAD_INPUTS = [
+    (["--attack", "pgdd"], "unknown attack 'pgdd'; known: pgd"),
+    (["--model", "resnet9000"], "unknown model 'resnet9000'; known:"),
+    (["--dataset", "mnist"], "unknown dataset 'mnist'; known:"),
+    (["--suite", "imagenet-union"], "unknown suite 'imagenet-union'; known:"),
+    (["--threat", "Linf:0"], "eps must be > 0"),
+    (["--threat", "L2:-1"], "eps must be > 0"),
+    (["--threat", "L2:nan"], "eps must be finite"),
+    (["--threat", "L1:inf"], "eps must be finite"),
+    (["--threat", "L3:1"], "unknown norm 'L3'"),
+    (["--threat", "Linf"], "cannot parse threat model"),
+    (["--n-examples", "0"], "--n-examples must be a positive integer"),
+    (["--n-examples", "10001"], "more than the 10000 images"),
+    (["--n-examples", "abc"], "'abc' is not a valid integer"),
+    (["--batch-size", "0"], "--batch-size must be a positive integer"),
+    (["--attack", "pgd:steps=0"], "steps must be a positive integer"),
+    (["--attack", "pgd:stepz=3"], "bad parameters"),
+    (["--device", "cuda"], "CUDA is not available"),
+    (["--device", "tpu"], "unknown device"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2_nothing_written(in_tmp, args, message):
+    if "cuda" in args and __import__("torch").cuda.is_available():
+        pytest.skip("CUDA is available here")
+    base = [a for a in SMALL if a not in ("--n-examples", "20")] if "--n-examples" in args else SMALL
+    res = CliRunner().invoke(cli, ["run", *base, *args, "--results-dir", str(in_tmp / "res")])
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rbx: error:"), res.stderr
+    assert message in lines[0]
+    assert not (in_tmp / "res").exists() or not any((in_tmp / "res").rglob("*"))
+
+
+def test_unwritable_results_dir(in_tmp):
+    blocker = in_tmp / "file"
+    blocker.write_text("a file where a directory should be")
+    res = CliRunner().invoke(cli, ["run", *SMALL, "--threat", "Linf:8/255", "--results-dir", str(blocker / "res")])
+    assert res.exit_code == 2
+    assert res.stderr.startswith("rbx: error: cannot write to results directory") and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_leaderboard_without_results(in_tmp):
+    res = CliRunner().invoke(cli, ["leaderboard", "--results-dir", str(in_tmp / "none")])
+    assert res.exit_code == 2 and "run `rbx run` first" in res.stderr
+
+
+def test_installed_rbx_end_to_end(in_tmp):
+    exe = shutil.which("rbx") or str(Path(sys.executable).parent / "rbx")
+    assert Path(exe).exists(), "the rbx console script is not installed"
+    proc = subprocess.run([exe, "run", *SMALL, "--threat", "L1:12", "--attack", "pgd:steps=2", "--json",
+                           "--results-dir", str(in_tmp / "r")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stderr
+    d = json.loads(proc.stdout)
+    assert d["threats"][0]["threat"] == "L1:12" and 0 <= d["union"]["accuracy"] <= d["clean"]["accuracy"]
+    bad = subprocess.run([exe, "run", "--attack", "nope"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("rbx: error: unknown attack 'nope'")
