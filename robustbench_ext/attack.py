@@ -199,6 +199,8 @@ class IterativeAttack(Attack):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise RbxError(f"attack '{self.name}': {name} must be a positive integer, got {value!r}")
+        if self.restarts > 1 and not self.random_start:
+            raise RbxError(f"attack '{self.name}': restarts > 1 need random_start=true (else every restart is the same)")
         if not 0 < self.l1_sparsity <= 1:
             raise RbxError(f"attack '{self.name}': l1_sparsity must be in (0, 1], got {self.l1_sparsity!r}")
 
