@@ -1,21 +1,14 @@
-# Two user-facing commands:
+# The two user-facing commands (see README):
 #   make demo   create .venv if missing, install, run the default benchmark, write results/ and results/leaderboard.md
 #   make test   install, then run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_N ?= 500
+# Reinstalls when the package metadata or the pins change.
 STAMP := $(VENV)/.rbx-installed
 
-.PHONY: demo test install clean-venv
-
-install: $(STAMP)
-
-$(STAMP): pyproject.toml constraints.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
-	touch $(STAMP)
+.PHONY: demo test
 
 demo: $(STAMP)
 	$(BIN)/rbx run --n-examples $(DEMO_N)
@@ -24,5 +17,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-clean-venv:
-	rm -rf $(VENV)
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)

@@ -14,9 +14,10 @@ stop of fooled points); attacks plug in a loss and a step-size schedule, and the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -224,7 +225,7 @@ class IterativeAttack(Attack):
             x0, y0 = x[idx], y[idx]
             xk = geom.random_init(x0, eps, ctx.generator) if self.random_start else x0.clone()
             for step in range(self.steps):
-                logits, loss, grad = ctx.value_and_grad(xk, lambda z: self.objective(z, y0, step))
+                logits, loss, grad = ctx.value_and_grad(xk, functools.partial(self.objective, y=y0, step=step))
                 ctx.record_loss(loss)
                 hit = logits.argmax(1) != y0
                 if hit.any():  # freeze fooled points where they were fooled and stop spending on them

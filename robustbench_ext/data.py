@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +28,10 @@ import torch
 from torch import Tensor
 
 from .errors import DataError
+from .paths import search_path
 from .registry import DATASETS
 
 log = logging.getLogger(__name__)
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -182,16 +180,7 @@ def read_npz(path: Path, n_examples: int | None, name: str, source: str | None =
 # ---- search paths ---------------------------------------------------------------------------------
 def data_dirs() -> list[Path]:
     """Folders searched for local datasets, in order (see the module docstring)."""
-    env = [Path(p) for p in os.environ.get("RBX_DATA", "").split(os.pathsep) if p]
-    local = [Path("data"), REPO_ROOT / "data"]
-    shared = [Path("..") / "shared" / "data", REPO_ROOT.parent / "shared" / "data"]
-    seen, out = set(), []
-    for p in env + local + shared:
-        key = str(p.resolve())
-        if key not in seen:
-            seen.add(key)
-            out.append(p)
-    return out
+    return search_path("RBX_DATA", "data")
 
 
 def _load_cifar10(split: str, n_examples: int | None, name: str) -> EvalData:

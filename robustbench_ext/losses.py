@@ -5,7 +5,6 @@ Every loss here is one the attacker *maximizes*.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

@@ -26,11 +26,10 @@ from torch import Tensor, nn
 
 from ._compat import import_robustbench
 from .errors import ModelLoadError, RbxError, UnknownNameError
+from .paths import search_path
 from .registry import ARCHITECTURES, MODELS
 
 log = logging.getLogger(__name__)
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: Named input normalizations (mean, std) for ``--normalize``.
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -159,20 +158,7 @@ def load_into(module: nn.Module, state: dict[str, Tensor], arch: str, path: Path
 
 def model_dirs() -> list[Path]:
     """Folders searched for model checkpoints, in order."""
-    env = [Path(p) for p in os.environ.get("RBX_MODELS", "").split(os.pathsep) if p]
-    candidates = env + [
-        Path("models"),
-        REPO_ROOT / "models",
-        Path("..") / "shared" / "models",
-        REPO_ROOT.parent / "shared" / "models",
-    ]
-    seen, out = set(), []
-    for p in candidates:
-        key = str(p.resolve())
-        if key not in seen:
-            seen.add(key)
-            out.append(p)
-    return out
+    return search_path("RBX_MODELS", "models")
 
 
 def find_checkpoint(filename: str) -> Path:

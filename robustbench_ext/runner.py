@@ -152,7 +152,7 @@ def evaluate(
         for ti, (spec, attacks) in enumerate(zip(threats, cascades)):
             still = torch.from_numpy(clean_correct.copy())
             stages, t_threat = [], time.perf_counter()
-            for ai, (aspec, attack) in enumerate(zip(spec.attacks, attacks)):
+            for ai, attack in enumerate(attacks):
                 stage = _run_stage(net, attack, x_all, y_all, still, spec, ti, ai, seed, batch_size, dev, progress)
                 newly = np.asarray(stage.pop("broken"))
                 broken_by[newly, ti] = ai

@@ -20,7 +20,6 @@ values are read as TOML literals (numbers, ``true``/``false``, quoted strings), 
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 from .attack import Attack
 from .errors import RbxError, UnsupportedNormError
+from .paths import search_path
 from .registry import ATTACKS, SUITES
 from .threat import ThreatModel
 
@@ -35,8 +35,6 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -147,8 +145,8 @@ def read_suite(path: Path) -> Suite:
 
 
 def suite_dirs() -> list[Path]:
-    env = [Path(p) for p in os.environ.get("RBX_SUITES", "").split(os.pathsep) if p]
-    return env + [Path("benchmarks"), REPO_ROOT / "benchmarks", Path(sys.prefix) / "share" / "rbx" / "benchmarks"]
+    return search_path("RBX_SUITES", "benchmarks", shared=False,
+                       extra=(Path(sys.prefix) / "share" / "rbx" / "benchmarks",))
 
 
 def load_suite(spec: str) -> Suite:

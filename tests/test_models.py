@@ -1,7 +1,6 @@
 """Model sources: reference models, file:PATH, robustbench:ID offline, normalization, and load errors."""
 
 import hashlib
-from pathlib import Path
 
 import pytest
 import torch

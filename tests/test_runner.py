@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from robustbench_ext.records import (MISCLASSIFIED, ROBUST, Accuracy, RunRecord, SampleFlags, read_flags,
+from robustbench_ext.records import (MISCLASSIFIED, ROBUST, Accuracy, read_flags,
                                      read_record)
 from robustbench_ext.runner import derive_seed, evaluate, union_flags
 from robustbench_ext.stats import wilson_interval
