@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DEMO_N ?= 500
+DEMO_N ?= 100
 # Reinstalls when the package metadata or the pins change.
 STAMP := $(VENV)/.rbx-installed
 

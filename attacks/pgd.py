@@ -15,7 +15,7 @@ from torch import Tensor
 
 from robustbench_ext.errors import RbxError
 from robustbench_ext.losses import LOSSES
-from robustbench_ext.attack import IterativeAttack
+from robustbench_ext.attack import IterativeAttack, Pass
 from robustbench_ext.registry import ATTACKS
 
 
@@ -25,6 +25,7 @@ class PGD(IterativeAttack):
     """PGD: ``steps`` projected steepest-ascent steps of ``rel_step_size * eps`` on the ``loss``."""
 
     name: ClassVar[str] = "pgd"
+    smoke_params: ClassVar[dict] = {"steps": 5}
 
     steps: int = 20
     loss: str = "ce"
@@ -37,9 +38,9 @@ class PGD(IterativeAttack):
         if self.rel_step_size is not None and not self.rel_step_size > 0:
             raise RbxError(f"attack 'pgd': rel_step_size must be > 0, got {self.rel_step_size!r}")
 
-    def objective(self, logits: Tensor, y: Tensor, step: int) -> Tensor:
+    def objective(self, logits: Tensor, y: Tensor, step: int, state: dict, p: Pass) -> Tensor:
         return LOSSES[self.loss](logits, y)
 
-    def step_size(self, step: int, eps: float) -> float:
+    def step_size(self, step: int, eps: float, state: dict, p: Pass) -> float:
         rel = self.rel_step_size if self.rel_step_size is not None else 2.5 / self.steps
         return rel * eps

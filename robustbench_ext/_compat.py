@@ -20,13 +20,18 @@ from .errors import RbxError
 def _alias_autoattack() -> None:
     if "autoattack" in sys.modules and getattr(sys.modules["autoattack"], "AutoAttack", None) is not None:
         return  # a real `autoattack` (fra31's git install) is already imported: use it
-    try:
-        pyautoattack = importlib.import_module("pyautoattack")
-        state = importlib.import_module("pyautoattack.state")
-    except ImportError as exc:  # pragma: no cover - pyautoattack is a dependency
-        raise RbxError(f"pyautoattack is not installed ({exc}): pip install pyautoattack") from None
+    pyautoattack = import_pyautoattack()
+    state = importlib.import_module("pyautoattack.state")
     sys.modules.setdefault("autoattack", pyautoattack)
     sys.modules.setdefault("autoattack.state", state)
+
+
+def import_pyautoattack() -> ModuleType:
+    """The ``pyautoattack`` package (AutoAttack on PyPI), with a clear error when it is missing."""
+    try:
+        return importlib.import_module("pyautoattack")
+    except ImportError as exc:
+        raise RbxError(f"pyautoattack is not installed ({exc}): pip install pyautoattack") from None
 
 
 def import_robustbench(submodule: str = "") -> ModuleType:

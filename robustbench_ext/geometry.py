@@ -54,6 +54,8 @@ class Geometry(ABC):
     """The math of one lp threat model. Stateless; get instances with :func:`get_geometry`."""
 
     norm: ClassVar[str]
+    #: Whether steepest-ascent steps are sparse (take a ``sparsity``); attacks adapt their schedule to it.
+    sparse_steps: ClassVar[bool] = False
 
     # ---- the norm -----------------------------------------------------------------------------
     @abstractmethod
@@ -177,6 +179,7 @@ class L2Geometry(Geometry):
 
 class L1Geometry(Geometry):
     norm = "L1"
+    sparse_steps = True
 
     def norm_of(self, delta: Tensor) -> Tensor:
         return _flat(delta).abs().sum(dim=1)

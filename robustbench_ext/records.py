@@ -7,6 +7,7 @@ Record (``schema = "rbx.record/1"``), a :class:`RunRecord`:
 - ``n``, ``clean`` / ``union`` (:class:`Accuracy`: accuracy, count, n, 95% Wilson interval);
 - ``threats``: per threat model its robust :class:`Accuracy` and the attack cascade
   (:class:`AttackStage`: name, parameters, seconds, points attacked and broken, passes, loss curve);
+- ``union_attacks``: the union stage (multi-threat attacks run last on union-robust points), if any;
 - ``config`` (seed, batch size, device) and ``provenance`` (rbx version, git commit, torch/CUDA
   versions, device name, start time, wall seconds, ...);
 - ``flags_file`` and ``flags_sha256``: the companion npz (:class:`SampleFlags`).
@@ -118,6 +119,7 @@ class RunRecord:
     flags_file: str = ""
     flags_sha256: str = ""
     checks: dict[str, Any] = field(default_factory=dict)
+    union_attacks: tuple[AttackStage, ...] = ()
     schema: str = SCHEMA
 
     @property
@@ -153,6 +155,7 @@ class RunRecord:
                 union=Accuracy.from_dict(d["union"]), config=d["config"], provenance=d["provenance"],
                 flags_file=d.get("flags_file", ""), flags_sha256=d.get("flags_sha256", ""),
                 checks=d.get("checks", {}), schema=schema,
+                union_attacks=tuple(AttackStage.from_dict(a) for a in d.get("union_attacks", ())),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ResultsError(f"malformed rbx record: {type(exc).__name__}: {exc}") from None

@@ -36,7 +36,8 @@ from .data import EvalData
 from .errors import DataError, RbxError
 from .models import LoadedModel
 from .records import MISCLASSIFIED, ROBUST, Accuracy, AttackStage, RunRecord, SampleFlags, ThreatResult, write_run
-from .suites import ThreatSpec
+from .suites import AttackSpec, ThreatSpec, build_union
+from .threat import ThreatModel
 
 log = logging.getLogger(__name__)
 
@@ -122,13 +123,19 @@ def evaluate(
     data: EvalData,
     threats: Sequence[ThreatSpec],
     *,
+    union_attacks: Sequence[AttackSpec] = (),
     suite: str | None = None,
     seed: int = 0,
     batch_size: int = 256,
     device: str | torch.device = "auto",
     progress: bool = True,
 ) -> Evaluation:
-    """Run the clean pass and every threat model's cascade; return the record and flags (nothing written)."""
+    """Run the clean pass, every threat model's cascade and the union stage; return record and flags.
+
+    ``union_attacks`` (multi-threat attacks such as ``union-worst``) run last, on the points still
+    union-robust, and break points per threat model: their ``broken_by`` index continues after that
+    threat model's own cascade. Nothing is written.
+    """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise RbxError(f"--batch-size must be a positive integer, got {batch_size!r}")
     if not threats:
@@ -137,32 +144,45 @@ def evaluate(
     if len(set(labels)) != len(labels):
         raise RbxError(f"threat models repeat: {', '.join(labels)}")
     cascades = [spec.build() for spec in threats]  # fails fast on bad names, params or norms
+    union_stages = build_union(tuple(union_attacks))
     dev = resolve_device(device)
     started, t0 = provenance.utc_now(), time.perf_counter()
     net = model.module.to(dev)
     x_all, y_all = data.x, data.y
-    n = data.n
+    n, t_count = data.n, len(threats)
 
     with frozen(net):
         clean_correct = _clean_pass(net, x_all, y_all, batch_size, dev, data)
-        robust = np.zeros((n, len(threats)), dtype=bool)
-        broken_by = np.full((n, len(threats)), ROBUST, dtype=np.int16)
+        still = torch.from_numpy(np.repeat(clean_correct[:, None], t_count, axis=1))  # [N, T] robust so far
+        broken_by = np.full((n, t_count), ROBUST, dtype=np.int16)
         broken_by[~clean_correct] = MISCLASSIFIED
-        threat_results = []
-        for ti, (spec, attacks) in enumerate(zip(threats, cascades)):
-            still = torch.from_numpy(clean_correct.copy())
-            stages, t_threat = [], time.perf_counter()
-            for ai, attack in enumerate(attacks):
-                stage = _run_stage(net, attack, x_all, y_all, still, spec, ti, ai, seed, batch_size, dev, progress)
-                newly = np.asarray(stage.pop("broken"))
-                broken_by[newly, ti] = ai
-                stages.append(AttackStage(attack=attack.name, params=attack.params(), **stage))
-            robust[:, ti] = still.numpy()
-            threat_results.append(ThreatResult(spec.threat.label, spec.threat.norm, spec.threat.eps,
-                                               Accuracy.from_flags(robust[:, ti]), tuple(stages),
-                                               round(time.perf_counter() - t_threat, 3)))
-            log.info("%s: robust %.2f%%", spec.threat.label, 100 * threat_results[-1].robust.accuracy)
+        per_threat: list[list[AttackStage]] = []
+        seconds: list[float] = []
+        for ti, (spec, stages) in enumerate(zip(threats, cascades)):
+            done, t_threat = [], time.perf_counter()
+            for ai, stage in enumerate(stages):
+                col = still[:, ti]
+                res = _run_stage(net, stage.attack, stage.label, x_all, y_all, col, spec.threat,
+                                 lambda bi, ti=ti, ai=ai: derive_seed(seed, ti, ai, bi), batch_size, dev, progress)
+                still[:, ti] = col
+                broken_by[res.pop("broken"), ti] = ai
+                done.append(AttackStage(attack=stage.label, params=stage.attack.params(), **res))
+            per_threat.append(done)
+            seconds.append(time.perf_counter() - t_threat)
+            log.info("%s: robust %.2f%%", spec.threat.label, 100 * still[:, ti].float().mean().item())
+        union_done = []
+        for uj, (label, attack) in enumerate(union_stages):
+            res, hits = _run_union_stage(net, attack, label, x_all, y_all, still, [t.threat for t in threats],
+                                         lambda bi, uj=uj: derive_seed(seed, t_count, uj, bi), batch_size, dev, progress)
+            for ti in range(t_count):
+                broken_by[hits[ti], ti] = len(cascades[ti]) + uj
+            union_done.append(AttackStage(attack=label, params=attack.params(), **res))
 
+    robust = still.numpy()
+    threat_results = tuple(
+        ThreatResult(spec.threat.label, spec.threat.norm, spec.threat.eps, Accuracy.from_flags(robust[:, ti]),
+                     tuple(per_threat[ti]), round(seconds[ti], 3))
+        for ti, spec in enumerate(threats))
     union = union_flags(clean_correct, robust)
     flags = SampleFlags(np.arange(n), y_all.numpy(), clean_correct, robust, broken_by, tuple(labels))
     record = RunRecord(
@@ -172,11 +192,13 @@ def evaluate(
         dataset=data.describe(),
         n=n,
         clean=Accuracy.from_flags(clean_correct),
-        threats=tuple(threat_results),
+        threats=threat_results,
         union=Accuracy.from_flags(union),
         config={"seed": seed, "batch_size": batch_size, "device": str(dev),
-                "threats": [{"threat": s.threat.label, "attacks": [a.label for a in s.attacks]} for s in threats]},
+                "threats": [{"threat": s.threat.label, "attacks": [a.label for a in s.attacks]} for s in threats],
+                "union_attacks": [a.label for a in union_attacks]},
         provenance=provenance.collect(dev, seed, started, time.perf_counter() - t0),
+        union_attacks=tuple(union_done),
     )
     ev = Evaluation(record, flags)
     ev.record = _with_run_id(record, ev.stem)
@@ -205,20 +227,20 @@ def _clean_pass(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: in
     return correct
 
 
-def _run_stage(net, attack, x_all, y_all, still: torch.Tensor, spec: ThreatSpec, ti: int, ai: int, seed: int,
+def _run_stage(net, attack, label: str, x_all, y_all, still: torch.Tensor, threat: ThreatModel, seed_for,
                batch_size: int, dev: torch.device, progress: bool) -> dict:
-    """One attack over the points ``still`` robust (updated in place)."""
+    """One attack over the points ``still`` robust (a [N] bool tensor, updated in place)."""
     idx = still.nonzero().squeeze(1)
     n_attacked, t0 = int(idx.numel()), time.perf_counter()
     n_fwd = n_bwd = 0
     curve_sum: list[float] = []
     curve_n: list[int] = []
     broken: list[np.ndarray] = []
-    bar = tqdm(total=n_attacked, desc=f"{spec.threat.label} {attack.name}", unit="pt", leave=False,
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=n_attacked, desc=f"{threat.label} {label}", unit="pt", leave=False, disable=not progress,
+               dynamic_ncols=True)
     remaining = n_attacked
     for bi, chunk in enumerate(_batches(idx, batch_size)):
-        res = attack(net, x_all[chunk].to(dev), y_all[chunk].to(dev), spec.threat, seed=derive_seed(seed, ti, ai, bi))
+        res = attack(net, x_all[chunk].to(dev), y_all[chunk].to(dev), threat, seed=seed_for(bi))
         hit = chunk[res.success.cpu()]
         still[hit] = False
         broken.append(hit.numpy())
@@ -244,3 +266,33 @@ def _run_stage(net, attack, x_all, y_all, still: torch.Tensor, spec: ThreatSpec,
         "loss_curve": tuple(round(s / c, 6) for s, c in zip(curve_sum, curve_n)),
         "broken": np.concatenate(broken) if broken else np.zeros(0, dtype=np.int64),
     }
+
+
+def _run_union_stage(net, attack, label: str, x_all, y_all, still: torch.Tensor, threats, seed_for, batch_size: int,
+                     dev: torch.device, progress: bool) -> tuple[dict, list[np.ndarray]]:
+    """A multi-threat attack over the points robust under every threat model; updates ``still`` [N, T]."""
+    idx = still.all(1).nonzero().squeeze(1)
+    n_attacked, t0 = int(idx.numel()), time.perf_counter()
+    n_fwd = n_bwd = 0
+    hits: list[list[np.ndarray]] = [[] for _ in threats]
+    bar = tqdm(total=n_attacked, desc=f"union {label}", unit="pt", leave=False, disable=not progress, dynamic_ncols=True)
+    for bi, chunk in enumerate(_batches(idx, batch_size)):
+        res = attack(net, x_all[chunk].to(dev), y_all[chunk].to(dev), threats, seed=seed_for(bi))
+        success = res.success.cpu()
+        for ti in range(len(threats)):
+            hit = chunk[success[:, ti]]
+            still[hit, ti] = False
+            hits[ti].append(hit.numpy())
+        n_fwd += res.n_forward
+        n_bwd += res.n_backward
+        bar.update(len(chunk))
+    bar.close()
+    robust_after = int(still[idx].all(1).sum()) if n_attacked else 0
+    return ({
+        "seconds": round(time.perf_counter() - t0, 3),
+        "n_attacked": n_attacked,
+        "n_broken": n_attacked - robust_after,
+        "robust_after": robust_after,
+        "n_forward": n_fwd,
+        "n_backward": n_bwd,
+    }, [np.concatenate(h) if h else np.zeros(0, dtype=np.int64) for h in hits])

@@ -10,12 +10,16 @@ A suite file (``benchmarks/<name>.toml``)::
     threat = "Linf:8/255"
     attacks = [{ name = "pgd", steps = 20 }]
 
+    [union]                      # optional: multi-threat attacks run last, on points still union-robust
+    attacks = ["union-worst:attack=apgd-ce"]
+
 Suites are found in ``$RBX_SUITES`` (``os.pathsep``-separated), ``./benchmarks``, ``<repo>/benchmarks``
 and ``<prefix>/share/rbx/benchmarks`` (where ``pip install`` puts the built-in ones); the first file
 defining a name wins. ``--suite`` also takes a path to a ``.toml`` file.
 
 Attack specs on the command line use ``NAME[:KEY=VALUE,...]``, e.g. ``pgd:steps=50,restarts=2``;
 values are read as TOML literals (numbers, ``true``/``false``, quoted strings), else as plain strings.
+Quote a value that holds commas: ``union-worst:attack="apgd-ce:steps=50,restarts=2"``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .attack import Attack
+from .attack import Attack, Ensemble, MultiThreatAttack
 from .errors import RbxError, UnsupportedNormError
 from .paths import search_path
 from .registry import ATTACKS, SUITES
@@ -49,7 +53,7 @@ class AttackSpec:
         """``pgd`` or ``pgd:steps=50,restarts=2``."""
         name, _, rest = str(text).strip().partition(":")
         params: dict[str, Any] = {}
-        for item in filter(None, (p.strip() for p in rest.split(","))):
+        for item in filter(None, (p.strip() for p in _split_outside_quotes(rest))):
             key, eq, value = item.partition("=")
             if not eq or not key.strip():
                 raise RbxError(f"cannot parse attack parameter '{item}' in '{text}': write NAME:KEY=VALUE,KEY=VALUE")
@@ -64,7 +68,7 @@ class AttackSpec:
             return cls(obj["name"], {k: v for k, v in obj.items() if k != "name"})
         raise RbxError(f"{where}: each attack must be a name or a table with a 'name' key, got {obj!r}")
 
-    def build(self) -> Attack:
+    def build(self) -> Attack | MultiThreatAttack:
         """Create the attack; unknown names or parameters give an error that lists the valid ones."""
         entry = ATTACKS.get(self.name)
         try:
@@ -88,16 +92,50 @@ class ThreatSpec:
     threat: ThreatModel
     attacks: tuple[AttackSpec, ...]
 
-    def build(self) -> list[Attack]:
-        """Build every attack, checking that each supports this threat model's norm."""
-        built = [a.build() for a in self.attacks]
-        for spec, attack in zip(self.attacks, built):
-            if not attack.supports(self.threat):
-                raise UnsupportedNormError(
-                    f"attack '{spec.name}' does not support {self.threat.norm} (threat {self.threat.label}); "
-                    f"it supports: {', '.join(attack.norms)}"
-                )
-        return built
+    def build(self) -> list[Stage]:
+        """The cascade's stages: every attack built and checked against this threat model's norm,
+        ensembles expanded into their components (so records say which component broke a point)."""
+        stages: list[Stage] = []
+        for spec in self.attacks:
+            attack = spec.build()
+            if isinstance(attack, MultiThreatAttack):
+                raise RbxError(f"attack '{spec.name}' searches several threat models at once: use it as a union attack "
+                               "([union] attacks in a suite, or --union-attack)")
+            self._require(spec.name, attack)
+            if isinstance(attack, Ensemble):
+                for part in attack.components(self.threat):
+                    self._require(f"{spec.name}/{part.name}", part)
+                    stages.append(Stage(f"{spec.name}/{part.name}", part))
+            else:
+                stages.append(Stage(spec.name, attack))
+        return stages
+
+    def _require(self, label: str, attack: Attack) -> None:
+        if not attack.supports(self.threat):
+            raise UnsupportedNormError(
+                f"attack '{label}' does not support {self.threat.norm} (threat {self.threat.label}); "
+                f"it supports: {', '.join(attack.norms)}"
+            )
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One attack of a cascade as it runs: its label in records (``pma+/apgd-t`` for ensemble parts) and the attack."""
+
+    label: str
+    attack: Attack
+
+
+def build_union(specs: tuple[AttackSpec, ...]) -> list[tuple[str, MultiThreatAttack]]:
+    """The union stage's attacks: each must search several threat models (e.g. ``union-worst``)."""
+    out = []
+    for spec in specs:
+        attack = spec.build()
+        if not isinstance(attack, MultiThreatAttack):
+            raise RbxError(f"attack '{spec.name}' attacks one threat model at a time; as a union attack use "
+                           f"union-worst:attack={spec.name}")
+        out.append((spec.name, attack))
+    return out
 
 
 @dataclass(frozen=True)
@@ -109,6 +147,7 @@ class Suite:
     threats: tuple[ThreatSpec, ...]
     description: str = ""
     path: str | None = None
+    union: tuple[AttackSpec, ...] = ()
 
     def attacks_for(self, norm: str) -> tuple[AttackSpec, ...] | None:
         """The attack list this suite uses for ``norm`` (the first threat of that norm), if any."""
@@ -135,12 +174,17 @@ def read_suite(path: Path) -> Suite:
         attacks = t.get("attacks") or ["pgd"]
         threats.append(ThreatSpec(ThreatModel.parse(t["threat"]),
                                   tuple(AttackSpec.from_mapping(a, f"{where} threats[{i}]") for a in attacks)))
+    union_raw = raw.get("union", {})
+    if not isinstance(union_raw, dict):
+        raise RbxError(f"{where}: [union] must be a table with an 'attacks' list")
+    union = tuple(AttackSpec.from_mapping(a, f"{where} [union]") for a in union_raw.get("attacks", []))
     return Suite(
         name=str(raw.get("name") or Path(path).stem),
         dataset=str(raw.get("dataset", "cifar10")),
         threats=tuple(threats),
         description=str(raw.get("description", "")),
         path=str(path),
+        union=union,
     )
 
 
@@ -171,6 +215,23 @@ def _register_suite_files() -> None:
             name = str(raw.get("name") or f.stem)
             if not SUITES.has(name):
                 SUITES.register(name, summary=str(raw.get("description", "")), path=str(f))(lambda f=f: read_suite(f))
+
+
+def _split_outside_quotes(text: str) -> list[str]:
+    """Split on commas that are not inside single or double quotes."""
+    parts, buf, quote = [], [], None
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == ",":
+            parts.append("".join(buf))
+            buf = []
+            continue
+        buf.append(ch)
+    parts.append("".join(buf))
+    return parts
 
 
 def _literal(text: str) -> Any:

@@ -7,17 +7,20 @@ import pytest
 import torch
 
 from conftest import tiny_batch, tiny_model
-from robustbench_ext.attack import Attack, AttackResult
+from robustbench_ext.attack import Attack, AttackResult, MultiThreatAttack
 from robustbench_ext.errors import AttackContractError, RbxError, UnsupportedNormError
 from robustbench_ext.registry import ATTACKS
 from robustbench_ext.threat import NORMS, ThreatModel
 
 EPS = {"Linf": [4 / 255, 0.3], "L2": [0.5, 3.0], "L1": [5.0, 40.0]}
-CASES = [(name, norm) for name in ATTACKS.names() for norm in NORMS]
+MULTI = [n for n in ATTACKS.names() if issubclass(ATTACKS.get(n).factory, MultiThreatAttack)]
+SINGLE = [n for n in ATTACKS.names() if n not in MULTI]
+CASES = [(name, norm) for name in SINGLE for norm in NORMS]
 
 
 def _attack(name):
-    return ATTACKS.create(name)
+    """Every registered attack, in its quick-but-real configuration."""
+    return ATTACKS.create(name, **ATTACKS.get(name).factory.smoke_params)
 
 
 @pytest.mark.parametrize("name, norm", CASES)
@@ -50,7 +53,7 @@ def test_contract(name, norm):
         assert attack(model, x, y, big, seed=0).success.float().mean() >= 0.5
 
 
-@pytest.mark.parametrize("name", ATTACKS.names())
+@pytest.mark.parametrize("name", SINGLE)
 def test_empty_batch_and_input_checks(name):
     attack = _attack(name)
     model = tiny_model()
@@ -98,3 +101,47 @@ def test_base_class_recomputes_success():
     y[:3] = (y[:3] + 1) % 10  # three points are misclassified from the start
     res = _Liar()(model, x, y, ThreatModel("L2", 0.5))
     assert res.success.tolist() == [True] * 3 + [False] * (len(y) - 3)
+
+
+@pytest.mark.parametrize("name", MULTI)
+def test_multi_threat_contract(name):
+    attack = _attack(name)
+    model, x = tiny_model(), tiny_batch()
+    y = model(x).argmax(1)
+    threats = [ThreatModel("Linf", 0.3), ThreatModel("L2", 3.0), ThreatModel("L1", 40.0)]
+    res = attack(model, x, y, threats, seed=0)
+    assert len(res.x_adv) == 3 and res.success.shape == (len(y), 3) and res.loss.shape == (len(y), 3)
+    for t, xa in zip(threats, res.x_adv):
+        geom = t.geometry
+        assert xa.shape == x.shape and xa.min() >= 0 and xa.max() <= 1
+        assert (geom.norm_of(xa.double() - x.double()) <= geom.tolerance(t.eps, x[0].numel())).all()
+    with torch.no_grad():
+        pred = torch.stack([model(xa).argmax(1) != y for xa in res.x_adv], 1)
+    assert torch.equal(res.success, pred)
+    assert torch.equal(res.union_success, pred.any(1))
+    # The worst threat model is a successful one whenever any succeeds.
+    assert bool(res.success[torch.arange(len(y)), res.worst][res.union_success].all())
+    assert res.x_worst().shape == x.shape
+    again = attack(model, x, y, threats, seed=0)
+    assert torch.equal(again.success, res.success) and all(torch.equal(a, b) for a, b in zip(again.x_adv, res.x_adv))
+    assert res.union_success.float().mean() >= 0.5
+
+
+@dataclass(eq=False)
+class _LinfOnly(Attack):
+    name: ClassVar[str] = "linf-only"
+    norms: ClassVar[tuple[str, ...]] = ("Linf",)
+
+    def run(self, ctx, x, y):
+        return x.clone()
+
+
+def test_unsupported_norm_is_refused_not_skipped(monkeypatch):
+    from robustbench_ext.suites import AttackSpec, ThreatSpec
+
+    model, x = tiny_model(), tiny_batch()
+    with pytest.raises(UnsupportedNormError, match="does not support L1; it supports: Linf"):
+        _LinfOnly()(model, x, model(x).argmax(1), ThreatModel("L1", 5.0))
+    monkeypatch.setitem(ATTACKS._entries, "linf-only", type(ATTACKS.get("pgd"))("linf-only", _LinfOnly))
+    with pytest.raises(UnsupportedNormError, match="linf-only.*L2:0.5"):
+        ThreatSpec(ThreatModel.parse("L2:0.5"), (AttackSpec.parse("linf-only"),)).build()

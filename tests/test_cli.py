@@ -54,7 +54,7 @@ def test_run_suite_json_and_leaderboard(in_tmp):
 
 
 BAD_INPUTS = [
-    (["--attack", "pgdd"], "unknown attack 'pgdd'; known: pgd"),
+    (["--attack", "pgdd"], "unknown attack 'pgdd'; known: aa-apgd-ce"),
     (["--model", "resnet9000"], "unknown model 'resnet9000'; known:"),
     (["--dataset", "mnist"], "unknown dataset 'mnist'; known:"),
     (["--suite", "imagenet-union"], "unknown suite 'imagenet-union'; known:"),

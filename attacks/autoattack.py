@@ -1,0 +1,141 @@
+"""AutoAttack (Croce & Hein, ICML 2020) as a reference attack, through the ``pyautoattack`` package.
+
+``autoattack`` is an :class:`~robustbench_ext.attack.Ensemble` of AutoAttack's own components, in
+the order the chosen ``version`` runs them, so that the runner's cascade and per-sample records say
+which component broke each point. Each component (``aa-apgd-ce``, ``aa-apgd-t``, ``aa-fab-t``,
+``aa-square``, ``aa-apgd-dlr``, ``aa-fab``) is pyautoattack's ``AutoAttack`` configured by that version
+for the threat model's norm and eps, restricted to that one component, and run on the points it gets
+(which are the points still robust). So:
+
+- ``standard``: APGD-CE, APGD-T, FAB-T, Square. For Linf/L2: 1 restart of APGD-CE, 9 target classes.
+  For L1, AutoAttack's L1 settings: APGD-CE with 5 restarts and APGD-T with 5 targets, both with the
+  large-eps warm start (3x, 2x, 1x eps);
+- ``plus``: APGD-CE, APGD-DLR, FAB, Square, APGD-T, FAB-T with 5 restarts;
+- ``rand``: APGD-CE, APGD-DLR with 20 EoT iterations (randomized defenses);
+- ``custom``: the components in ``attacks``, with pyautoattack's default settings.
+
+Inputs are passed as contiguous float32 tensors (pyautoattack's L2 code fails on non-contiguous ones).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from robustbench_ext._compat import import_pyautoattack
+from robustbench_ext.attack import Attack, AttackContext, Ensemble
+from robustbench_ext.errors import RbxError
+from robustbench_ext.registry import ATTACKS
+from robustbench_ext.threat import ThreatModel
+
+VERSIONS = ("standard", "plus", "rand", "custom")
+COMPONENTS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
+
+
+def _build(model: nn.Module, threat: ThreatModel, version: str, attacks: list[str] | None, seed: int, device):
+    aa_mod = import_pyautoattack()
+    kw = {"attacks": list(attacks)} if version == "custom" else {}
+    aa = aa_mod.AutoAttack(model, norm=threat.norm, eps=threat.eps, version=version, seed=seed, device=device, **kw)
+    aa.verbose = False
+    aa.logger.setLevel(logging.WARNING)
+    return aa
+
+
+def version_components(threat: ThreatModel, version: str, attacks: list[str] | None = None) -> list[str]:
+    """The components AutoAttack ``version`` runs under ``threat``, in order (read from pyautoattack itself)."""
+    return list(_build(nn.Identity(), threat, version, attacks, 0, "cpu").attacks_to_run)
+
+
+def _check_version(version: str, attacks: list[str] | None) -> None:
+    if version not in VERSIONS:
+        raise RbxError(f"autoattack: unknown version '{version}'; known: {', '.join(VERSIONS)}")
+    if version == "custom":
+        if not attacks:
+            raise RbxError(f"autoattack: version custom needs attacks, a list from: {', '.join(COMPONENTS)}")
+        bad = [a for a in attacks if a not in COMPONENTS]
+        if bad:
+            raise RbxError(f"autoattack: unknown components {bad}; known: {', '.join(COMPONENTS)}")
+    elif attacks:
+        raise RbxError("autoattack: attacks is only for version custom (AutoAttack itself refuses both)")
+
+
+@dataclass(eq=False)
+class AAComponent(Attack):
+    """One AutoAttack component with the settings ``version`` gives it for the threat model's norm."""
+
+    name: ClassVar[str] = "aa-component"
+    smoke_params: ClassVar[dict] = {"budget": 0.05}
+    component: ClassVar[str] = ""
+
+    version: str = "standard"
+    attacks: list[str] | None = None  # version custom: the full component list it was configured with
+    budget: float = 1.0  # scales iterations (APGD, FAB: 100) and Square's queries (5,000); 1 = AutoAttack's
+
+    def __post_init__(self) -> None:
+        _check_version(self.version, self.attacks)
+        if not self.budget > 0:
+            raise RbxError(f"attack '{self.name}': budget must be > 0, got {self.budget!r}")
+
+    def run(self, ctx: AttackContext, x: Tensor, y: Tensor) -> Tensor:
+        seed = ctx.spawn_seed() % (2**31)
+        attacks = (self.attacks or [self.component]) if self.version == "custom" else None
+        aa = _build(ctx.model, ctx.threat, self.version, attacks, seed, x.device)
+        aa.attacks_to_run = [self.component]
+        if self.budget != 1.0:
+            _scale_budget(aa, self.budget)
+        cpu_state = torch.random.get_rng_state()  # pyautoattack reseeds torch's global RNG; leave it as it was
+        try:
+            x_adv, _ = aa.run_standard_evaluation(x.contiguous().float(), y.contiguous(), batch_size=max(x.shape[0], 1))
+        finally:
+            torch.random.set_rng_state(cpu_state)
+        # pyautoattack can return points a rounding error outside the box (seen: Square under L1); the
+        # projection puts them back, and the base class then re-checks and recomputes success honestly.
+        return ctx.geometry.project(x, x_adv.to(x.dtype), ctx.eps)
+
+
+def _scale_budget(aa, budget: float) -> None:
+    """Scale every component's iterations (and APGD's derived checkpoint schedule) by ``budget``."""
+    for apgd in (aa.apgd, aa.apgd_targeted):
+        n = max(int(round(apgd.n_iter * budget)), 1)
+        apgd.n_iter = apgd.n_iter_orig = n
+        apgd.n_iter_2, apgd.n_iter_min, apgd.size_decr = max(int(0.22 * n), 1), max(int(0.06 * n), 1), max(int(0.03 * n), 1)
+    aa.fab.n_iter = max(int(round(aa.fab.n_iter * budget)), 1)
+    aa.square.n_queries = max(int(round(aa.square.n_queries * budget)), 1)
+
+
+def _register_component(component: str) -> None:
+    cls = type(
+        f"AA_{component.replace('-', '_')}",
+        (AAComponent,),
+        {"name": f"aa-{component}", "component": component, "__doc__": f"AutoAttack's {component} (pyautoattack)."},
+    )
+    cls = dataclass(eq=False)(cls)
+    ATTACKS.register(cls.name, summary=f"AutoAttack's {component} through pyautoattack, with a version's settings")(cls)
+
+
+for _c in COMPONENTS:
+    _register_component(_c)
+
+
+@ATTACKS.register("autoattack", summary="AutoAttack (pyautoattack): standard, plus, rand or custom, as a cascade of its components")
+@dataclass(eq=False)
+class AutoAttack(Ensemble):
+    """AutoAttack's components for ``version`` as a cascade (see the module docstring)."""
+
+    name: ClassVar[str] = "autoattack"
+    smoke_params: ClassVar[dict] = {"budget": 0.05}
+
+    version: str = "standard"
+    attacks: list[str] | None = field(default=None)
+    budget: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_version(self.version, self.attacks)
+
+    def components(self, threat: ThreatModel) -> list[Attack]:
+        return [ATTACKS.create(f"aa-{c}", version=self.version, attacks=self.attacks, budget=self.budget)
+                for c in version_components(threat, self.version, self.attacks)]
