@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from robustbench_ext.attack import AttackContext, IterativeAttack, Pass, Track
+from robustbench_ext.attack import AttackContext, IterativeAttack, Pass, Track, require_positive_ints
 from robustbench_ext.errors import RbxError
 from robustbench_ext.geometry import Geometry
 from robustbench_ext.losses import LOSSES, dlr_targeted
@@ -96,7 +96,9 @@ class APGD(IterativeAttack):
         }
         if geom.sparse_steps:
             state["k"] = max(int(0.04 * p.steps), 1)
-            if p.warm_start or not self.random_start:
+            # AutoAttack's L1 code derives the first sparsity from the start's L0 norm whenever it is
+            # given a start (every large-eps stage), and starts at 20% otherwise.
+            if p.warm_start or p.eps_scale != 1.0 or not self.random_start:
                 l0 = _l0(x_start - x0)
                 state["topk"] = (l0 / n_fts / 1.5).clamp(1.0 / n_fts, 1.0)
                 state["sp_old"] = l0
@@ -197,8 +199,7 @@ class APGDT(APGD):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.n_targets, bool) or not isinstance(self.n_targets, int) or self.n_targets < 1:
-            raise RbxError(f"attack 'apgd-t': n_targets must be a positive integer, got {self.n_targets!r}")
+        require_positive_ints(self, "n_targets")
 
     def _losses(self) -> tuple[str, ...]:
         return ("dlr-targeted",)

@@ -22,8 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from robustbench_ext.attack import Attack, Ensemble
-from robustbench_ext.errors import RbxError
+from robustbench_ext.attack import Attack, Ensemble, require_positive_ints
 from robustbench_ext.registry import ATTACKS
 from robustbench_ext.threat import ThreatModel
 
@@ -43,10 +42,7 @@ class PMAPlus(Ensemble):
     n_targets: int = 9
 
     def __post_init__(self) -> None:
-        for k in ("steps", "n_targets"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise RbxError(f"attack '{self.name}': {k} must be a positive integer, got {v!r}")
+        require_positive_ints(self, "steps", "n_targets")
 
     def components(self, threat: ThreatModel) -> list[Attack]:
         return [PMA(steps=self.steps),

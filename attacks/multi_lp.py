@@ -20,7 +20,7 @@ from typing import ClassVar, Sequence
 import torch
 from torch import Tensor
 
-from robustbench_ext.attack import CountingModel, MultiThreatAttack
+from robustbench_ext.attack import CountingModel, MultiThreatAttack, require_positive_ints
 from robustbench_ext.errors import RbxError
 from robustbench_ext.losses import cross_entropy
 from robustbench_ext.registry import ATTACKS
@@ -70,8 +70,7 @@ class MSD(MultiThreatAttack):
     l1_sparsity: float = 0.01
 
     def __post_init__(self) -> None:
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise RbxError(f"attack 'msd': steps must be a positive integer, got {self.steps!r}")
+        require_positive_ints(self, "steps")
         if not self.rel_step_size > 0:
             raise RbxError(f"attack 'msd': rel_step_size must be > 0, got {self.rel_step_size!r}")
 

@@ -180,6 +180,14 @@ class Attack(ABC):
         return AttackResult(x_adv, success, ctx.n_forward, ctx.n_backward, *ctx.loss_trace())
 
 
+def require_positive_ints(attack: Any, *fields: str) -> None:
+    """Raise a clear :class:`RbxError` unless each named parameter of ``attack`` is an int >= 1."""
+    for name in fields:
+        value = getattr(attack, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise RbxError(f"attack '{attack.name}': {name} must be a positive integer, got {value!r}")
+
+
 def check_in_threat_model(name: str, x: Tensor, x_adv: Tensor, threat: ThreatModel) -> Tensor:
     """``x_adv`` as float32 after checking it is in ball ∩ box (norms accumulated in float64).
 
@@ -276,10 +284,7 @@ class IterativeAttack(Attack):
     l1_sparsity: float = DEFAULT_L1_SPARSITY
 
     def __post_init__(self) -> None:
-        for name in ("steps", "restarts"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise RbxError(f"attack '{self.name}': {name} must be a positive integer, got {value!r}")
+        require_positive_ints(self, "steps", "restarts")
         if self.restarts > 1 and not self.random_start:
             raise RbxError(f"attack '{self.name}': restarts > 1 need random_start=true (else every restart is the same)")
         if not 0 < self.l1_sparsity <= 1:
