@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from robustbench_ext._compat import import_pyautoattack
 from robustbench_ext.attack import Attack, AttackContext, Ensemble
-from robustbench_ext.errors import RbxError
+from robustbench_ext.errors import AttackContractError, RbxError
 from robustbench_ext.registry import ATTACKS
 from robustbench_ext.threat import ThreatModel
 
@@ -90,6 +90,10 @@ class AAComponent(Attack):
         cpu_state = torch.random.get_rng_state()  # pyautoattack reseeds torch's global RNG; leave it as it was
         try:
             x_adv, _ = aa.run_standard_evaluation(x.contiguous().float(), y.contiguous(), batch_size=max(x.shape[0], 1))
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise AttackContractError(f"pyautoattack's {self.component} failed on inputs of shape {tuple(x.shape)} "
+                                      f"({type(exc).__name__}: {first})") from exc
         finally:
             torch.random.set_rng_state(cpu_state)
         # pyautoattack can return points a rounding error outside the box (seen: Square under L1); the

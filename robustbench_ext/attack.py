@@ -176,8 +176,16 @@ class Attack(ABC):
         x = x.detach()
         ctx = AttackContext(model, threat, torch.Generator(device=x.device).manual_seed(int(seed)))
         x_adv = check_in_threat_model(self.name, x, self.run(ctx, x, y), threat)
-        success = ctx.logits(x_adv).argmax(1) != y
+        success = verified_success(ctx.logits(x_adv), y)
         return AttackResult(x_adv, success, ctx.n_forward, ctx.n_backward, *ctx.loss_trace())
+
+
+def verified_success(logits: Tensor, y: Tensor) -> Tensor:
+    """``[N]`` bool: the model's prediction differs from ``y``; NaN or inf logits are an error, not a success."""
+    if not torch.isfinite(logits).all():
+        raise RbxError("the model returned NaN or inf logits on adversarial inputs: its outputs are not usable "
+                       "for a robustness evaluation (check its numerics, e.g. a log of zero)")
+    return logits.argmax(1) != y
 
 
 def require_positive_ints(attack: Any, *fields: str) -> None:
@@ -486,7 +494,7 @@ class MultiThreatAttack(ABC):
         with torch.no_grad():
             for xa in x_adv:
                 logits = counting(xa)
-                success.append(logits.argmax(1) != y)
+                success.append(verified_success(logits, y))
                 losses.append(nn.functional.cross_entropy(logits.float(), y, reduction="none"))
         success_t = torch.stack(success, 1) if x.shape[0] else torch.zeros((0, len(threats)), dtype=torch.bool, device=x.device)
         loss_t = torch.stack(losses, 1) if x.shape[0] else torch.zeros((0, len(threats)), device=x.device)

@@ -21,6 +21,8 @@ log = logging.getLogger("rbx")
 DEFAULT_MODEL = "cifar10-resnet18-linf-at"
 DEFAULT_SUITE = "cifar10-union"
 KINDS = ("attacks", "defenses", "models", "datasets", "suites", "architectures")
+#: Where a running evaluation keeps its checkpoint, inside the results directory (removed when the run ends).
+CHECKPOINT_DIR = ".rbx-partial"
 
 
 class RbxGroup(click.Group):
@@ -39,8 +41,14 @@ class RbxGroup(click.Group):
             click.echo("rbx: aborted", err=True)
             sys.exit(130)
         except KeyboardInterrupt:
-            click.echo("rbx: interrupted; nothing was written", err=True)
+            click.echo("rbx: interrupted; nothing was written (a checkpoint, if any, lets the same command resume)", err=True)
             sys.exit(130)
+        except Exception as exc:  # a bug in rbx or in a plugin: still one line, unless asked for the traceback
+            if _VERBOSITY[0] >= 2:
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            click.echo(f"rbx: internal error: {type(exc).__name__}: {first} (rerun with -vv for the traceback)", err=True)
+            sys.exit(1)
         if not standalone_mode:
             return rv
         sys.exit(rv if isinstance(rv, int) else 0)
@@ -51,8 +59,23 @@ class RbxGroup(click.Group):
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def cli(verbose: int) -> None:
     """rbx: adversarial-robustness benchmarking for PyTorch."""
+    _VERBOSITY[0] = verbose
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for name in ("robustbench_ext", "attacks", "defenses", "rbx"):
+        logger = logging.getLogger(name)
+        logger.handlers = [h for h in logger.handlers if not isinstance(h, _ClickHandler)] + [_ClickHandler()]
+        logger.setLevel(level)
+        logger.propagate = False
+
+
+class _ClickHandler(logging.Handler):
+    """Log records as ``rbx: warning: ...`` lines on the stderr click is writing to right now."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"rbx: {record.levelname.lower()}: {record.getMessage()}", err=True)
+
+
+_VERBOSITY = [0]
 
 
 # ---- rbx list --------------------------------------------------------------------------------------
@@ -92,8 +115,11 @@ def list_cmd(kind: str) -> None:
 @click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON instead of the table.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars [default: when stderr is a terminal].")
+@click.option("--resume/--no-resume", default=None,
+              help="Continue a killed run from its checkpoint (--resume: require one; --no-resume: start over) "
+                   "[default: continue if the same run left one].")
 def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs, attack_specs, union_specs, n_examples,
-            batch_size, device, seed, results_dir, as_json, progress) -> None:
+            batch_size, device, seed, results_dir, as_json, progress, resume) -> None:
     """Evaluate a model: clean accuracy, robust accuracy per threat model, and union robust accuracy."""
     from .data import check_n_examples
     from .models import load_model, parse_normalization
@@ -137,7 +163,7 @@ def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs,
     # A suite whose threats or attacks were replaced is a custom run, not that suite.
     suite_name = suite.name if suite and not threat_specs and not attack_specs and not union_specs else None
     ev = evaluate(model, data, threats, union_attacks=union, suite=suite_name, seed=seed, batch_size=batch_size,
-                  device=device, progress=show)
+                  device=device, progress=show, checkpoint_dir=results_dir / CHECKPOINT_DIR, resume=resume)
     path = ev.write(results_dir)
     if as_json:
         click.echo(json.dumps(json.loads(path.read_text()), indent=2))
@@ -170,6 +196,57 @@ def format_table(record) -> str:
                      f"of {a.n_attacked} union-robust points")
     lines.append(row("union", record.union, f"{prov['wall_seconds']:.1f}", "all threat models"))
     return "\n".join(lines)
+
+
+# ---- rbx check -------------------------------------------------------------------------------------
+@cli.command("check")
+@click.option("--model", "model_spec", default=DEFAULT_MODEL, show_default=True)
+@click.option("--arch", default=None)
+@click.option("--normalize", default=None)
+@click.option("--dataset", "dataset_spec", default="cifar10", show_default=True)
+@click.option("--n-examples", type=int, default=100, show_default=True)
+@click.option("--threat", "threat_spec", default="Linf:8/255", show_default=True, metavar="NORM:EPS")
+@click.option("--attack", "attack_specs", multiple=True, metavar="NAME[:K=V,...]",
+              help=f"White-box cascade [default: {DEFAULT_SUITE}'s for the norm].")
+@click.option("--black-box", "black_box_spec", default="aa-square:budget=0.2", show_default=True,
+              help="Black-box attack run after the white-box cascade.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def check_cmd(model_spec, arch, normalize, dataset_spec, n_examples, threat_spec, attack_specs, black_box_spec,
+              device, as_json) -> None:
+    """Gradient-masking checks: exit 0 when every check passes, 1 when any flags a problem."""
+    from .checks import full_checks, summarize
+    from .data import check_n_examples
+    from .models import load_model, parse_normalization
+    from .registry import DATASETS, MODELS
+    from .runner import frozen, resolve_device
+    from .suites import AttackSpec, ThreatSpec, load_suite
+    from .threat import ThreatModel
+
+    check_n_examples(n_examples, sys.maxsize, "the dataset")
+    dev = resolve_device(device)
+    if normalize:
+        parse_normalization(normalize)
+    MODELS.get(model_spec)
+    DATASETS.get(dataset_spec)
+    threat = ThreatModel.parse(threat_spec)
+    specs = tuple(AttackSpec.parse(a) for a in attack_specs) or load_suite(DEFAULT_SUITE).attacks_for(threat.norm)
+    attacks = [stage.attack for stage in ThreatSpec(threat, specs).build()]
+    black_box = ThreatSpec(threat, (AttackSpec.parse(black_box_spec),)).build()[0].attack
+    model = load_model(model_spec, arch=arch, normalize=normalize)
+    data = DATASETS.create(dataset_spec, n_examples=n_examples)
+    net = model.module.to(dev)
+    with frozen(net):
+        results = full_checks(net, data.x.to(dev), data.y.to(dev), threat, attacks, black_box)
+    if as_json:
+        click.echo(json.dumps({"model": model.name, "threat": threat.label, "n": data.n, **summarize(results)}, indent=2))
+    else:
+        click.echo(f"model {model.name}, {data.source} first {data.n}, {threat.label}")
+        for r in results:
+            value = "" if r.value is None else f"{r.value:.4g}"
+            click.echo(f"{r.name:<15} {'ok' if r.passed else 'FLAG':<5} {value:>8}  {r.message}")
+    if not all(r.passed for r in results):
+        sys.exit(1)
 
 
 # ---- rbx leaderboard -------------------------------------------------------------------------------

@@ -1,30 +1,40 @@
-"""The benchmark runner: clean pass, per-threat attack cascades, the union rule, the record.
+"""The benchmark runner: checks, clean pass, per-threat attack cascades, the union rule, the record.
 
 For a model, a dataset slice and threat models (each with an ordered attack list):
 
+0. cheap sanity checks on a first batch (:mod:`robustbench_ext.checks`); a model that returns
+   probabilities is refused, other findings are warned about and stored in the record;
 1. one clean pass classifies every sample;
 2. per threat model, the attacks run as a cascade (AutoAttack-style): each attack only sees the
-   points still robust, and a point broken by attack j is marked ``broken_by = j``;
-3. a sample is union-robust iff it is classified correctly AND robust under every threat model
-   (:func:`union_flags`);
-4. every accuracy gets a 95% Wilson interval, and the run becomes a :class:`RunRecord` plus
-   :class:`SampleFlags`.
+   points still robust, and a point broken by stage j is marked ``broken_by = j``;
+3. optional union-stage attacks (multi-threat) run on the points still union-robust;
+4. a sample is union-robust iff it is classified correctly AND robust under every threat model
+   (:func:`union_flags`); every accuracy gets a 95% Wilson interval; the run becomes a
+   :class:`RunRecord` plus :class:`SampleFlags`.
 
 The model runs in eval mode with its parameters frozen (no weight gradients are ever computed);
 only the attacks' input gradients are taken. Each attack call gets a seed derived from the run
-seed and its (threat, attack, batch) position, so the same seed gives the same flags on CPU.
+seed and its (threat, stage, batch) position, so the same seed gives the same flags on CPU.
+
+Crash safety: with a ``checkpoint_dir``, the progress (flags so far, the stage and batch reached, the
+finished stages) is written atomically after every batch. A run that was killed resumes from the
+last finished batch; since every batch is seeded by its position, the resumed run's flags and
+accuracies are identical to an uninterrupted run's, and no sample is lost or counted twice.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import io
+import json
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -32,14 +42,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import provenance
+from .checks import cheap_checks, summarize
 from .data import EvalData
-from .errors import DataError, RbxError
+from .errors import DataError, RbxError, ResultsError
 from .models import LoadedModel
-from .records import MISCLASSIFIED, ROBUST, Accuracy, AttackStage, RunRecord, SampleFlags, ThreatResult, write_run
+from .records import (MISCLASSIFIED, ROBUST, Accuracy, AttackStage, RunRecord, SampleFlags, ThreatResult,
+                      atomic_write_bytes, write_run)
 from .suites import AttackSpec, ThreatSpec, build_union
-from .threat import ThreatModel
 
 log = logging.getLogger(__name__)
+
+#: Images the pre-evaluation checks look at.
+CHECK_BATCH = 64
 
 
 def union_flags(clean_correct: np.ndarray, robust: np.ndarray) -> np.ndarray:
@@ -48,7 +62,9 @@ def union_flags(clean_correct: np.ndarray, robust: np.ndarray) -> np.ndarray:
     ``clean_correct`` [N] bool, ``robust`` [N, T] bool -> [N] bool. With T = 0 it is clean accuracy.
     """
     clean_correct = np.asarray(clean_correct, dtype=bool)
-    robust = np.asarray(robust, dtype=bool).reshape(clean_correct.shape[0], -1)
+    robust = np.asarray(robust, dtype=bool)
+    if robust.ndim == 1:
+        robust = robust[:, None]
     return clean_correct & robust.all(axis=1)
 
 
@@ -71,7 +87,7 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
 
 
 def derive_seed(seed: int, *keys: int) -> int:
-    """A 63-bit seed for one attack call, independent across (threat, attack, batch) keys."""
+    """A 63-bit seed for one attack call, independent across (threat, stage, batch) keys."""
     return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *keys]).generate_state(2, dtype=np.uint32).view(np.uint64)[0] >> 1)
 
 
@@ -114,10 +130,71 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-")[:60] or "x"
 
 
-def _batches(idx: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    return list(idx.split(batch_size)) if idx.numel() else []
+def _batches(idx: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    return [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
 
 
+# ---- progress and checkpoints ----------------------------------------------------------------------
+@dataclass
+class Progress:
+    """Everything needed to continue a run: the state after the last finished batch.
+
+    ``phase`` is the threat model being attacked (``T`` = the union stage, ``T + 1`` = done), ``stage``
+    the stage within it, ``batch`` the next batch of ``stage_idx`` (the points the stage started with).
+    ``acc`` accumulates the running stage's seconds, passes, loss curve and broken points.
+    """
+
+    clean_correct: np.ndarray
+    still: np.ndarray
+    broken_by: np.ndarray
+    started: str
+    checks: dict[str, Any] = field(default_factory=dict)
+    done: list[list[dict]] = field(default_factory=list)
+    union_done: list[dict] = field(default_factory=list)
+    threat_seconds: list[float] = field(default_factory=list)
+    phase: int = 0
+    stage: int = 0
+    batch: int = 0
+    stage_idx: np.ndarray | None = None
+    acc: dict[str, Any] = field(default_factory=dict)
+    elapsed: float = 0.0
+
+    _ARRAYS = ("clean_correct", "still", "broken_by", "stage_idx")
+
+    def to_bytes(self, key: str) -> bytes:
+        meta = {k: v for k, v in dataclasses.asdict(self).items() if k not in self._ARRAYS}
+        arrays = {k: getattr(self, k) for k in self._ARRAYS if getattr(self, k) is not None}
+        buf = io.BytesIO()
+        np.savez(buf, meta=np.array(json.dumps({"key": key, **meta})), **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def from_file(cls, path: Path, key: str) -> "Progress | None":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                if meta.pop("key") != key:
+                    return None
+                arrays = {k: z[k] for k in cls._ARRAYS if k in z.files}
+        except Exception as exc:
+            raise ResultsError(f"cannot read checkpoint {path} ({exc}); delete it to start over") from None
+        return cls(**arrays, **meta)
+
+
+def run_key(model: LoadedModel, data: EvalData, threats: Sequence[ThreatSpec], union: Sequence[AttackSpec],
+            seed: int, batch_size: int, device: torch.device) -> str:
+    """What makes two runs the same run: model, data slice, attacks and their parameters, seed, batching, device."""
+    desc = {
+        "model": [model.name, model.source, model.sha256, model.normalization],
+        "data": data.sha256(),
+        "threats": [[t.threat.label, [[a.name, a.params] for a in t.attacks]] for t in threats],
+        "union": [[a.name, a.params] for a in union],
+        "seed": seed, "batch_size": batch_size, "device": device.type,
+    }
+    return hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+# ---- the run ---------------------------------------------------------------------------------------
 def evaluate(
     model: LoadedModel,
     data: EvalData,
@@ -129,12 +206,15 @@ def evaluate(
     batch_size: int = 256,
     device: str | torch.device = "auto",
     progress: bool = True,
+    checkpoint_dir: Path | None = None,
+    resume: bool | None = None,
 ) -> Evaluation:
-    """Run the clean pass, every threat model's cascade and the union stage; return record and flags.
+    """Run the checks, the clean pass, every threat model's cascade and the union stage.
 
     ``union_attacks`` (multi-threat attacks such as ``union-worst``) run last, on the points still
-    union-robust, and break points per threat model: their ``broken_by`` index continues after that
-    threat model's own cascade. Nothing is written.
+    union-robust; their ``broken_by`` index continues after each threat model's own cascade.
+    With ``checkpoint_dir``, progress is saved after every batch; ``resume`` None continues a matching
+    checkpoint if there is one, True requires one, False starts over. Nothing else is written.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise RbxError(f"--batch-size must be a positive integer, got {batch_size!r}")
@@ -146,74 +226,171 @@ def evaluate(
     cascades = [spec.build() for spec in threats]  # fails fast on bad names, params or norms
     union_stages = build_union(tuple(union_attacks))
     dev = resolve_device(device)
-    started, t0 = provenance.utc_now(), time.perf_counter()
+    for t in threats:
+        if t.threat.covers_box(data.x[0].numel()):
+            log.warning("%s: the ball contains the whole [0, 1] box, so every input can be turned into any "
+                        "other and the robust accuracy is meaningless", t.threat.label)
     net = model.module.to(dev)
-    x_all, y_all = data.x, data.y
-    n, t_count = data.n, len(threats)
-
+    ckpt_path = None
+    if checkpoint_dir is not None:
+        ckpt_path = Path(checkpoint_dir) / f"{run_key(model, data, threats, union_attacks, seed, batch_size, dev)}.npz"
+    t0 = time.perf_counter()
     with frozen(net):
-        clean_correct = _clean_pass(net, x_all, y_all, batch_size, dev, data)
-        still = torch.from_numpy(np.repeat(clean_correct[:, None], t_count, axis=1))  # [N, T] robust so far
-        broken_by = np.full((n, t_count), ROBUST, dtype=np.int16)
-        broken_by[~clean_correct] = MISCLASSIFIED
-        per_threat: list[list[AttackStage]] = []
-        seconds: list[float] = []
-        for ti, (spec, stages) in enumerate(zip(threats, cascades)):
-            done, t_threat = [], time.perf_counter()
-            for ai, stage in enumerate(stages):
-                col = still[:, ti]
-                res = _run_stage(net, stage.attack, stage.label, x_all, y_all, col, spec.threat,
-                                 lambda bi, ti=ti, ai=ai: derive_seed(seed, ti, ai, bi), batch_size, dev, progress)
-                still[:, ti] = col
-                broken_by[res.pop("broken"), ti] = ai
-                done.append(AttackStage(attack=stage.label, params=stage.attack.params(), **res))
-            per_threat.append(done)
-            seconds.append(time.perf_counter() - t_threat)
-            log.info("%s: robust %.2f%%", spec.threat.label, 100 * still[:, ti].float().mean().item())
-        union_done = []
-        for uj, (label, attack) in enumerate(union_stages):
-            res, hits = _run_union_stage(net, attack, label, x_all, y_all, still, [t.threat for t in threats],
-                                         lambda bi, uj=uj: derive_seed(seed, t_count, uj, bi), batch_size, dev, progress)
-            for ti in range(t_count):
-                broken_by[hits[ti], ti] = len(cascades[ti]) + uj
-            union_done.append(AttackStage(attack=label, params=attack.params(), **res))
+        prog = None
+        if ckpt_path is not None and resume is not False and ckpt_path.is_file():
+            prog = Progress.from_file(ckpt_path, ckpt_path.stem)
+            if prog is not None:
+                log.warning("resuming from %s (threat %d, stage %d, batch %d)", ckpt_path, prog.phase, prog.stage, prog.batch)
+        if prog is None:
+            if resume:
+                raise RbxError(f"--resume: no checkpoint of this run in {checkpoint_dir}; run without --resume")
+            clean = _clean_pass(net, data.x, data.y, batch_size, dev)  # validates labels and logits first
+            checks = _run_checks(net, data, dev)
+            still = np.repeat(clean[:, None], len(threats), axis=1)
+            broken_by = np.full((data.n, len(threats)), ROBUST, dtype=np.int16)
+            broken_by[~clean] = MISCLASSIFIED
+            prog = Progress(clean, still, broken_by, provenance.utc_now(), checks, done=[[] for _ in threats])
+        save = _saver(ckpt_path, prog)
+        _run_all(net, data, threats, cascades, union_stages, prog, seed, batch_size, dev, progress, save, t0)
 
-    robust = still.numpy()
+    ev = _finish(model, data, threats, union_attacks, suite, seed, batch_size, dev, prog,
+                 prog.elapsed + time.perf_counter() - t0)
+    if ckpt_path is not None:
+        ckpt_path.unlink(missing_ok=True)
+    return ev
+
+
+def _saver(path: Path | None, prog: Progress):
+    def save(elapsed: float) -> None:
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        snapshot = dataclasses.replace(prog, elapsed=elapsed)
+        atomic_write_bytes(path, snapshot.to_bytes(path.stem))
+
+    return save
+
+
+def _run_checks(net: nn.Module, data: EvalData, dev: torch.device) -> dict[str, Any]:
+    x, y = data.x[:CHECK_BATCH].to(dev), data.y[:CHECK_BATCH].to(dev)
+    results = cheap_checks(net, x, y)
+    for r in results:
+        if r.name == "probabilities" and not r.passed:
+            raise RbxError(r.message)
+        if not r.passed:
+            log.warning("check %s: %s", r.name, r.message)
+    return summarize(results)
+
+
+def _run_all(net, data, threats, cascades, union_stages, prog: Progress, seed, batch_size, dev, progress, save, t0):
+    n_threats = len(threats)
+    threat_models = [t.threat for t in threats]
+    base_elapsed = prog.elapsed
+    while prog.phase <= n_threats:
+        union_phase = prog.phase == n_threats
+        stages = union_stages if union_phase else cascades[prog.phase]
+        if prog.stage >= len(stages):  # this threat model (or the union stage) is done
+            if not union_phase:
+                prog.threat_seconds.append(round(sum(s["seconds"] for s in prog.done[prog.phase]), 3))
+            prog.phase, prog.stage, prog.batch, prog.stage_idx = prog.phase + 1, 0, 0, None
+            save(base_elapsed + time.perf_counter() - t0)
+            continue
+        if prog.stage_idx is None:
+            mask = prog.still.all(1) if union_phase else prog.still[:, prog.phase]
+            prog.stage_idx = np.flatnonzero(mask)
+            prog.acc = {"seconds": 0.0, "n_forward": 0, "n_backward": 0, "curve_sum": [], "curve_n": [],
+                        "broken": [[] for _ in range(n_threats)] if union_phase else []}
+        if union_phase:
+            label, attack = union_stages[prog.stage]
+        else:
+            label, attack = stages[prog.stage].label, stages[prog.stage].attack
+        chunks = _batches(prog.stage_idx, batch_size)
+        desc = f"union {label}" if union_phase else f"{threats[prog.phase].threat.label} {label}"
+        bar = tqdm(total=len(prog.stage_idx), initial=sum(len(c) for c in chunks[:prog.batch]), desc=desc,
+                   unit="pt", leave=False, disable=not progress, dynamic_ncols=True)
+        for bi in range(prog.batch, len(chunks)):
+            chunk = chunks[bi]
+            t_batch = time.perf_counter()
+            xb, yb = data.x[chunk].to(dev), data.y[chunk].to(dev)
+            if union_phase:
+                res = attack(net, xb, yb, threat_models, seed=derive_seed(seed, n_threats, prog.stage, bi))
+                success = res.success.cpu().numpy()
+                for ti in range(n_threats):
+                    hit = chunk[success[:, ti]]
+                    prog.still[hit, ti] = False
+                    prog.broken_by[hit, ti] = len(cascades[ti]) + prog.stage
+                    prog.acc["broken"][ti].extend(int(i) for i in hit)
+            else:
+                ti = prog.phase
+                res = attack(net, xb, yb, threat_models[ti], seed=derive_seed(seed, ti, prog.stage, bi))
+                hit = chunk[res.success.cpu().numpy()]
+                prog.still[hit, ti] = False
+                prog.broken_by[hit, ti] = prog.stage
+                prog.acc["broken"].extend(int(i) for i in hit)
+                for s, (v, c) in enumerate(zip(res.loss_sum, res.loss_count)):
+                    if s >= len(prog.acc["curve_sum"]):
+                        prog.acc["curve_sum"].append(0.0)
+                        prog.acc["curve_n"].append(0)
+                    prog.acc["curve_sum"][s] += v
+                    prog.acc["curve_n"][s] += c
+            prog.acc["n_forward"] += res.n_forward
+            prog.acc["n_backward"] += res.n_backward
+            prog.acc["seconds"] += time.perf_counter() - t_batch
+            prog.batch = bi + 1
+            bar.update(len(chunk))
+            save(base_elapsed + time.perf_counter() - t0)
+        bar.close()
+        n_attacked = len(prog.stage_idx)
+        if union_phase:
+            robust_after = int(prog.still[prog.stage_idx].all(1).sum()) if n_attacked else 0
+        else:
+            robust_after = int(prog.still[prog.stage_idx, prog.phase].sum()) if n_attacked else 0
+        stage = AttackStage(
+            attack=label, params=attack.params(), seconds=round(prog.acc["seconds"], 3), n_attacked=n_attacked,
+            n_broken=n_attacked - robust_after, robust_after=robust_after, n_forward=prog.acc["n_forward"], n_backward=prog.acc["n_backward"],
+            loss_curve=tuple(round(s / c, 6) for s, c in zip(prog.acc["curve_sum"], prog.acc["curve_n"])),
+        )
+        (prog.union_done if union_phase else prog.done[prog.phase]).append(dataclasses.asdict(stage))
+        if not union_phase:
+            log.info("%s %s: %d of %d broken", threats[prog.phase].threat.label, label, stage.n_broken, n_attacked)
+        prog.stage, prog.batch, prog.stage_idx, prog.acc = prog.stage + 1, 0, None, {}
+        save(base_elapsed + time.perf_counter() - t0)
+
+
+def _finish(model, data, threats, union_attacks, suite, seed, batch_size, dev, prog: Progress, wall: float) -> Evaluation:
+    robust = prog.still
+    labels = [t.threat.label for t in threats]
     threat_results = tuple(
         ThreatResult(spec.threat.label, spec.threat.norm, spec.threat.eps, Accuracy.from_flags(robust[:, ti]),
-                     tuple(per_threat[ti]), round(seconds[ti], 3))
+                     tuple(AttackStage.from_dict(s) for s in prog.done[ti]), prog.threat_seconds[ti])
         for ti, spec in enumerate(threats))
-    union = union_flags(clean_correct, robust)
-    flags = SampleFlags(np.arange(n), y_all.numpy(), clean_correct, robust, broken_by, tuple(labels))
+    union = union_flags(prog.clean_correct, robust)
+    flags = SampleFlags(np.arange(data.n), data.y.numpy(), prog.clean_correct, robust, prog.broken_by, tuple(labels))
     record = RunRecord(
         run_id="",
         suite=suite,
         model=model.describe(),
         dataset=data.describe(),
-        n=n,
-        clean=Accuracy.from_flags(clean_correct),
+        n=data.n,
+        clean=Accuracy.from_flags(prog.clean_correct),
         threats=threat_results,
         union=Accuracy.from_flags(union),
         config={"seed": seed, "batch_size": batch_size, "device": str(dev),
                 "threats": [{"threat": s.threat.label, "attacks": [a.label for a in s.attacks]} for s in threats],
                 "union_attacks": [a.label for a in union_attacks]},
-        provenance=provenance.collect(dev, seed, started, time.perf_counter() - t0),
-        union_attacks=tuple(union_done),
+        provenance={**provenance.collect(dev, seed, prog.started, wall)},
+        checks=prog.checks,
+        union_attacks=tuple(AttackStage.from_dict(s) for s in prog.union_done),
     )
     ev = Evaluation(record, flags)
-    ev.record = _with_run_id(record, ev.stem)
+    ev.record = dataclasses.replace(record, run_id=ev.stem)
     return ev
 
 
-def _with_run_id(record: RunRecord, stem: str) -> RunRecord:
-    return dataclasses.replace(record, run_id=stem)
-
-
 @torch.no_grad()
-def _clean_pass(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, dev: torch.device,
-                data: EvalData) -> np.ndarray:
+def _clean_pass(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, dev: torch.device) -> np.ndarray:
     correct = np.zeros(x.shape[0], dtype=bool)
-    for chunk in _batches(torch.arange(x.shape[0]), batch_size):
+    for chunk in _batches(np.arange(x.shape[0]), batch_size):
         logits = net(x[chunk].to(dev))
         if logits.ndim != 2:
             raise RbxError(f"the model must return logits [N, K], got shape {tuple(logits.shape)}")
@@ -223,76 +400,5 @@ def _clean_pass(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: in
         yb = y[chunk]
         if int(yb.max()) >= k:
             raise DataError(f"label {int(yb.max())} is out of range for a model with {k} outputs; is this the right dataset?")
-        correct[chunk.numpy()] = (logits.argmax(1).cpu() == yb).numpy()
+        correct[chunk] = (logits.argmax(1).cpu() == yb).numpy()
     return correct
-
-
-def _run_stage(net, attack, label: str, x_all, y_all, still: torch.Tensor, threat: ThreatModel, seed_for,
-               batch_size: int, dev: torch.device, progress: bool) -> dict:
-    """One attack over the points ``still`` robust (a [N] bool tensor, updated in place)."""
-    idx = still.nonzero().squeeze(1)
-    n_attacked, t0 = int(idx.numel()), time.perf_counter()
-    n_fwd = n_bwd = 0
-    curve_sum: list[float] = []
-    curve_n: list[int] = []
-    broken: list[np.ndarray] = []
-    bar = tqdm(total=n_attacked, desc=f"{threat.label} {label}", unit="pt", leave=False, disable=not progress,
-               dynamic_ncols=True)
-    remaining = n_attacked
-    for bi, chunk in enumerate(_batches(idx, batch_size)):
-        res = attack(net, x_all[chunk].to(dev), y_all[chunk].to(dev), threat, seed=seed_for(bi))
-        hit = chunk[res.success.cpu()]
-        still[hit] = False
-        broken.append(hit.numpy())
-        n_fwd += res.n_forward
-        n_bwd += res.n_backward
-        for s, (v, c) in enumerate(zip(res.loss_sum, res.loss_count)):
-            if s >= len(curve_sum):
-                curve_sum.append(0.0)
-                curve_n.append(0)
-            curve_sum[s] += v
-            curve_n[s] += c
-        remaining -= int(hit.numel())
-        bar.update(len(chunk))
-        bar.set_postfix(robust=remaining)
-    bar.close()
-    return {
-        "seconds": round(time.perf_counter() - t0, 3),
-        "n_attacked": n_attacked,
-        "n_broken": n_attacked - remaining,
-        "robust_after": int(still.sum()),
-        "n_forward": n_fwd,
-        "n_backward": n_bwd,
-        "loss_curve": tuple(round(s / c, 6) for s, c in zip(curve_sum, curve_n)),
-        "broken": np.concatenate(broken) if broken else np.zeros(0, dtype=np.int64),
-    }
-
-
-def _run_union_stage(net, attack, label: str, x_all, y_all, still: torch.Tensor, threats, seed_for, batch_size: int,
-                     dev: torch.device, progress: bool) -> tuple[dict, list[np.ndarray]]:
-    """A multi-threat attack over the points robust under every threat model; updates ``still`` [N, T]."""
-    idx = still.all(1).nonzero().squeeze(1)
-    n_attacked, t0 = int(idx.numel()), time.perf_counter()
-    n_fwd = n_bwd = 0
-    hits: list[list[np.ndarray]] = [[] for _ in threats]
-    bar = tqdm(total=n_attacked, desc=f"union {label}", unit="pt", leave=False, disable=not progress, dynamic_ncols=True)
-    for bi, chunk in enumerate(_batches(idx, batch_size)):
-        res = attack(net, x_all[chunk].to(dev), y_all[chunk].to(dev), threats, seed=seed_for(bi))
-        success = res.success.cpu()
-        for ti in range(len(threats)):
-            hit = chunk[success[:, ti]]
-            still[hit, ti] = False
-            hits[ti].append(hit.numpy())
-        n_fwd += res.n_forward
-        n_bwd += res.n_backward
-        bar.update(len(chunk))
-    bar.close()
-    robust_after = int(still[idx].all(1).sum()) if n_attacked else 0
-    return ({
-        "seconds": round(time.perf_counter() - t0, 3),
-        "n_attacked": n_attacked,
-        "n_broken": n_attacked - robust_after,
-        "robust_after": robust_after,
-        "n_forward": n_fwd,
-        "n_backward": n_bwd,
-    }, [np.concatenate(h) if h else np.zeros(0, dtype=np.int64) for h in hits])

@@ -1,0 +1,170 @@
+"""Gradient-masking and sanity checks (after AutoAttack's ``checks.py``, Croce & Hein 2020, and the
+"indicators of attack failure" of Pintor et al., NeurIPS 2022).
+
+Cheap checks (:func:`cheap_checks`) run before every evaluation and are stored in the record:
+
+- ``probabilities``: the model returns probabilities (rows in [0, 1] summing to 1) instead of logits.
+  Cross-entropy attacks then see squashed gradients; the runner refuses such a model.
+- ``deterministic``: two forward passes on the same inputs give the same logits (else the model is
+  randomized and needs EoT attacks; every single-run number is optimistic).
+- ``zero_gradients``: the input gradient of the cross-entropy is exactly zero for some points
+  (quantized inputs, hard thresholds, non-differentiable pre-processing).
+
+Attack-based checks (:func:`full_checks`, ``rbx check``) need a threat model and attacks:
+
+- ``eps_monotone``: robust accuracy must not rise as eps grows (a sweep over fractions of eps);
+- ``unbounded``: with a radius that covers the whole [0, 1] box, robust accuracy must reach ~0%;
+- ``black_box``: a black-box attack (Square) run after the white-box cascade must not break points
+  the white-box attacks left robust;
+- ``seed_spread``: the white-box cascade's robust accuracy must not vary much across attack seeds.
+
+Each check gives a :class:`CheckResult` with a one-line message; ``passed`` False means "look here".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .threat import ThreatModel
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Outcome of one check: ``passed`` False flags a problem; ``value`` is the measured quantity."""
+
+    name: str
+    passed: bool
+    value: float | None
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---- cheap checks ----------------------------------------------------------------------------------
+@torch.no_grad()
+def check_probabilities(logits: Tensor) -> CheckResult:
+    """Flag outputs that are probabilities: every entry in [0, 1] and every row summing to 1."""
+    z = logits.float()
+    sums = z.sum(1)
+    is_prob = bool((z.min() >= 0) & (z.max() <= 1) & ((sums - 1).abs().max() < 1e-3))
+    return CheckResult("probabilities", not is_prob, float((sums - 1).abs().max()),
+                       "the model returns probabilities, not logits: return logits (e.g. drop the final softmax, "
+                       "or wrap it to return log-probabilities)" if is_prob else "outputs are logits")
+
+
+@torch.no_grad()
+def check_deterministic(net: nn.Module, x: Tensor) -> CheckResult:
+    """Flag a model whose logits differ between two passes on the same inputs."""
+    a, b = net(x).float(), net(x).float()
+    diff = float((a - b).abs().max())
+    scale = float(a.abs().max()) or 1.0
+    ok = diff <= 1e-5 * max(scale, 1.0)
+    return CheckResult("deterministic", ok, diff,
+                       "outputs are deterministic" if ok else
+                       f"two passes on the same inputs differ by up to {diff:.3g}: a randomized model needs "
+                       "EoT attacks (AutoAttack version rand) and single-run numbers are optimistic")
+
+
+def check_zero_gradients(net: nn.Module, x: Tensor, y: Tensor) -> CheckResult:
+    """Flag points whose cross-entropy input gradient is exactly zero (a sign of masked gradients)."""
+    with torch.enable_grad():
+        xg = x.detach().clone().requires_grad_(True)
+        loss = F.cross_entropy(net(xg).float(), y, reduction="sum")
+        (g,) = torch.autograd.grad(loss, xg)
+    zero = (g.reshape(g.shape[0], -1).abs().sum(1) == 0).float().mean().item()
+    ok = zero == 0
+    return CheckResult("zero_gradients", ok, zero,
+                       "input gradients are non-zero" if ok else
+                       f"{100 * zero:.1f}% of points have an exactly zero input gradient: gradient masking "
+                       "(quantization, thresholds?); white-box numbers cannot be trusted, use black-box or adaptive attacks")
+
+
+def cheap_checks(net: nn.Module, x: Tensor, y: Tensor) -> list[CheckResult]:
+    """The checks the runner runs before every evaluation, on a small batch (model in eval mode)."""
+    with torch.no_grad():
+        logits = net(x)
+    return [check_probabilities(logits), check_deterministic(net, x), check_zero_gradients(net, x, y)]
+
+
+# ---- attack-based checks ---------------------------------------------------------------------------
+def _robust(net: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, attacks: Sequence, seed: int = 0) -> Tensor:
+    """[N] bool: correct and robust after the cascade ``attacks`` (points misclassified clean count as broken)."""
+    with torch.no_grad():
+        robust = net(x).argmax(1) == y
+    for j, attack in enumerate(attacks):
+        idx = robust.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            break
+        res = attack(net, x[idx], y[idx], threat, seed=seed * 1000 + j)
+        robust[idx[res.success]] = False
+    return robust
+
+
+def check_eps_monotone(net, x, y, threat: ThreatModel, attacks, fractions=(0.25, 0.5, 1.0, 2.0)) -> CheckResult:
+    """Robust accuracy over eps * ``fractions`` must be non-increasing (one point of slack)."""
+    accs = [_robust(net, x, y, ThreatModel(threat.norm, threat.eps * f), attacks).float().mean().item() for f in fractions]
+    slack = 1.0 / len(y)
+    ok = all(b <= a + slack + 1e-12 for a, b in zip(accs, accs[1:]))
+    sweep = ", ".join(f"{f:g}x: {100 * a:.1f}%" for f, a in zip(fractions, accs))
+    return CheckResult("eps_monotone", ok, max(b - a for a, b in zip(accs, accs[1:])),
+                       f"robust accuracy falls with eps ({sweep})" if ok else
+                       f"robust accuracy rises with eps ({sweep}): the attack is failing, likely gradient masking")
+
+
+def check_unbounded(net, x, y, threat: ThreatModel, attacks, limit: float = 0.02) -> CheckResult:
+    """With a radius covering the whole box, the attacks must break (almost) every point."""
+    d = x[0].numel()
+    big = ThreatModel(threat.norm, {"Linf": 1.0, "L2": math.sqrt(d), "L1": float(d)}[threat.norm])
+    acc = _robust(net, x, y, big, attacks).float().mean().item()
+    ok = acc <= limit
+    return CheckResult("unbounded", ok, acc,
+                       f"an unbounded {threat.norm} radius leaves {100 * acc:.1f}% robust" +
+                       ("" if ok else ": it should be ~0%; the attack cannot follow the gradient (masking?)"))
+
+
+def check_black_box(net, x, y, threat: ThreatModel, attacks, black_box) -> CheckResult:
+    """The black-box attack, run after the white-box cascade, must not break further points."""
+    robust = _robust(net, x, y, threat, attacks)
+    idx = robust.nonzero().squeeze(1)
+    extra = 0
+    if idx.numel():
+        extra = int(black_box(net, x[idx], y[idx], threat, seed=7).success.sum())
+    ok = extra == 0
+    return CheckResult("black_box", ok, float(extra),
+                       "the black-box attack broke no point the white-box attacks left robust" if ok else
+                       f"the black-box attack broke {extra} points the white-box attacks left robust: gradient masking")
+
+
+def check_seed_spread(net, x, y, threat: ThreatModel, attacks, seeds=(0, 1, 2), limit: float = 0.05) -> CheckResult:
+    """Robust accuracy of the white-box cascade across attack seeds must agree within ``limit``."""
+    accs = [_robust(net, x, y, threat, attacks, seed=s).float().mean().item() for s in seeds]
+    spread = max(accs) - min(accs)
+    ok = spread <= limit
+    return CheckResult("seed_spread", ok, spread,
+                       f"robust accuracy across {len(seeds)} attack seeds: "
+                       + ", ".join(f"{100 * a:.1f}%" for a in accs)
+                       + ("" if ok else f"; a spread over {100 * limit:.0f} points means the attack is unreliable here"))
+
+
+def full_checks(net: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, attacks, black_box) -> list[CheckResult]:
+    """Every check: the cheap ones, then those that run attacks."""
+    return cheap_checks(net, x, y) + [
+        check_eps_monotone(net, x, y, threat, attacks),
+        check_unbounded(net, x, y, threat, attacks),
+        check_black_box(net, x, y, threat, attacks, black_box),
+        check_seed_spread(net, x, y, threat, attacks),
+    ]
+
+
+def summarize(results: Sequence[CheckResult]) -> dict[str, Any]:
+    """The record's ``checks`` block."""
+    return {"passed": all(r.passed for r in results), "results": [r.to_dict() for r in results]}
+
+
