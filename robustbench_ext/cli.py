@@ -34,6 +34,8 @@ class RbxGroup(click.Group):
         except RbxError as exc:
             click.echo(f"rbx: error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except SystemExit:
+            raise
         except click.ClickException as exc:
             click.echo(f"rbx: error: {exc.format_message()}", err=True)
             sys.exit(exc.exit_code)
@@ -108,6 +110,8 @@ def list_cmd(kind: str) -> None:
               help="Attack cascade for every threat model, in order (repeatable), e.g. pgd:steps=50,restarts=2.")
 @click.option("--union-attack", "union_specs", multiple=True, metavar="NAME[:K=V,...]",
               help="Multi-threat attack run last on union-robust points, e.g. union-worst:attack=apgd-ce (repeatable).")
+@click.option("--eps-sweep", default=None, metavar="F1,F2,...",
+              help="Also evaluate each threat model at eps times these factors (e.g. 0.25,0.5,2), for eps plots.")
 @click.option("--n-examples", type=int, default=None, help="Evaluate the first N examples [default: all].")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
@@ -118,8 +122,8 @@ def list_cmd(kind: str) -> None:
 @click.option("--resume/--no-resume", default=None,
               help="Continue a killed run from its checkpoint (--resume: require one; --no-resume: start over) "
                    "[default: continue if the same run left one].")
-def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs, attack_specs, union_specs, n_examples,
-            batch_size, device, seed, results_dir, as_json, progress, resume) -> None:
+def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs, attack_specs, union_specs, eps_sweep,
+            n_examples, batch_size, device, seed, results_dir, as_json, progress, resume) -> None:
     """Evaluate a model: clean accuracy, robust accuracy per threat model, and union robust accuracy."""
     from .data import check_n_examples
     from .models import load_model, parse_normalization
@@ -134,6 +138,7 @@ def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs,
         check_n_examples(n_examples, sys.maxsize, "the dataset")
     if batch_size < 1:
         raise RbxError(f"--batch-size must be a positive integer, got {batch_size}")
+    factors = _parse_factors(eps_sweep) if eps_sweep else ()
     resolve_device(device)
     if normalize:
         parse_normalization(normalize)
@@ -163,13 +168,24 @@ def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs,
     # A suite whose threats or attacks were replaced is a custom run, not that suite.
     suite_name = suite.name if suite and not threat_specs and not attack_specs and not union_specs else None
     ev = evaluate(model, data, threats, union_attacks=union, suite=suite_name, seed=seed, batch_size=batch_size,
-                  device=device, progress=show, checkpoint_dir=results_dir / CHECKPOINT_DIR, resume=resume)
+                  device=device, progress=show, checkpoint_dir=results_dir / CHECKPOINT_DIR, resume=resume,
+                  eps_sweep=factors)
     path = ev.write(results_dir)
     if as_json:
         click.echo(json.dumps(json.loads(path.read_text()), indent=2))
     else:
         click.echo(format_table(ev.record))
         click.echo(f"record: {path}")
+
+
+def _parse_factors(text: str) -> tuple[float, ...]:
+    try:
+        factors = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise RbxError(f"--eps-sweep takes comma-separated positive factors such as 0.25,0.5,2; got '{text}'") from None
+    if not factors or any(not (f > 0 and f < float("inf")) for f in factors):
+        raise RbxError(f"--eps-sweep takes comma-separated positive factors such as 0.25,0.5,2; got '{text}'")
+    return factors
 
 
 def format_table(record) -> str:
@@ -195,6 +211,9 @@ def format_table(record) -> str:
         lines.append(f"{'+ ' + a.attack:<14} {'':>6}   {'':^14}   {a.seconds:>8.1f}  union stage: broke {a.n_broken} "
                      f"of {a.n_attacked} union-robust points")
     lines.append(row("union", record.union, f"{prov['wall_seconds']:.1f}", "all threat models"))
+    for sw in record.sweeps:
+        pts = ", ".join(f"{p['label'].split(':', 1)[1]}: {100 * p['robust']['accuracy']:.1f}" for p in sw["points"])
+        lines.append(f"eps sweep {sw['threat']}: {pts}")
     return "\n".join(lines)
 
 
@@ -249,19 +268,105 @@ def check_cmd(model_spec, arch, normalize, dataset_spec, n_examples, threat_spec
         sys.exit(1)
 
 
-# ---- rbx leaderboard -------------------------------------------------------------------------------
+# ---- rbx leaderboard / report / export / regress ---------------------------------------------------
 @cli.command("leaderboard")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
-def leaderboard_cmd(results_dir: Path) -> None:
-    """Write RESULTS_DIR/leaderboard.md from every record in RESULTS_DIR (one board per suite)."""
-    from .leaderboard import write_leaderboard
+@click.option("--readme", type=click.Path(path_type=Path), default=None,
+              help="Also write the board of --readme-suite between the README's leaderboard markers.")
+@click.option("--readme-suite", default=DEFAULT_SUITE, show_default=True)
+def leaderboard_cmd(results_dir: Path, readme: Path | None, readme_suite: str) -> None:
+    """Write leaderboard.md, .csv, .html and plots/ in RESULTS_DIR from every record there (one board per suite)."""
+    from .leaderboard import embed_in_readme, write_all
     from .records import ensure_writable
 
     if not results_dir.is_dir():
         raise RbxError(f"no results directory {results_dir}: run `rbx run` first or pass --results-dir")
     ensure_writable(results_dir)
-    out = write_leaderboard(results_dir)
-    click.echo(f"leaderboard: {out}")
+    paths = write_all(results_dir)
+    for p in paths[:3]:
+        click.echo(f"leaderboard: {p}")
+    click.echo(f"plots: {len(paths) - 3} in {results_dir / 'plots'}")
+    if readme is not None:
+        embed_in_readme(readme, results_dir, readme_suite)
+        click.echo(f"readme: {readme}")
+
+
+@cli.command("report")
+@click.argument("record", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder for the report [default: beside the record].")
+def report_cmd(record: Path, out: Path | None) -> None:
+    """One run's report: its table and plots (per-class accuracy, attribution, loss curves, eps sweep) as Markdown."""
+    from . import plots
+    from .records import atomic_write_bytes, atomic_write_text, read_flags, read_record
+
+    if not record.is_file():
+        raise RbxError(f"no such record: {record}")
+    rec = read_record(record)
+    flags = read_flags(record, rec)
+    out = out or record.parent
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"# rbx report: {rec.model['name']} on {rec.dataset['source']}", "", "```", format_table(rec), "```", ""]
+    figures = [("per_class", plots.per_class(rec, flags), "Per-class accuracy"),
+               ("attribution", plots.attribution(rec, flags), "Which attack broke how many points"),
+               ("loss", plots.loss_curves(rec), "Attack loss curves")]
+    figures += [(f"eps_{n}", plots.eps_sweep([rec], n), f"Robust accuracy vs eps ({n})") for n in sorted({t.norm for t in rec.threats})]
+    for key, png, caption in figures:
+        if png is None:
+            continue
+        name = f"{record.stem}_{key}.png"
+        atomic_write_bytes(out / name, png)
+        lines += [f"## {caption}", "", f"![{caption}]({name})", ""]
+    path = out / f"{record.stem}_report.md"
+    atomic_write_text(path, "\n".join(lines))
+    click.echo(f"report: {path}")
+
+
+@cli.command("export")
+@click.argument("record", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["robustbench"]), default="robustbench", show_default=True)
+@click.option("--model-id", required=True, help="RobustBench-style id, e.g. Doe2026Union_RN18 (the file name).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("model_info"), show_default=True)
+@click.option("--meta", type=click.Path(path_type=Path), default=None,
+              help="JSON with link, name, authors, venue, additional_data, reported, ... (RobustBench keys).")
+@click.option("--autoattack-record", type=click.Path(path_type=Path), default=None,
+              help="A record of the same model and images evaluated with --attack autoattack.")
+def export_cmd(record: Path, fmt: str, model_id: str, out: Path, meta: Path | None, autoattack_record: Path | None) -> None:
+    """Export a record as RobustBench leaderboard entries (model_info/<dataset>/<Linf|L2>/<id>.json)."""
+    from .records import read_record
+    from .robustbench_export import export
+
+    if not record.is_file():
+        raise RbxError(f"no such record: {record}")
+    meta_d = {}
+    if meta is not None:
+        try:
+            meta_d = json.loads(meta.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise RbxError(f"cannot read --meta {meta}: {exc}") from None
+    aa = read_record(autoattack_record) if autoattack_record else None
+    for p in export(read_record(record), out, model_id, meta_d, aa):
+        click.echo(f"exported: {p}")
+
+
+@cli.command("regress")
+@click.option("--baseline", type=click.Path(path_type=Path), required=True, help="Baseline record (or results directory).")
+@click.option("--candidate", type=click.Path(path_type=Path), required=True, help="Candidate record (or results directory).")
+@click.option("--alpha", type=float, default=0.05, show_default=True, help="Family-wise significance level of the gate.")
+@click.option("--json", "as_json", is_flag=True)
+def regress_cmd(baseline: Path, candidate: Path, alpha: float, as_json: bool) -> None:
+    """Regression gate: exit 1 if robust accuracy (any threat model or the union) changed significantly, 0 if not,
+    2 if the runs cannot be compared."""
+    import dataclasses as dc
+
+    from .regress import compare, resolve_pairs
+
+    results = [compare(b, c, alpha) for b, c in resolve_pairs(baseline, candidate)]
+    if as_json:
+        click.echo(json.dumps([{**dc.asdict(r), "failed": r.failed} for r in results], indent=2))
+    else:
+        click.echo("\n\n".join(r.report() for r in results))
+    if any(r.failed for r in results):
+        sys.exit(1)
 
 
 def main() -> None:

@@ -78,6 +78,7 @@ class EvalData:
             "selection": f"first {self.n}",
             "shape": list(self.x.shape[1:]),
             "num_classes": self.num_classes,
+            "classes": list(self.classes) if self.classes else None,
             "sha256": self.sha256(),
         }
 

@@ -7,6 +7,7 @@ Record (``schema = "rbx.record/1"``), a :class:`RunRecord`:
 - ``n``, ``clean`` / ``union`` (:class:`Accuracy`: accuracy, count, n, 95% Wilson interval);
 - ``threats``: per threat model its robust :class:`Accuracy` and the attack cascade
   (:class:`AttackStage`: name, parameters, seconds, points attacked and broken, passes, loss curve);
+- ``sweeps``: with ``--eps-sweep``, per threat model the robust accuracy at each swept eps;
 - ``union_attacks``: the union stage (multi-threat attacks run last on union-robust points), if any;
 - ``config`` (seed, batch size, device) and ``provenance`` (rbx version, git commit, torch/CUDA
   versions, device name, start time, wall seconds, ...);
@@ -120,6 +121,7 @@ class RunRecord:
     flags_sha256: str = ""
     checks: dict[str, Any] = field(default_factory=dict)
     union_attacks: tuple[AttackStage, ...] = ()
+    sweeps: tuple[dict[str, Any], ...] = ()
     schema: str = SCHEMA
 
     @property
@@ -156,6 +158,7 @@ class RunRecord:
                 flags_file=d.get("flags_file", ""), flags_sha256=d.get("flags_sha256", ""),
                 checks=d.get("checks", {}), schema=schema,
                 union_attacks=tuple(AttackStage.from_dict(a) for a in d.get("union_attacks", ())),
+                sweeps=tuple(d.get("sweeps", ())),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ResultsError(f"malformed rbx record: {type(exc).__name__}: {exc}") from None
@@ -171,6 +174,8 @@ class SampleFlags:
     robust: np.ndarray
     broken_by: np.ndarray
     threats: tuple[str, ...]
+    sweep_robust: np.ndarray | None = None
+    sweep_threats: tuple[str, ...] = ()
 
     @property
     def union(self) -> np.ndarray:
@@ -187,6 +192,9 @@ class SampleFlags:
             "union": self.union.astype(bool),
             "broken_by": self.broken_by.astype(np.int16),
             "threats": np.array(self.threats, dtype=str),
+            "sweep_robust": (self.sweep_robust if self.sweep_robust is not None
+                             else np.zeros((len(self.y), 0), bool)).astype(bool),
+            "sweep_threats": np.array(self.sweep_threats, dtype=str),
         }
 
     @classmethod
@@ -194,7 +202,9 @@ class SampleFlags:
         try:
             with np.load(path, allow_pickle=False) as z:
                 return cls(z["index"], z["y"], z["clean_correct"], z["robust"], z["broken_by"],
-                           tuple(str(t) for t in z["threats"]))
+                           tuple(str(t) for t in z["threats"]),
+                           z["sweep_robust"] if "sweep_robust" in z.files else None,
+                           tuple(str(t) for t in z["sweep_threats"]) if "sweep_threats" in z.files else ())
         except Exception as exc:
             raise ResultsError(f"cannot read flags file {path}: {exc}") from None
 

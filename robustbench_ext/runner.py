@@ -49,11 +49,14 @@ from .models import LoadedModel
 from .records import (MISCLASSIFIED, ROBUST, Accuracy, AttackStage, RunRecord, SampleFlags, ThreatResult,
                       atomic_write_bytes, write_run)
 from .suites import AttackSpec, ThreatSpec, build_union
+from .threat import ThreatModel
 
 log = logging.getLogger(__name__)
 
 #: Images the pre-evaluation checks look at.
 CHECK_BATCH = 64
+#: Seed key of the union stage (threat models use their index).
+UNION_KEY = 1_000_003
 
 
 def union_flags(clean_correct: np.ndarray, robust: np.ndarray) -> np.ndarray:
@@ -182,14 +185,14 @@ class Progress:
 
 
 def run_key(model: LoadedModel, data: EvalData, threats: Sequence[ThreatSpec], union: Sequence[AttackSpec],
-            seed: int, batch_size: int, device: torch.device) -> str:
+            seed: int, batch_size: int, device: torch.device, n_main: int | None = None) -> str:
     """What makes two runs the same run: model, data slice, attacks and their parameters, seed, batching, device."""
     desc = {
         "model": [model.name, model.source, model.sha256, model.normalization],
         "data": data.sha256(),
         "threats": [[t.threat.label, [[a.name, a.params] for a in t.attacks]] for t in threats],
         "union": [[a.name, a.params] for a in union],
-        "seed": seed, "batch_size": batch_size, "device": device.type,
+        "seed": seed, "batch_size": batch_size, "device": device.type, "n_main": n_main,
     }
     return hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
@@ -208,8 +211,13 @@ def evaluate(
     progress: bool = True,
     checkpoint_dir: Path | None = None,
     resume: bool | None = None,
+    eps_sweep: Sequence[float] = (),
 ) -> Evaluation:
     """Run the checks, the clean pass, every threat model's cascade and the union stage.
+
+    ``eps_sweep`` (factors such as 0.25, 0.5, 2) also runs every threat model's cascade at
+    ``eps * factor`` on all clean-correct points; the results go to the record's ``sweeps`` (for
+    robust-accuracy-vs-eps plots) and never into the union.
 
     ``union_attacks`` (multi-threat attacks such as ``union-worst``) run last, on the points still
     union-robust; their ``broken_by`` index continues after each threat model's own cascade.
@@ -223,6 +231,9 @@ def evaluate(
     labels = [t.threat.label for t in threats]
     if len(set(labels)) != len(labels):
         raise RbxError(f"threat models repeat: {', '.join(labels)}")
+    sweep_specs = _sweep_specs(threats, eps_sweep)
+    n_main = len(threats)
+    threats = list(threats) + sweep_specs
     cascades = [spec.build() for spec in threats]  # fails fast on bad names, params or norms
     union_stages = build_union(tuple(union_attacks))
     dev = resolve_device(device)
@@ -233,7 +244,7 @@ def evaluate(
     net = model.module.to(dev)
     ckpt_path = None
     if checkpoint_dir is not None:
-        ckpt_path = Path(checkpoint_dir) / f"{run_key(model, data, threats, union_attacks, seed, batch_size, dev)}.npz"
+        ckpt_path = Path(checkpoint_dir) / f"{run_key(model, data, threats, union_attacks, seed, batch_size, dev, n_main)}.npz"
     t0 = time.perf_counter()
     with frozen(net):
         prog = None
@@ -251,13 +262,29 @@ def evaluate(
             broken_by[~clean] = MISCLASSIFIED
             prog = Progress(clean, still, broken_by, provenance.utc_now(), checks, done=[[] for _ in threats])
         save = _saver(ckpt_path, prog)
-        _run_all(net, data, threats, cascades, union_stages, prog, seed, batch_size, dev, progress, save, t0)
+        _run_all(net, data, threats, n_main, cascades, union_stages, prog, seed, batch_size, dev, progress, save, t0)
 
-    ev = _finish(model, data, threats, union_attacks, suite, seed, batch_size, dev, prog,
+    ev = _finish(model, data, threats, n_main, union_attacks, suite, seed, batch_size, dev, prog,
                  prog.elapsed + time.perf_counter() - t0)
     if ckpt_path is not None:
         ckpt_path.unlink(missing_ok=True)
     return ev
+
+
+def _sweep_specs(threats: Sequence[ThreatSpec], factors: Sequence[float]) -> list[ThreatSpec]:
+    """Each threat model's cascade at ``eps * factor`` (skipping radii the main threat models already cover)."""
+    bad = [f for f in factors if not (isinstance(f, (int, float)) and f > 0 and np.isfinite(f))]
+    if bad:
+        raise RbxError(f"--eps-sweep factors must be positive numbers, got {bad}")
+    main = {t.threat.label for t in threats}
+    out, seen = [], set()
+    for t in threats:
+        for f in sorted(set(float(f) for f in factors)):
+            tm = ThreatModel(t.threat.norm, t.threat.eps * f)
+            if f != 1.0 and tm.label not in main and tm.label not in seen:
+                seen.add(tm.label)
+                out.append(ThreatSpec(tm, t.attacks))
+    return out
 
 
 def _saver(path: Path | None, prog: Progress):
@@ -282,9 +309,10 @@ def _run_checks(net: nn.Module, data: EvalData, dev: torch.device) -> dict[str, 
     return summarize(results)
 
 
-def _run_all(net, data, threats, cascades, union_stages, prog: Progress, seed, batch_size, dev, progress, save, t0):
-    n_threats = len(threats)
+def _run_all(net, data, threats, n_main, cascades, union_stages, prog: Progress, seed, batch_size, dev, progress, save, t0):
+    n_threats = len(threats)  # the main threat models, then the eps-sweep ones
     threat_models = [t.threat for t in threats]
+    main_models = threat_models[:n_main]
     base_elapsed = prog.elapsed
     while prog.phase <= n_threats:
         union_phase = prog.phase == n_threats
@@ -296,10 +324,10 @@ def _run_all(net, data, threats, cascades, union_stages, prog: Progress, seed, b
             save(base_elapsed + time.perf_counter() - t0)
             continue
         if prog.stage_idx is None:
-            mask = prog.still.all(1) if union_phase else prog.still[:, prog.phase]
+            mask = prog.still[:, :n_main].all(1) if union_phase else prog.still[:, prog.phase]
             prog.stage_idx = np.flatnonzero(mask)
             prog.acc = {"seconds": 0.0, "n_forward": 0, "n_backward": 0, "curve_sum": [], "curve_n": [],
-                        "broken": [[] for _ in range(n_threats)] if union_phase else []}
+                        "broken": [[] for _ in range(n_main)] if union_phase else []}
         if union_phase:
             label, attack = union_stages[prog.stage]
         else:
@@ -313,9 +341,9 @@ def _run_all(net, data, threats, cascades, union_stages, prog: Progress, seed, b
             t_batch = time.perf_counter()
             xb, yb = data.x[chunk].to(dev), data.y[chunk].to(dev)
             if union_phase:
-                res = attack(net, xb, yb, threat_models, seed=derive_seed(seed, n_threats, prog.stage, bi))
+                res = attack(net, xb, yb, main_models, seed=derive_seed(seed, UNION_KEY, prog.stage, bi))
                 success = res.success.cpu().numpy()
-                for ti in range(n_threats):
+                for ti in range(n_main):
                     hit = chunk[success[:, ti]]
                     prog.still[hit, ti] = False
                     prog.broken_by[hit, ti] = len(cascades[ti]) + prog.stage
@@ -342,7 +370,7 @@ def _run_all(net, data, threats, cascades, union_stages, prog: Progress, seed, b
         bar.close()
         n_attacked = len(prog.stage_idx)
         if union_phase:
-            robust_after = int(prog.still[prog.stage_idx].all(1).sum()) if n_attacked else 0
+            robust_after = int(prog.still[prog.stage_idx, :n_main].all(1).sum()) if n_attacked else 0
         else:
             robust_after = int(prog.still[prog.stage_idx, prog.phase].sum()) if n_attacked else 0
         stage = AttackStage(
@@ -357,15 +385,20 @@ def _run_all(net, data, threats, cascades, union_stages, prog: Progress, seed, b
         save(base_elapsed + time.perf_counter() - t0)
 
 
-def _finish(model, data, threats, union_attacks, suite, seed, batch_size, dev, prog: Progress, wall: float) -> Evaluation:
-    robust = prog.still
-    labels = [t.threat.label for t in threats]
-    threat_results = tuple(
-        ThreatResult(spec.threat.label, spec.threat.norm, spec.threat.eps, Accuracy.from_flags(robust[:, ti]),
+def _finish(model, data, threats, n_main, union_attacks, suite, seed, batch_size, dev, prog: Progress,
+            wall: float) -> Evaluation:
+    results = [
+        ThreatResult(spec.threat.label, spec.threat.norm, spec.threat.eps, Accuracy.from_flags(prog.still[:, ti]),
                      tuple(AttackStage.from_dict(s) for s in prog.done[ti]), prog.threat_seconds[ti])
-        for ti, spec in enumerate(threats))
+        for ti, spec in enumerate(threats)]
+    threat_results, sweep_results = tuple(results[:n_main]), results[n_main:]
+    threats = threats[:n_main]
+    robust = prog.still[:, :n_main]
+    labels = [t.threat.label for t in threats]
     union = union_flags(prog.clean_correct, robust)
-    flags = SampleFlags(np.arange(data.n), data.y.numpy(), prog.clean_correct, robust, prog.broken_by, tuple(labels))
+    flags = SampleFlags(np.arange(data.n), data.y.numpy(), prog.clean_correct, robust, prog.broken_by[:, :n_main],
+                        tuple(labels), sweep_robust=prog.still[:, n_main:],
+                        sweep_threats=tuple(r.threat for r in sweep_results))
     record = RunRecord(
         run_id="",
         suite=suite,
@@ -381,10 +414,24 @@ def _finish(model, data, threats, union_attacks, suite, seed, batch_size, dev, p
         provenance={**provenance.collect(dev, seed, prog.started, wall)},
         checks=prog.checks,
         union_attacks=tuple(AttackStage.from_dict(s) for s in prog.union_done),
+        sweeps=_sweeps(threat_results, sweep_results),
     )
     ev = Evaluation(record, flags)
     ev.record = dataclasses.replace(record, run_id=ev.stem)
     return ev
+
+
+def _sweeps(main: Sequence[ThreatResult], extra: Sequence[ThreatResult]) -> tuple[dict, ...]:
+    """Per main threat model: robust accuracy at each swept eps (the main result at factor 1)."""
+    out = []
+    for t in main:
+        points = [r for r in [t, *extra] if r.norm == t.norm]
+        if len(points) == 1:
+            continue
+        out.append({"threat": t.threat, "norm": t.norm, "points": [
+            {"eps": r.eps, "label": r.threat, "factor": round(r.eps / t.eps, 6), "robust": dataclasses.asdict(r.robust),
+             "seconds": r.seconds} for r in sorted(points, key=lambda r: r.eps)]})
+    return tuple(out)
 
 
 @torch.no_grad()

@@ -1,0 +1,164 @@
+"""The regression gate: did robust accuracy change significantly between two runs on the same images?
+
+Two records are paired per sample (they must have evaluated exactly the same images: same dataset
+hash, indices and labels). For each threat model and for the union, the discordant pairs are
+``drops`` (robust in the baseline, broken in the candidate) and ``rises`` (the reverse). The exact
+McNemar test is the two-sided binomial test of ``drops`` against ``drops + rises`` trials at p = 1/2.
+The comparisons of one gate are corrected together with Holm's step-down method, so the whole gate
+keeps its false-alarm rate at ``alpha``.
+
+A significant drop fails the gate (robustness regressed), and so does a significant rise: with the
+same model, a rise in robust accuracy usually means the attack got weaker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import comb
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import RbxError
+from .records import RunRecord, SampleFlags, iter_records, read_flags, read_record
+
+
+class UnusableInput(RbxError):
+    """The two runs cannot be compared (exit code 2)."""
+
+
+def mcnemar_exact(drops: int, rises: int) -> float:
+    """Two-sided exact McNemar p-value: ``P(X <= min) * 2`` for X ~ Binomial(drops + rises, 1/2), capped at 1."""
+    n = drops + rises
+    if n == 0:
+        return 1.0
+    k = min(drops, rises)
+    tail = sum(comb(n, i) for i in range(k + 1))
+    return min(1.0, 2 * tail / 2**n)
+
+
+def holm(pvalues: Sequence[float], alpha: float) -> list[bool]:
+    """Holm-Bonferroni: which hypotheses are rejected at family-wise level ``alpha``."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    reject = [False] * len(pvalues)
+    for rank, i in enumerate(order):
+        if pvalues[i] <= alpha / (len(pvalues) - rank):
+            reject[i] = True
+        else:
+            break
+    return reject
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One threat model (or the union) of a gate."""
+
+    name: str
+    baseline: float
+    candidate: float
+    drops: int
+    rises: int
+    p_value: float
+    significant: bool = False
+
+    @property
+    def verdict(self) -> str:
+        if not self.significant:
+            return "ok"
+        return "DROP" if self.candidate < self.baseline else "RISE"
+
+
+@dataclass(frozen=True)
+class GateResult:
+    baseline: str
+    candidate: str
+    n: int
+    alpha: float
+    comparisons: tuple[Comparison, ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def failed(self) -> bool:
+        return any(c.significant for c in self.comparisons)
+
+    def report(self) -> str:
+        lines = [f"baseline  {self.baseline}", f"candidate {self.candidate}",
+                 f"{self.n} paired samples; exact McNemar tests, Holm-corrected at alpha = {self.alpha}", ""]
+        for c in self.comparisons:
+            lines.append(f"{c.name:<14} {100 * c.baseline:6.2f}% -> {100 * c.candidate:6.2f}%  "
+                         f"({100 * (c.candidate - c.baseline):+.2f})  flips: {c.drops} down, {c.rises} up  "
+                         f"p = {c.p_value:.3g}  {c.verdict}")
+        lines += list(self.notes)
+        lines.append("")
+        if self.failed:
+            bad = ", ".join(f"{c.name} ({c.verdict.lower()})" for c in self.comparisons if c.significant)
+            lines.append(f"FAIL: robust accuracy changed significantly: {bad}. A rise with an unchanged model "
+                         "usually means the attack got weaker.")
+        else:
+            lines.append("PASS: no significant change in robust accuracy.")
+        return "\n".join(lines)
+
+
+def _check_same_images(b: RunRecord, c: RunRecord, fb: SampleFlags, fc: SampleFlags) -> None:
+    if b.dataset.get("sha256") != c.dataset.get("sha256") or b.n != c.n:
+        raise UnusableInput(f"the runs evaluated different images (dataset sha256 {str(b.dataset.get('sha256'))[:12]}, "
+                            f"n={b.n} vs {str(c.dataset.get('sha256'))[:12]}, n={c.n}); evaluate both on the same slice")
+    if not (np.array_equal(fb.index, fc.index) and np.array_equal(fb.y, fc.y)):
+        raise UnusableInput("the runs' per-sample indices or labels differ; evaluate both on the same slice")
+
+
+def compare(baseline: Path, candidate: Path, alpha: float = 0.05) -> GateResult:
+    """Gate one candidate record against one baseline record."""
+    if not 0 < alpha < 1:
+        raise UnusableInput(f"--alpha must be in (0, 1), got {alpha}")
+    b, c = read_record(baseline), read_record(candidate)
+    fb, fc = read_flags(baseline, b), read_flags(candidate, c)
+    _check_same_images(b, c, fb, fc)
+    common = [t for t in fb.threats if t in fc.threats]
+    if not common:
+        raise UnusableInput(f"the runs share no threat model (baseline: {', '.join(fb.threats)}; "
+                            f"candidate: {', '.join(fc.threats)})")
+    notes = []
+    skipped = sorted(set(fb.threats) ^ set(fc.threats))
+    if skipped:
+        notes.append(f"not compared (in one run only): {', '.join(skipped)}")
+    series = [(t, fb.robust[:, fb.threats.index(t)], fc.robust[:, fc.threats.index(t)]) for t in common]
+    if set(fb.threats) == set(fc.threats):
+        series.append(("union", fb.union, fc.union))
+    else:
+        notes.append("union not compared: the runs evaluated different threat models")
+    raw = []
+    for name, xb, xc in series:
+        drops, rises = int((xb & ~xc).sum()), int((~xb & xc).sum())
+        raw.append(Comparison(name, float(xb.mean()), float(xc.mean()), drops, rises, mcnemar_exact(drops, rises)))
+    rejected = holm([r.p_value for r in raw], alpha)
+    comps = tuple(Comparison(r.name, r.baseline, r.candidate, r.drops, r.rises, r.p_value, rej) for r, rej in zip(raw, rejected))
+    clean_flips = int((fb.clean_correct != fc.clean_correct).sum())
+    if clean_flips:
+        notes.append(f"clean accuracy {100 * fb.clean_correct.mean():.2f}% -> {100 * fc.clean_correct.mean():.2f}% "
+                     f"({clean_flips} samples changed): is this the same model?")
+    return GateResult(str(baseline), str(candidate), b.n, alpha, comps, tuple(notes))
+
+
+def resolve_pairs(baseline: Path, candidate: Path) -> list[tuple[Path, Path]]:
+    """Record files to compare: two files, or the newest record per (model, suite, dataset) in two directories."""
+    baseline, candidate = Path(baseline), Path(candidate)
+    for p in (baseline, candidate):
+        if not p.exists():
+            raise UnusableInput(f"no such record or directory: {p}")
+    if baseline.is_file() and candidate.is_file():
+        return [(baseline, candidate)]
+    if baseline.is_dir() and candidate.is_dir():
+        def newest(d: Path) -> dict[tuple, Path]:
+            out: dict[tuple, Path] = {}
+            for path, r in iter_records(d):  # oldest first: later ones win
+                out[(r.model.get("name"), r.suite_label, r.dataset.get("sha256"))] = path
+            return out
+
+        nb, nc = newest(baseline), newest(candidate)
+        pairs = [(nb[k], nc[k]) for k in sorted(nb, key=str) if k in nc]
+        if not pairs:
+            raise UnusableInput(f"no (model, suite, images) in common between {baseline} and {candidate}")
+        return pairs
+    raise UnusableInput("give two record files or two results directories")
