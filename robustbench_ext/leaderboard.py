@@ -207,6 +207,12 @@ def write_all(results_dir: Path) -> list[Path]:
             row_plots.append(mine)
         board.rows = board.rows.assign(plots=row_plots)
 
+    # Plots of records no longer on a board are stale: derived files go when their source goes.
+    keep = {p.name for p in written}
+    for pattern in ("*_per_class.png", "*_attribution.png", "*_loss.png", "*_eps_*.png"):
+        for stale in plot_dir.glob(pattern) if plot_dir.is_dir() else []:
+            if stale.name not in keep:
+                stale.unlink()
     md = results_dir / "leaderboard.md"
     atomic_write_text(md, leaderboard_markdown(results_dir, link_base=results_dir, plot_links=plot_links))
     csv = results_dir / "leaderboard.csv"
