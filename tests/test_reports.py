@@ -3,9 +3,7 @@
 import json
 import shutil
 import subprocess
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
