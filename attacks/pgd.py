@@ -44,3 +44,28 @@ class PGD(IterativeAttack):
     def step_size(self, step: int, eps: float, state: dict, p: Pass) -> float:
         rel = self.rel_step_size if self.rel_step_size is not None else 2.5 / self.steps
         return rel * eps
+
+
+@ATTACKS.register("trades-pgd", summary="PGD on KL(p(x) || p(x')), the adversary of TRADES (Zhang et al. 2019)")
+@dataclass(eq=False)
+class TradesPGD(IterativeAttack):
+    """PGD maximizing the KL divergence from the clean prediction (TRADES' inner maximization).
+
+    Its objective does not use the label: it pushes the prediction away from the clean one.
+    """
+
+    name: ClassVar[str] = "trades-pgd"
+    smoke_params: ClassVar[dict] = {"steps": 5}
+
+    steps: int = 10
+    rel_step_size: float | None = None  # None: 2.5 / steps
+
+    def begin(self, ctx, x0, y0, x_start, eps, p) -> dict:
+        return {"log_p_clean": ctx.logits(x0).float().log_softmax(1)}
+
+    def objective(self, logits: Tensor, y: Tensor, step: int, state: dict, p: Pass) -> Tensor:
+        lp = state["log_p_clean"]
+        return (lp.exp() * (lp - logits.float().log_softmax(1))).sum(1)
+
+    def step_size(self, step: int, eps: float, state: dict, p: Pass) -> float:
+        return (self.rel_step_size if self.rel_step_size is not None else 2.5 / self.steps) * eps

@@ -1,5 +1,6 @@
-"""rbx's built-in defenses (training objectives and inference wrappers).
+"""rbx's built-in defenses and training baselines (training objectives and inference wrappers).
 
-Importing this package registers them in :data:`robustbench_ext.registry.DEFENSES`. None are
-built in yet: RAMP, LTD, SOVR and the adaptive smoothing mixer arrive with their issues.
+Importing this package registers them in :data:`robustbench_ext.registry.DEFENSES`.
 """
+
+from . import baselines, ltd, ramp, sovr  # noqa: F401

@@ -280,7 +280,7 @@ class IterativeAttack(Attack):
 
     Per pass (:meth:`passes`), only points not yet fooled are attacked; in a pass that counts, a
     point is frozen at the first iterate the model misclassifies and costs nothing more (early
-    stop). Each step evaluates the objective and its gradient, lets :meth:`checkpoint` send samples
+    stop; ``early_stop=False``, for training, keeps ascending and returns the highest-objective point). Each step evaluates the objective and its gradient, lets :meth:`checkpoint` send samples
     back to their best point, then moves ``step_size`` along the geometry's steepest-ascent
     direction, with heavy-ball :meth:`momentum`, and projects onto ball ∩ box. Points never fooled
     return their highest-objective point.
@@ -290,6 +290,9 @@ class IterativeAttack(Attack):
     restarts: int = 1
     random_start: bool = True
     l1_sparsity: float = DEFAULT_L1_SPARSITY
+    #: Evaluation: freeze a point at the first iterate that fools the model (and stop paying for it).
+    #: Training: False, keep ascending and return every point's highest-objective iterate.
+    early_stop: bool = True
 
     def __post_init__(self) -> None:
         require_positive_ints(self, "steps", "restarts")
@@ -352,7 +355,7 @@ class IterativeAttack(Attack):
             for step in range(p.steps):
                 logits, loss, grad = ctx.value_and_grad(xk, functools.partial(self.objective, y=y0, step=step, state=state, p=p))
                 ctx.record_loss(loss)
-                if p.counts:
+                if p.counts and self.early_stop:
                     hit = logits.argmax(1) != y0
                     if hit.any():  # freeze fooled points where they were fooled; spend nothing more on them
                         out[idx[hit]] = xk[hit]
@@ -389,7 +392,7 @@ class IterativeAttack(Attack):
             best.loss = torch.where(better, loss, best.loss)
             best.x[better] = xk[better]
             if p.counts:
-                hit = logits.argmax(1) != y0
+                hit = (logits.argmax(1) != y0) if self.early_stop else torch.zeros_like(y0, dtype=torch.bool)
                 out[idx[hit]] = xk[hit]
                 fooled[idx[hit]] = True
                 keep = ~hit & (best.loss > out_loss[idx])

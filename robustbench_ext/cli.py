@@ -217,6 +217,67 @@ def format_table(record) -> str:
     return "\n".join(lines)
 
 
+# ---- rbx train -------------------------------------------------------------------------------------
+@cli.command("train")
+@click.option("--defense", "defense_spec", required=True, metavar="NAME[:K=V,...]",
+              help="Defense or baseline, e.g. ramp, sovr:M=0.4, ltd:tau_teacher=0.5 (see `rbx list defenses`).")
+@click.option("--arch", default=None, help="Architecture to train from scratch (see `rbx list architectures`).")
+@click.option("--init", "init_spec", default=None, help="Model to start from (fine-tuning), e.g. cifar10-resnet18-linf-at.")
+@click.option("--dataset", "dataset_spec", default="cifar10-train", show_default=True)
+@click.option("--n-train", type=int, default=None, help="Train on the first N images [default: all].")
+@click.option("--epochs", type=int, default=1, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--lr", type=float, default=0.1, show_default=True, help="Peak learning rate.")
+@click.option("--schedule", type=click.Choice(["onecycle", "piecewise", "constant"]), default="onecycle", show_default=True)
+@click.option("--weight-decay", type=float, default=5e-4, show_default=True)
+@click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--amp/--no-amp", default=True, show_default=True, help="bf16 autocast on CUDA (ignored on CPU).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder [default: results/train/NAME].")
+@click.option("--name", default=None, help="Name of the trained model in records [default: the run folder's name].")
+@click.option("--eval-suite", default=DEFAULT_SUITE, show_default=True, help="Suite for the evaluation hook.")
+@click.option("--eval-n", type=int, default=500, show_default=True, help="Test images for the evaluation hook (0: skip).")
+@click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
+@click.option("--resume/--no-resume", default=None, help="Continue the run folder's checkpoint [default: if there is one].")
+@click.option("--progress/--no-progress", default=None)
+def train_cmd(defense_spec, arch, init_spec, dataset_spec, n_train, epochs, batch_size, lr, schedule, weight_decay,
+              momentum, seed, device, amp, out, name, eval_suite, eval_n, results_dir, resume, progress) -> None:
+    """Adversarial training with a registered defense; checkpoints every epoch, then an rbx evaluation record."""
+    from .records import ensure_writable
+    from .registry import DATASETS
+    from .runner import evaluate
+    from .suites import load_suite
+    from .training import TrainConfig, Trainer, parse_defense
+
+    parse_defense(defense_spec)  # bad names and parameters before anything is loaded
+    DATASETS.get(dataset_spec)
+    suite = load_suite(eval_suite) if eval_n else None
+    if eval_n < 0:
+        raise RbxError(f"--eval-n must be >= 0, got {eval_n}")
+    run_name = name or f"{defense_spec.split(':')[0]}_{arch or init_spec}_e{epochs}_s{seed}".replace("/", "-")
+    out = out or results_dir / "train" / run_name
+    cfg = TrainConfig(defense=defense_spec, out=str(out), arch=arch, init=init_spec, dataset=dataset_spec, n_train=n_train,
+                      epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                      schedule=schedule, seed=seed, device=device, amp=amp, name=name or Path(out).name)
+    cfg.validate()
+    if suite is not None:
+        ensure_writable(results_dir)
+    trainer = Trainer(cfg, progress=progress if progress is not None else sys.stderr.isatty())
+    result = trainer.run(resume=resume)
+    for row in result.log:
+        click.echo("epoch " + ", ".join(f"{k} {v}" for k, v in row.items() if k != "epoch") + f"  [{row['epoch']}/{epochs}]")
+    click.echo(f"model: {result.model_path}")
+    if suite is not None:
+        data = DATASETS.create(suite.dataset, n_examples=eval_n)
+        ev = evaluate(trainer.loaded_model(), data, suite.threats, union_attacks=suite.union, suite=suite.name, seed=seed,
+                      device=device, progress=progress if progress is not None else sys.stderr.isatty(),
+                      checkpoint_dir=results_dir / CHECKPOINT_DIR)
+        path = ev.write(results_dir)
+        click.echo(format_table(ev.record))
+        click.echo(f"record: {path}")
+
+
 # ---- rbx check -------------------------------------------------------------------------------------
 @cli.command("check")
 @click.option("--model", "model_spec", default=DEFAULT_MODEL, show_default=True)

@@ -212,6 +212,30 @@ def file_model(path: str, arch_override: str | None = None, num_classes: int = 1
     return from_file(Path(path), arch_override, f"file:{Path(path).name}", num_classes)
 
 
+@MODELS.register("trained", takes_arg=True, arg_name="DIR",
+                 summary="a model trained with `rbx train` (its folder, or its model.pt), with its inference wrapper")
+def trained_model(path: str, arch_override: str | None = None, num_classes: int = 10) -> LoadedModel:
+    from .defense import apply_wrapper
+    import json as _json
+
+    p = Path(path)
+    weights = p / "model.pt" if p.is_dir() else p
+    meta_path = weights.with_name("model.json")
+    if not meta_path.is_file():
+        raise ModelLoadError(f"{meta_path} not found: trained:DIR needs the folder `rbx train` wrote (model.pt + model.json)")
+    try:
+        meta = _json.loads(meta_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {meta_path}: {exc}") from None
+    arch = meta.get("architecture")
+    if arch_override not in (None, arch):
+        raise RbxError(f"{weights} is a {arch}; drop --arch")
+    loaded = from_file(weights, arch, str(meta.get("name") or weights.parent.name), num_classes)
+    loaded.module = apply_wrapper(loaded.module, meta.get("wrapper")).eval()
+    loaded.extra = {"trained": {k: meta.get(k) for k in ("defense", "defense_params", "init", "epochs", "wrapper")}}
+    return loaded
+
+
 @MODELS.register("robustbench", takes_arg=True, arg_name="[DATASET/][THREAT/]MODEL_ID",
                  summary="a RobustBench model zoo entry through robustbench.load_model (model dir: $RBX_ROBUSTBENCH_DIR or ./models)")
 def robustbench_model(spec: str, arch_override: str | None = None, num_classes: int = 10) -> LoadedModel:

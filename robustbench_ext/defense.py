@@ -1,0 +1,134 @@
+"""The defense contract: a training objective (and, where a defense changes inference, a model wrapper).
+
+A :class:`Defense` is a dataclass of its parameters, registered in ``DEFENSES``. The training engine
+(:mod:`robustbench_ext.training`) calls, per batch, :meth:`Defense.loss` with the model in train mode;
+the defense crafts its adversarial examples through :meth:`StepContext.adversary` (which runs an
+rbx attack on the model in eval mode with frozen weights, seeded by the batch's position) and
+returns the loss to minimize and a few statistics. Hooks at the start and end of each epoch serve
+defenses that act per epoch (RAMP's gradient projection); :meth:`Defense.wrap` returns the model as it
+must be used at inference (LTD's temperature), and the engine saves what it needs to rebuild it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .attack import Attack, require_positive_ints  # noqa: F401  (re-exported for defenses)
+from .errors import RbxError
+from .runner import derive_seed, frozen
+from .threat import ThreatModel
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .training import Trainer
+
+
+@dataclass
+class StepContext:
+    """What a defense's loss gets besides the batch: seeds, device, autocast, the running epoch and step."""
+
+    seed: int
+    epoch: int
+    step: int
+    autocast: bool = False
+    generator: torch.Generator | None = None
+    _calls: int = 0
+
+    def adversary(self, attack: Attack, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> Tensor:
+        """``attack``'s adversarial examples for (x, y) on ``model`` in eval mode (weights frozen), detached."""
+        was_training = model.training
+        self._calls += 1
+        with frozen(model), self.autocast_ctx():
+            x_adv = attack(model, x, y, threat, seed=derive_seed(self.seed, self._calls)).x_adv
+        model.train(was_training)
+        return x_adv.detach()
+
+    def autocast_ctx(self):
+        """bf16 autocast on CUDA when mixed precision is on; a no-op otherwise."""
+        if self.autocast:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)
+
+
+class Defense(ABC):
+    """Base class of every defense and training baseline; subclasses are dataclasses of their parameters."""
+
+    name: ClassVar[str] = "defense"
+    #: Parameters for a quick but real run (the tests train every registered defense with them).
+    smoke_params: ClassVar[dict[str, Any]] = {}
+
+    def params(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
+
+    def setup(self, trainer: "Trainer") -> None:
+        """Once before training (load a teacher, check the threat models, ...)."""
+
+    @abstractmethod
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss to minimize on a batch (model in train mode) and statistics such as ``adv_acc``.
+
+        Statistics are tensors (no host sync per step): scalars, averaged over the epoch's batches.
+        """
+
+    def epoch_start(self, trainer: "Trainer", epoch: int) -> None:
+        """Before each epoch's batches."""
+
+    def epoch_end(self, trainer: "Trainer", epoch: int) -> None:
+        """After each epoch's batches (before the checkpoint)."""
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The model as used at inference (default: unchanged)."""
+        return model
+
+    def wrapper_spec(self) -> dict[str, Any] | None:
+        """How to rebuild :meth:`wrap` from saved weights (stored beside the trained model)."""
+        return None
+
+
+class Temperature(nn.Module):
+    """Divides a model's logits by a fixed temperature (kept at inference: LTD's student temperature)."""
+
+    def __init__(self, model: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.model = model
+        self.temperature = float(temperature)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x) / self.temperature
+
+
+#: Inference wrappers a trained model can carry, rebuilt from ``model.json`` by the ``trained:`` source.
+WRAPPERS = {"temperature": lambda model, spec: Temperature(model, spec["temperature"])}
+
+
+def apply_wrapper(model: nn.Module, spec: dict[str, Any] | None) -> nn.Module:
+    if not spec:
+        return model
+    if spec.get("kind") not in WRAPPERS:
+        raise RbxError(f"unknown model wrapper {spec.get('kind')!r}; known: {', '.join(WRAPPERS)}")
+    return WRAPPERS[spec["kind"]](model, spec)
+
+
+def threat_list(texts: list[str] | tuple[str, ...] | str, name: str) -> list[ThreatModel]:
+    """Parse a defense's threat-model parameter (one string or a list of them)."""
+    items = [texts] if isinstance(texts, str) else list(texts)
+    if not items:
+        raise RbxError(f"defense '{name}': give at least one threat model")
+    return [ThreatModel.parse(t) for t in items]
+
+
+def build_attack(spec: str, name: str) -> Attack:
+    """A training attack from its spec, with early stop off (training wants the highest-loss point)."""
+    from .suites import AttackSpec
+
+    attack = AttackSpec.parse(spec).build()
+    if not isinstance(attack, Attack):
+        raise RbxError(f"defense '{name}': '{spec}' is not a single-threat attack")
+    if hasattr(attack, "early_stop"):
+        attack.early_stop = False
+    return attack

@@ -1,0 +1,227 @@
+"""Defenses and the training engine: losses against hand-computed values, RAMP's KL and gradient
+projection, SOVR(M=0) == CE-AT, one step lowers the loss, exact resume, and every defense trains."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+
+from defenses.baselines import PGDAT, trades_kl
+from defenses.ltd import soft_cross_entropy, soft_labels
+from defenses.ramp import gradient_projection, ramp_kl
+from defenses.sovr import SOVR, logit_margin, ovr_loss, switching_loss
+from robustbench_ext.cli import cli
+from robustbench_ext.defense import StepContext, Temperature
+from robustbench_ext.models import load_model
+from robustbench_ext.registry import DEFENSES
+from robustbench_ext.training import TrainConfig, Trainer, augment, lr_factor
+
+
+def sp(v):
+    return math.log1p(math.exp(v))
+
+
+# ---- losses by hand ------------------------------------------------------------------------------------
+def test_ovr_loss_by_hand():
+    z = torch.tensor([[2.0, -1.0, 0.5], [0.0, 0.0, 3.0]])
+    y = torch.tensor([0, 2])
+    expected = [sp(-2.0) + sp(-1.0) + sp(0.5), sp(0.0) + sp(0.0) + sp(-3.0)]
+    assert torch.allclose(ovr_loss(z, y), torch.tensor(expected), atol=1e-6)
+    assert torch.allclose(logit_margin(z, y), torch.tensor([1.5, 3.0]))
+
+
+def test_switching_loss_by_hand():
+    z = torch.tensor([[2.0, -1.0, 0.5], [0.0, 0.0, 3.0], [1.0, 1.5, 0.0], [0.2, 0.1, 0.0]])
+    y = torch.tensor([0, 2, 0, 0])
+    margins = logit_margin(z, y)  # 1.5, 3.0, -0.5, 0.1
+    ce = F.cross_entropy(z, y, reduction="none")
+    ovr = ovr_loss(z, y)
+    loss0, imp0 = switching_loss(z, y, margins, 0.0, 2.0)
+    assert torch.allclose(loss0, ce.mean()) and not imp0.any()
+    loss_half, imp = switching_loss(z, y, margins, 0.5, 2.0)  # the two smallest margins: samples 2 and 3
+    assert imp.tolist() == [False, False, True, True]
+    assert torch.allclose(loss_half, (ce[0] + ce[1] + 2 * ovr[2] + 2 * ovr[3]) / 4)
+    loss1, _ = switching_loss(z, y, margins, 1.0, 1.0)
+    assert torch.allclose(loss1, ovr.mean())
+
+
+def test_trades_kl_and_soft_labels_by_hand():
+    clean = torch.tensor([[1.0, 0.0]])
+    adv = torch.tensor([[0.0, 1.0]])
+    p, q = F.softmax(clean, 1)[0], F.softmax(adv, 1)[0]
+    expected = float((p * (p / q).log()).sum())  # KL(p(x) || p(x'))
+    assert trades_kl(clean, adv).item() == pytest.approx(expected, rel=1e-6)
+    qs = soft_labels(torch.tensor([[2.0, 1.0, 0.0]]), 0.5)
+    assert torch.allclose(qs, F.softmax(torch.tensor([[4.0, 2.0, 0.0]]), 1))
+    assert (qs * qs.log()).sum() > (F.softmax(torch.tensor([[2.0, 1.0, 0.0]]), 1).pow(1) * F.softmax(torch.tensor([[2.0, 1.0, 0.0]]), 1).log()).sum()
+    logits = torch.tensor([[0.5, -0.5, 1.0]])
+    expected = -(qs * F.log_softmax(logits, 1)).sum().item()
+    assert soft_cross_entropy(logits, qs).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_temperature_wrapper_divides_logits():
+    net = torch.nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    assert torch.allclose(Temperature(net, 2.0)(x), net(x) / 2)
+
+
+# ---- RAMP ---------------------------------------------------------------------------------------------
+def test_ramp_kl_direction_and_mask():
+    z_src = torch.tensor([[3.0, 0.0], [0.0, 3.0], [2.0, 1.0]], requires_grad=True)
+    z_tgt = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 2.0]], requires_grad=True)
+    y = torch.tensor([0, 0, 0])  # sample 1's source adversarial is misclassified: masked out
+    kl = ramp_kl(z_src, z_tgt, y)
+    p, q = F.softmax(z_src, 1), F.softmax(z_tgt, 1)
+    per = (p * (p.log() - q.log())).sum(1)  # KL(p_source || p_target): the L1 side is pulled to the Linf side
+    assert kl.detach().item() == pytest.approx(float((per[0] + per[2]) / 2), rel=1e-6)
+    assert kl.detach().item() != pytest.approx(float(((q * (q.log() - p.log())).sum(1)[[0, 2]]).mean()), rel=1e-3)
+    kl.backward()
+    assert z_src.grad.abs().sum() > 0 and z_tgt.grad.abs().sum() > 0  # neither side detached
+    assert z_src.grad[1].abs().sum() == 0 and z_tgt.grad[1].abs().sum() == 0  # the masked sample gets nothing
+    none = ramp_kl(torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0]]), torch.tensor([0]))
+    assert none.item() == 0.0
+
+
+def test_gradient_projection_on_constructed_deltas():
+    old = {"w": torch.zeros(2), "bn.running_mean": torch.zeros(2), "bn.num_batches_tracked": torch.tensor(3)}
+    g = torch.tensor([1.0, 0.0])
+    adv = {"w": g.clone(), "bn.running_mean": g.clone(), "bn.num_batches_tracked": torch.tensor(5)}
+    agree = gradient_projection(old, adv, {"w": 2 * g, "bn.running_mean": 2 * g, "bn.num_batches_tracked": torch.tensor(4)}, 0.5)
+    assert torch.allclose(agree["w"], 0.5 * g + 0.5 * 1.0 * 2 * g)  # cos = 1
+    assert torch.allclose(agree["bn.running_mean"], agree["w"])  # BN statistics are projected too
+    assert agree["bn.num_batches_tracked"].item() == 5  # integer buffers come from the adversarial model
+    opposite = gradient_projection(old, adv, {"w": -g, "bn.running_mean": -g, "bn.num_batches_tracked": torch.tensor(4)}, 0.5)
+    assert torch.allclose(opposite["w"], 0.5 * g)  # cos = -1: the natural update is dropped
+    ortho = gradient_projection(old, adv, {"w": torch.tensor([0.0, 1.0]), "bn.running_mean": g,
+                                           "bn.num_batches_tracked": torch.tensor(4)}, 0.5)
+    assert torch.allclose(ortho["w"], 0.5 * g)  # cos = 0
+    tilted = gradient_projection(old, adv, {"w": torch.tensor([1.0, 1.0]), "bn.running_mean": g,
+                                            "bn.num_batches_tracked": torch.tensor(4)}, 0.5)
+    c = 1 / math.sqrt(2)
+    assert torch.allclose(tilted["w"], torch.tensor([0.5 + 0.5 * c, 0.5 * c]))
+
+
+# ---- defenses on a real model -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def batch(cifar200):
+    return cifar200.x[:32], cifar200.y[:32]
+
+
+def _fresh_cnn():
+    return load_model("cifar10-smallcnn-linf-at").module.train()
+
+
+def test_sovr_with_m0_equals_ce_at(batch):
+    x, y = batch
+    model = _fresh_cnn()
+    a = SOVR(M=0.0, attack="pgd:steps=3").loss(model, x, y, StepContext(seed=5, epoch=0, step=0))[0]
+    b = PGDAT(attack="pgd:steps=3").loss(model, x, y, StepContext(seed=5, epoch=0, step=0))[0]
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", DEFENSES.names())
+def test_one_training_step_lowers_the_loss(name, batch):
+    x, y = batch
+    model = _fresh_cnn()
+    defense = DEFENSES.create(name, **DEFENSES.get(name).factory.smoke_params)
+
+    class _T:  # what setup() needs from a trainer
+        device = torch.device("cpu")
+
+    defense.setup(_T())
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    before, _ = defense.loss(model, x, y, StepContext(seed=1, epoch=0, step=0, generator=torch.Generator().manual_seed(1)))
+    opt.zero_grad()
+    before.backward()
+    opt.step()
+    after, _ = defense.loss(model, x, y, StepContext(seed=1, epoch=0, step=0, generator=torch.Generator().manual_seed(1)))
+    assert after.item() < before.item()
+
+
+def test_lr_schedules_and_augmentation():
+    assert lr_factor("onecycle", 0.0) == 0 and lr_factor("onecycle", 0.4) == pytest.approx(1) and lr_factor("onecycle", 0.999) < 0.01
+    assert [lr_factor("piecewise", t) for t in (0.1, 0.6, 0.8)] == [1.0, 0.1, 0.01]
+    x = torch.rand(8, 3, 32, 32)
+    a = augment(x, torch.Generator().manual_seed(0))
+    b = augment(x, torch.Generator().manual_seed(0))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
+    # Every output image is a crop (possibly flipped) of the reflect-padded input.
+    xp = F.pad(x, (4, 4, 4, 4), mode="reflect")
+    for i in range(8):
+        found = any(torch.equal(a[i], img[:, dy:dy + 32, dx:dx + 32]) for img in (xp[i], xp[i].flip(2))
+                    for dy in range(9) for dx in range(9))
+        assert found
+
+
+# ---- the engine ---------------------------------------------------------------------------------------
+def _cfg(tmp_path, **kw):
+    base = dict(defense="pgd-at:attack=pgd:steps=2", out=str(tmp_path / "run"), arch="smallcnn", n_train=96,
+                epochs=2, batch_size=32, lr=0.05, seed=3, device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_resume_reproduces_the_next_epoch_exactly(tmp_path, monkeypatch):
+    spec = "ramp:attack=apgd-ce:steps=2,gp=true"  # per-epoch hooks (gradient projection) included
+    straight = Trainer(_cfg(tmp_path / "a", defense=spec))
+    straight.run()
+
+    crashing = Trainer(_cfg(tmp_path / "b", defense=spec))
+    real = Trainer.run_epoch
+
+    def crash_in_epoch_2(self, epoch, *a, **kw):
+        if epoch == 1:
+            raise KeyboardInterrupt("killed during epoch 2")
+        return real(self, epoch, *a, **kw)
+
+    monkeypatch.setattr(Trainer, "run_epoch", crash_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        crashing.run()
+    monkeypatch.setattr(Trainer, "run_epoch", real)
+    assert torch.load(tmp_path / "b" / "run" / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    resumed = Trainer(_cfg(tmp_path / "b", defense=spec))
+    resumed.run()  # continues after epoch 1
+    assert [r["epoch"] for r in resumed.log] == [1, 2]
+    for (k, v1), v2 in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(v1, v2), k
+    assert resumed.log[1]["loss"] == straight.log[1]["loss"]
+
+
+@pytest.mark.parametrize("name", DEFENSES.names())
+def test_every_defense_trains_and_reloads(name, tmp_path):
+    params = ",".join(f"{k}={v}" for k, v in DEFENSES.get(name).factory.smoke_params.items())
+    spec = f"{name}:{params}" if params else name
+    trainer = Trainer(_cfg(tmp_path, defense=spec, epochs=1, n_train=64))
+    result = trainer.run()
+    assert result.model_path.is_file() and len(result.log) == 1
+    row = result.log[0]
+    assert {"loss", "clean_acc", "adv_acc", "seconds", "lr_end"} <= set(row) and np.isfinite(row["loss"])
+    lines = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["epoch"] == 1
+    reloaded = load_model(f"trained:{tmp_path / 'run'}")
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = trainer.loaded_model().module(x)
+        assert torch.allclose(reloaded.module(x), expected, atol=2e-2, rtol=2e-2)  # fp16 weights
+    if name == "ltd":
+        assert isinstance(reloaded.module, Temperature)
+
+
+def test_train_cli_end_to_end_and_errors(tmp_path):
+    runner = CliRunner()
+    bad = runner.invoke(cli, ["train", "--defense", "rampp", "--arch", "smallcnn"])
+    assert bad.exit_code == 2 and bad.stderr.startswith("rbx: error: unknown defense 'rampp'; known:")
+    bad = runner.invoke(cli, ["train", "--defense", "ramp:lbdd=2", "--arch", "smallcnn"])
+    assert bad.exit_code == 2 and "parameters:" in bad.stderr
+    bad = runner.invoke(cli, ["train", "--defense", "pgd-at"])
+    assert bad.exit_code == 2 and "--arch" in bad.stderr
+    res = runner.invoke(cli, ["train", "--defense", "sovr:attack=pgd:steps=2", "--arch", "smallcnn", "--n-train", "64",
+                              "--batch-size", "32", "--epochs", "1", "--eval-n", "20", "--results-dir", str(tmp_path),
+                              "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "record:" in res.stdout and list((tmp_path / "records").glob("*.json"))
+    assert (tmp_path / "train").is_dir()
