@@ -1,4 +1,5 @@
-"""Training baselines on the shared engine: PGD-k AT, TRADES, and for multiple norms E-AT and MAX.
+"""Training baselines on the shared engine: standard training, PGD-k AT, TRADES, and for multiple
+norms E-AT and MAX.
 
 - ``pgd-at`` (Madry et al., ICLR 2018): cross-entropy on PGD adversarial examples.
 - ``trades`` (Zhang et al., ICML 2019): CE(f(x), y) + beta * KL(p(x) || p(x')), x' maximizing that KL.
@@ -31,6 +32,18 @@ def trades_kl(logits_clean: Tensor, logits_adv: Tensor) -> Tensor:
 
 def accuracy(logits: Tensor, y: Tensor) -> Tensor:
     return (logits.argmax(1) == y).float().mean()
+
+
+@DEFENSES.register("standard", summary="standard (non-robust) training: cross-entropy on clean inputs")
+@dataclass(eq=False)
+class Standard(Defense):
+    """Cross-entropy on the clean (augmented) inputs: the accurate base model of a mixer, and a control."""
+
+    name: ClassVar[str] = "standard"
+
+    def loss(self, model, x, y, ctx):
+        logits = model(x)
+        return F.cross_entropy(logits.float(), y), {"clean_acc": accuracy(logits, y)}
 
 
 @DEFENSES.register("pgd-at", summary="PGD adversarial training: cross-entropy on PGD-k examples (Madry et al. 2018)")

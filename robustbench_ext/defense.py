@@ -61,6 +61,8 @@ class Defense(ABC):
     name: ClassVar[str] = "defense"
     #: Parameters for a quick but real run (the tests train every registered defense with them).
     smoke_params: ClassVar[dict[str, Any]] = {}
+    #: The model a quick test run starts from, when the defense needs a particular one (else a fresh arch).
+    smoke_init: ClassVar[str | None] = None
 
     def params(self) -> dict[str, Any]:
         return dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
@@ -80,6 +82,13 @@ class Defense(ABC):
 
     def epoch_end(self, trainer: "Trainer", epoch: int) -> None:
         """After each epoch's batches (before the checkpoint)."""
+
+    def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """The parameters this defense trains (default: all of them)."""
+        return list(model.parameters())
+
+    def save(self, out_dir, model: nn.Module) -> None:
+        """Write extra artifacts beside the trained model (default: nothing)."""
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """The model as used at inference (default: unchanged)."""

@@ -159,8 +159,9 @@ class Trainer:
         else:
             self.model, self.arch, self.init_source = build_architecture(cfg.arch), cfg.arch, None
         self.model = self.model.to(self.device).train()
+        trainable = {id(p) for p in self.defense.trainable_parameters(self.model)}
         for p in self.model.parameters():
-            p.requires_grad_(True)
+            p.requires_grad_(id(p) in trainable)
         self.opt = make_optimizer(self.model, cfg)
         self.steps_per_epoch = math.ceil(data.n / cfg.batch_size)
         total = self.steps_per_epoch * cfg.epochs
@@ -282,6 +283,7 @@ class Trainer:
                 "defense": self.defense.name, "defense_params": self.defense.params(), "init": self.cfg.init,
                 "epochs": self.cfg.epochs, "dtype": "float16"}
         atomic_write_text(self.out / "model.json", json.dumps(meta, indent=2) + "\n")
+        self.defense.save(self.out, self.model)
         return path
 
     def loaded_model(self) -> LoadedModel:

@@ -24,7 +24,7 @@ def invoke(*args):
 def test_list(kind):
     res = invoke("list", kind)
     assert res.exit_code == 0
-    expected = {"attacks": "pgd", "defenses": "no defenses", "models": "cifar10-smallcnn-linf-at",
+    expected = {"attacks": "pgd", "defenses": "ramp", "models": "cifar10-smallcnn-linf-at",
                 "datasets": "npz:PATH", "suites": "cifar10-union", "architectures": "smallcnn"}[kind]
     assert expected in res.output
 
