@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -38,7 +37,7 @@ from torch import Tensor, nn
 
 from robustbench_ext.defense import Defense, build_attack
 from robustbench_ext.errors import ModelLoadError, RbxError
-from robustbench_ext.models import LoadedModel, file_sha256, load_model, read_state_dict
+from robustbench_ext.models import LoadedModel, load_model, read_state_dict
 from robustbench_ext.registry import DEFENSES, MODELS
 from robustbench_ext.threat import ThreatModel
 

@@ -267,7 +267,7 @@ class Track:
 
     loss: Tensor
     x: Tensor
-    grad: Tensor
+    grad: Tensor | None  # None when the attack has no checkpoint hook (nothing reads it)
 
 
 def _compact(keep: Tensor, *tensors: Tensor) -> list[Tensor]:
@@ -341,6 +341,8 @@ class IterativeAttack(Attack):
         out_loss = torch.full((n,), -math.inf, device=x.device)
         fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
         warm: Tensor | None = None  # previous pass's best points (full size), for warm starts
+        # Only attacks with a checkpoint hook (APGD) read the best point's gradient: skip the copy otherwise.
+        keep_grad = type(self).checkpoint is not IterativeAttack.checkpoint
         for p in self.passes():
             idx = (~fooled).nonzero().squeeze(1)
             if idx.numel() == 0:
@@ -351,7 +353,8 @@ class IterativeAttack(Attack):
             state = self.begin(ctx, x0, y0, xk, eps, p)
             m = self.momentum(geom)
             x_prev = xk
-            best = Track(torch.full((idx.numel(),), -math.inf, device=x.device), xk.clone(), torch.zeros_like(xk))
+            best = Track(torch.full((idx.numel(),), -math.inf, device=x.device), xk.clone(),
+                         torch.zeros_like(xk) if keep_grad else None)
             for step in range(p.steps):
                 logits, loss, grad = ctx.value_and_grad(xk, functools.partial(self.objective, y=y0, step=step, state=state, p=p))
                 ctx.record_loss(loss)
@@ -362,15 +365,17 @@ class IterativeAttack(Attack):
                         fooled[idx[hit]] = True
                         keep, m_keep = ~hit, hit.shape[0]
                         idx, x0, y0, xk, x_prev, grad, loss = _compact(keep, idx, x0, y0, xk, x_prev, grad, loss)
-                        best = Track(*_compact(keep, best.loss, best.x, best.grad))
+                        best = Track(best.loss[keep], best.x[keep], None if best.grad is None else best.grad[keep])
                         state = {k: (v[keep] if isinstance(v, Tensor) and v.ndim and v.shape[0] == m_keep else v)
                                  for k, v in state.items()}
                         if idx.numel() == 0:
                             break
                 better = loss > best.loss
                 best.loss = torch.where(better, loss, best.loss)
-                best.x[better] = xk[better]
-                best.grad[better] = grad[better]
+                # torch.where, not masked assignment: no data-dependent shapes, no host sync on CUDA
+                best.x = torch.where(_bcast(better, xk), xk, best.x)
+                if best.grad is not None:
+                    best.grad = torch.where(_bcast(better, grad), grad, best.grad)
                 back = self.checkpoint(step, loss, state, p, best, x0)
                 if back is not None and back.any():
                     xk = torch.where(_bcast(back, xk), best.x, xk)
@@ -390,7 +395,7 @@ class IterativeAttack(Attack):
             loss = self.objective(logits, y0, step=p.steps, state=state, p=p).float()
             better = loss > best.loss
             best.loss = torch.where(better, loss, best.loss)
-            best.x[better] = xk[better]
+            best.x = torch.where(_bcast(better, xk), xk, best.x)
             if p.counts:
                 hit = (logits.argmax(1) != y0) if self.early_stop else torch.zeros_like(y0, dtype=torch.bool)
                 out[idx[hit]] = xk[hit]

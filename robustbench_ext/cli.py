@@ -122,9 +122,21 @@ def list_cmd(kind: str) -> None:
 @click.option("--resume/--no-resume", default=None,
               help="Continue a killed run from its checkpoint (--resume: require one; --no-resume: start over) "
                    "[default: continue if the same run left one].")
+@click.option("--shards", default=None, metavar="DIR|GLOB",
+              help="Stream over .npz shards instead of --dataset (constant memory, resumable per shard).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="Precision of the attack search; successes are always re-verified in float32.")
+@click.option("--channels-last", is_flag=True, help="channels_last memory format for the search.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model for the search.")
 def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs, attack_specs, union_specs, eps_sweep,
-            n_examples, batch_size, device, seed, results_dir, as_json, progress, resume) -> None:
-    """Evaluate a model: clean accuracy, robust accuracy per threat model, and union robust accuracy."""
+            n_examples, batch_size, device, seed, results_dir, as_json, progress, resume, shards, precision,
+            channels_last, compile_) -> None:
+    """Evaluate a model: clean accuracy, robust accuracy per threat model, and union robust accuracy.
+
+    Under torchrun (WORLD_SIZE > 1) the work is split over the processes (see README, "Scaling").
+    """
+    from .acceleration import SearchOptions
+    from .distributed import init_from_env
     from .data import check_n_examples
     from .models import load_model, parse_normalization
     from .records import ensure_writable
@@ -139,6 +151,9 @@ def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs,
     if batch_size < 1:
         raise RbxError(f"--batch-size must be a positive integer, got {batch_size}")
     factors = _parse_factors(eps_sweep) if eps_sweep else ()
+    search = SearchOptions(precision, channels_last, compile_)
+    if shards and (dataset_spec or n_examples is not None or factors):
+        raise RbxError("--shards replaces --dataset and --n-examples, and streams have no --eps-sweep")
     resolve_device(device)
     if normalize:
         parse_normalization(normalize)
@@ -160,17 +175,34 @@ def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs,
     build_union(union)
     dataset_name = dataset_spec or (suite.dataset if suite else "cifar10")
     DATASETS.get(dataset_name)
+    if shards:
+        from .streaming import list_shards
+
+        list_shards(shards)
     results_dir = ensure_writable(results_dir)
 
+    dist, device = init_from_env(device)
     model = load_model(model_spec, arch=arch, normalize=normalize)
-    data = DATASETS.create(dataset_name, n_examples=n_examples)
-    show = progress if progress is not None else sys.stderr.isatty()
+    show = (progress if progress is not None else sys.stderr.isatty()) and dist.is_main
     # A suite whose threats or attacks were replaced is a custom run, not that suite.
     suite_name = suite.name if suite and not threat_specs and not attack_specs and not union_specs else None
-    ev = evaluate(model, data, threats, union_attacks=union, suite=suite_name, seed=seed, batch_size=batch_size,
-                  device=device, progress=show, checkpoint_dir=results_dir / CHECKPOINT_DIR, resume=resume,
-                  eps_sweep=factors)
-    path = ev.write(results_dir)
+    if shards:
+        from .streaming import stream_evaluate
+
+        out = stream_evaluate(model, shards, threats, union_attacks=union, suite=suite_name, seed=seed,
+                              batch_size=batch_size, device=device, results_dir=results_dir, progress=show,
+                              search=search, dist=dist)
+        if out is None:  # not rank 0: rank 0 merges and reports
+            return
+        ev, path = out
+    else:
+        data = DATASETS.create(dataset_name, n_examples=n_examples)
+        ev = evaluate(model, data, threats, union_attacks=union, suite=suite_name, seed=seed, batch_size=batch_size,
+                      device=device, progress=show, checkpoint_dir=results_dir / CHECKPOINT_DIR, resume=resume,
+                      eps_sweep=factors, search=search, dist=dist)
+        if not dist.is_main:
+            return
+        path = ev.write(results_dir)
     if as_json:
         click.echo(json.dumps(json.loads(path.read_text()), indent=2))
     else:
@@ -407,6 +439,29 @@ def export_cmd(record: Path, fmt: str, model_id: str, out: Path, meta: Path | No
     aa = read_record(autoattack_record) if autoattack_record else None
     for p in export(read_record(record), out, model_id, meta_d, aa):
         click.echo(f"exported: {p}")
+
+
+@cli.command("shards")
+@click.option("--dataset", "dataset_spec", default="cifar10", show_default=True, help="Dataset to pack (see `rbx list datasets`).")
+@click.option("--n-examples", type=int, default=None, help="Pack the first N images [default: all].")
+@click.option("--shard-size", type=int, default=10000, show_default=True, help="Images per shard.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the shards.")
+def shards_cmd(dataset_spec: str, n_examples: int | None, shard_size: int, out: Path) -> None:
+    """Pack a dataset into .npz shards (uint8 images, labels, global index) for `rbx run --shards`."""
+    from .data import check_n_examples
+    from .errors import DataError
+    from .registry import DATASETS
+    from .streaming import pack_shards
+
+    if n_examples is not None:
+        check_n_examples(n_examples, sys.maxsize, "the dataset")
+    if shard_size < 1:
+        raise DataError(f"--shard-size must be a positive integer, got {shard_size}")
+    DATASETS.get(dataset_spec)
+    if out.exists() and any(out.glob("*.npz")):
+        raise RbxError(f"{out} already holds .npz files; give an empty or new folder")
+    paths = pack_shards(DATASETS.create(dataset_spec, n_examples=n_examples), out, shard_size)
+    click.echo(f"wrote {len(paths)} shards to {out}")
 
 
 @cli.command("regress")

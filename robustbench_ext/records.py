@@ -305,7 +305,7 @@ def read_flags(record_path: Path, record: RunRecord | None = None) -> SampleFlag
 
 
 def iter_records(results_dir: Path) -> Iterator[tuple[Path, RunRecord]]:
-    """Every readable rbx record under ``results_dir`` (recursively), oldest first by start time."""
+    """Every readable rbx record under ``results_dir`` (recursively, shard parts of streamed runs excepted), oldest first."""
     found = []
     for p in sorted(Path(results_dir).rglob("*.json")):
         if p.name.startswith("."):
@@ -315,6 +315,8 @@ def iter_records(results_dir: Path) -> Iterator[tuple[Path, RunRecord]]:
         except (OSError, json.JSONDecodeError):
             continue
         if isinstance(d, dict) and str(d.get("schema", "")).startswith("rbx.record/"):
+            if (d.get("config") or {}).get("stream", {}).get("role") == "shard":
+                continue  # one shard of a streamed run: the merged record stands for it
             try:
                 found.append((p, RunRecord.from_dict(d)))
             except ResultsError:

@@ -42,8 +42,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import provenance
+from .acceleration import SearchOptions, search_model
+from .attack import verified_success
 from .checks import cheap_checks, summarize
 from .data import EvalData
+from .distributed import Dist
 from .errors import DataError, RbxError, ResultsError
 from .models import LoadedModel
 from .records import (MISCLASSIFIED, ROBUST, Accuracy, AttackStage, RunRecord, SampleFlags, ThreatResult,
@@ -185,7 +188,8 @@ class Progress:
 
 
 def run_key(model: LoadedModel, data: EvalData, threats: Sequence[ThreatSpec], union: Sequence[AttackSpec],
-            seed: int, batch_size: int, device: torch.device, n_main: int | None = None) -> str:
+            seed: int, batch_size: int, device: torch.device, n_main: int | None = None,
+            search: SearchOptions | None = None, world: int = 1) -> str:
     """What makes two runs the same run: model, data slice, attacks and their parameters, seed, batching, device."""
     desc = {
         "model": [model.name, model.source, model.sha256, model.normalization],
@@ -194,6 +198,10 @@ def run_key(model: LoadedModel, data: EvalData, threats: Sequence[ThreatSpec], u
         "union": [[a.name, a.params] for a in union],
         "seed": seed, "batch_size": batch_size, "device": device.type, "n_main": n_main,
     }
+    if search is not None and search != SearchOptions():
+        desc["search"] = search.describe()
+    if world > 1:
+        desc["world"] = world
     return hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -212,6 +220,8 @@ def evaluate(
     checkpoint_dir: Path | None = None,
     resume: bool | None = None,
     eps_sweep: Sequence[float] = (),
+    search: SearchOptions = SearchOptions(),
+    dist: Dist | None = None,
 ) -> Evaluation:
     """Run the checks, the clean pass, every threat model's cascade and the union stage.
 
@@ -223,6 +233,13 @@ def evaluate(
     union-robust; their ``broken_by`` index continues after each threat model's own cascade.
     With ``checkpoint_dir``, progress is saved after every batch; ``resume`` None continues a matching
     checkpoint if there is one, True requires one, False starts over. Nothing else is written.
+
+    ``search``: engine switches for the attacks' own passes (bf16, channels_last, compile); with any of
+    them on, every success is re-verified with the float32 model. ``dist`` (default: the initialized
+    ``torch.distributed`` group, if any): every stage's batches are dealt round-robin to the ranks and
+    the hits exchanged after the stage, so every rank ends with the flags a single process would
+    compute (the batches and their seeds are the same); checkpoints are then written by rank 0 at
+    stage boundaries only.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise RbxError(f"--batch-size must be a positive integer, got {batch_size!r}")
@@ -237,6 +254,7 @@ def evaluate(
     cascades = [spec.build() for spec in threats]  # fails fast on bad names, params or norms
     union_stages = build_union(tuple(union_attacks))
     dev = resolve_device(device)
+    dist = dist if dist is not None else Dist.current()
     for t in threats:
         if t.threat.covers_box(data.x[0].numel()):
             log.warning("%s: the ball contains the whole [0, 1] box, so every input can be turned into any "
@@ -244,7 +262,8 @@ def evaluate(
     net = model.module.to(dev)
     ckpt_path = None
     if checkpoint_dir is not None:
-        ckpt_path = Path(checkpoint_dir) / f"{run_key(model, data, threats, union_attacks, seed, batch_size, dev, n_main)}.npz"
+        key = run_key(model, data, threats, union_attacks, seed, batch_size, dev, n_main, search, dist.world)
+        ckpt_path = Path(checkpoint_dir) / f"{key}.npz"
     t0 = time.perf_counter()
     with frozen(net):
         prog = None
@@ -255,18 +274,21 @@ def evaluate(
         if prog is None:
             if resume:
                 raise RbxError(f"--resume: no checkpoint of this run in {checkpoint_dir}; run without --resume")
-            clean = _clean_pass(net, data.x, data.y, batch_size, dev)  # validates labels and logits first
+            clean = _clean_pass(net, data.x, data.y, batch_size, dev, dist)  # validates labels and logits first
             checks = _run_checks(net, data, dev)
             still = np.repeat(clean[:, None], len(threats), axis=1)
             broken_by = np.full((data.n, len(threats)), ROBUST, dtype=np.int16)
             broken_by[~clean] = MISCLASSIFIED
             prog = Progress(clean, still, broken_by, provenance.utc_now(), checks, done=[[] for _ in threats])
-        save = _saver(ckpt_path, prog)
-        _run_all(net, data, threats, n_main, cascades, union_stages, prog, seed, batch_size, dev, progress, save, t0)
+        save = _saver(ckpt_path if dist.is_main else None, prog, every_batch=dist.world == 1)
+        snet = search_model(net, search, dev)
+        verify = None if search.plain else net
+        _run_all(net if verify is None else snet, data, threats, n_main, cascades, union_stages, prog, seed, batch_size,
+                 dev, progress and dist.is_main, save, t0, dist, verify)
 
     ev = _finish(model, data, threats, n_main, union_attacks, suite, seed, batch_size, dev, prog,
-                 prog.elapsed + time.perf_counter() - t0)
-    if ckpt_path is not None:
+                 prog.elapsed + time.perf_counter() - t0, search, dist)
+    if ckpt_path is not None and dist.is_main:
         ckpt_path.unlink(missing_ok=True)
     return ev
 
@@ -287,9 +309,9 @@ def _sweep_specs(threats: Sequence[ThreatSpec], factors: Sequence[float]) -> lis
     return out
 
 
-def _saver(path: Path | None, prog: Progress):
+def _saver(path: Path | None, prog: Progress, every_batch: bool = True):
     def save(elapsed: float) -> None:
-        if path is None:
+        if path is None or (prog.batch and not every_batch):
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         snapshot = dataclasses.replace(prog, elapsed=elapsed)
@@ -309,7 +331,16 @@ def _run_checks(net: nn.Module, data: EvalData, dev: torch.device) -> dict[str, 
     return summarize(results)
 
 
-def _run_all(net, data, threats, n_main, cascades, union_stages, prog: Progress, seed, batch_size, dev, progress, save, t0):
+def _verified(verify: nn.Module | None, x_adv: torch.Tensor, y: torch.Tensor, success: torch.Tensor) -> torch.Tensor:
+    """The attack's success, or (search switches on) the float32 model's verdict on the same points."""
+    if verify is None:
+        return success
+    with torch.no_grad():
+        return verified_success(verify(x_adv), y)
+
+
+def _run_all(net, data, threats, n_main, cascades, union_stages, prog: Progress, seed, batch_size, dev, progress, save, t0,
+             dist: Dist, verify: nn.Module | None):
     n_threats = len(threats)  # the main threat models, then the eps-sweep ones
     threat_models = [t.threat for t in threats]
     main_models = threat_models[:n_main]
@@ -326,8 +357,7 @@ def _run_all(net, data, threats, n_main, cascades, union_stages, prog: Progress,
         if prog.stage_idx is None:
             mask = prog.still[:, :n_main].all(1) if union_phase else prog.still[:, prog.phase]
             prog.stage_idx = np.flatnonzero(mask)
-            prog.acc = {"seconds": 0.0, "n_forward": 0, "n_backward": 0, "curve_sum": [], "curve_n": [],
-                        "broken": [[] for _ in range(n_main)] if union_phase else []}
+            prog.acc = _fresh_acc(n_main if union_phase else 0)
         if union_phase:
             label, attack = union_stages[prog.stage]
         else:
@@ -338,29 +368,31 @@ def _run_all(net, data, threats, n_main, cascades, union_stages, prog: Progress,
                    unit="pt", leave=False, disable=not progress, dynamic_ncols=True)
         for bi in range(prog.batch, len(chunks)):
             chunk = chunks[bi]
+            if not dist.mine(bi):  # another rank's batch
+                prog.batch = bi + 1
+                bar.update(len(chunk))
+                continue
             t_batch = time.perf_counter()
             xb, yb = data.x[chunk].to(dev), data.y[chunk].to(dev)
             if union_phase:
                 res = attack(net, xb, yb, main_models, seed=derive_seed(seed, UNION_KEY, prog.stage, bi))
-                success = res.success.cpu().numpy()
+                success = torch.stack([_verified(verify, xa, yb, s) for xa, s in zip(res.x_adv, res.success.unbind(1))], 1)
+                success = success.cpu().numpy()
+                hits = [[int(i) for i in chunk[success[:, ti]]] for ti in range(n_main)]
                 for ti in range(n_main):
-                    hit = chunk[success[:, ti]]
-                    prog.still[hit, ti] = False
-                    prog.broken_by[hit, ti] = len(cascades[ti]) + prog.stage
-                    prog.acc["broken"][ti].extend(int(i) for i in hit)
+                    prog.acc["broken"][ti].extend(hits[ti])
             else:
                 ti = prog.phase
                 res = attack(net, xb, yb, threat_models[ti], seed=derive_seed(seed, ti, prog.stage, bi))
-                hit = chunk[res.success.cpu().numpy()]
-                prog.still[hit, ti] = False
-                prog.broken_by[hit, ti] = prog.stage
-                prog.acc["broken"].extend(int(i) for i in hit)
+                hits = [int(i) for i in chunk[_verified(verify, res.x_adv, yb, res.success).cpu().numpy()]]
+                prog.acc["broken"].extend(hits)
                 for s, (v, c) in enumerate(zip(res.loss_sum, res.loss_count)):
                     if s >= len(prog.acc["curve_sum"]):
                         prog.acc["curve_sum"].append(0.0)
                         prog.acc["curve_n"].append(0)
                     prog.acc["curve_sum"][s] += v
                     prog.acc["curve_n"][s] += c
+            _apply_hits(prog, union_phase, n_main, cascades, hits)
             prog.acc["n_forward"] += res.n_forward
             prog.acc["n_backward"] += res.n_backward
             prog.acc["seconds"] += time.perf_counter() - t_batch
@@ -368,6 +400,9 @@ def _run_all(net, data, threats, n_main, cascades, union_stages, prog: Progress,
             bar.update(len(chunk))
             save(base_elapsed + time.perf_counter() - t0)
         bar.close()
+        if dist.world > 1:  # every rank gets every rank's hits and counts; the stage ends identically everywhere
+            prog.acc = _merge_accs(dist.all_gather(prog.acc))
+            _apply_hits(prog, union_phase, n_main, cascades, prog.acc["broken"])
         n_attacked = len(prog.stage_idx)
         if union_phase:
             robust_after = int(prog.still[prog.stage_idx, :n_main].all(1).sum()) if n_attacked else 0
@@ -385,8 +420,50 @@ def _run_all(net, data, threats, n_main, cascades, union_stages, prog: Progress,
         save(base_elapsed + time.perf_counter() - t0)
 
 
+def _fresh_acc(n_union: int) -> dict[str, Any]:
+    """A stage's running totals (``n_union`` > 0: the union stage, broken points per threat model)."""
+    return {"seconds": 0.0, "n_forward": 0, "n_backward": 0, "curve_sum": [], "curve_n": [],
+            "broken": [[] for _ in range(n_union)] if n_union else []}
+
+
+def _apply_hits(prog: Progress, union_phase: bool, n_main: int, cascades, broken) -> None:
+    """Mark the stage's broken points (idempotent: a point is only ever set from robust to broken here)."""
+    if union_phase:
+        for ti in range(n_main):
+            hit = np.asarray(broken[ti], dtype=np.int64)
+            prog.still[hit, ti] = False
+            prog.broken_by[hit, ti] = len(cascades[ti]) + prog.stage
+    else:
+        hit = np.asarray(broken, dtype=np.int64)
+        prog.still[hit, prog.phase] = False
+        prog.broken_by[hit, prog.phase] = prog.stage
+
+
+def _merge_accs(accs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One stage's totals from every rank's: passes and losses add up, seconds is the slowest rank's."""
+    out = _fresh_acc(len(accs[0]["broken"]) if accs[0]["broken"] and isinstance(accs[0]["broken"][0], list) else 0)
+    union = bool(out["broken"])
+    for a in accs:
+        out["seconds"] = max(out["seconds"], a["seconds"])
+        out["n_forward"] += a["n_forward"]
+        out["n_backward"] += a["n_backward"]
+        for s, (v, c) in enumerate(zip(a["curve_sum"], a["curve_n"])):
+            if s >= len(out["curve_sum"]):
+                out["curve_sum"].append(0.0)
+                out["curve_n"].append(0)
+            out["curve_sum"][s] += v
+            out["curve_n"][s] += c
+        if union:
+            for ti, b in enumerate(a["broken"]):
+                out["broken"][ti].extend(b)
+        else:
+            out["broken"].extend(a["broken"])
+    out["broken"] = [sorted(b) for b in out["broken"]] if union else sorted(out["broken"])
+    return out
+
+
 def _finish(model, data, threats, n_main, union_attacks, suite, seed, batch_size, dev, prog: Progress,
-            wall: float) -> Evaluation:
+            wall: float, search: SearchOptions = SearchOptions(), dist: Dist = Dist()) -> Evaluation:
     results = [
         ThreatResult(spec.threat.label, spec.threat.norm, spec.threat.eps, Accuracy.from_flags(prog.still[:, ti]),
                      tuple(AttackStage.from_dict(s) for s in prog.done[ti]), prog.threat_seconds[ti])
@@ -410,7 +487,8 @@ def _finish(model, data, threats, n_main, union_attacks, suite, seed, batch_size
         union=Accuracy.from_flags(union),
         config={"seed": seed, "batch_size": batch_size, "device": str(dev),
                 "threats": [{"threat": s.threat.label, "attacks": [a.label for a in s.attacks]} for s in threats],
-                "union_attacks": [a.label for a in union_attacks]},
+                "union_attacks": [a.label for a in union_attacks], "search": search.describe(),
+                **({"distributed": dist.describe()} if dist.world > 1 else {})},
         provenance={**provenance.collect(dev, seed, prog.started, wall)},
         checks=prog.checks,
         union_attacks=tuple(AttackStage.from_dict(s) for s in prog.union_done),
@@ -435,9 +513,13 @@ def _sweeps(main: Sequence[ThreatResult], extra: Sequence[ThreatResult]) -> tupl
 
 
 @torch.no_grad()
-def _clean_pass(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, dev: torch.device) -> np.ndarray:
+def _clean_pass(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, dev: torch.device,
+                dist: Dist = Dist()) -> np.ndarray:
     correct = np.zeros(x.shape[0], dtype=bool)
-    for chunk in _batches(np.arange(x.shape[0]), batch_size):
+    mine = []
+    for bi, chunk in enumerate(_batches(np.arange(x.shape[0]), batch_size)):
+        if not dist.mine(bi):
+            continue
         logits = net(x[chunk].to(dev))
         if logits.ndim != 2:
             raise RbxError(f"the model must return logits [N, K], got shape {tuple(logits.shape)}")
@@ -448,4 +530,9 @@ def _clean_pass(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: in
         if int(yb.max()) >= k:
             raise DataError(f"label {int(yb.max())} is out of range for a model with {k} outputs; is this the right dataset?")
         correct[chunk] = (logits.argmax(1).cpu() == yb).numpy()
+        mine.append(chunk)
+    if dist.world > 1:
+        for pairs in dist.all_gather([(c, correct[c]) for c in mine]):
+            for c, f in pairs:
+                correct[c] = f
     return correct

@@ -1,0 +1,293 @@
+#!/usr/bin/env python
+"""Speed of rbx against its peers and against the hardware, on one model, one image set, one device.
+
+Every measurement runs in this one process, on the same model, the same first-N test images (class
+balanced), the same device and batch size, after a warm-up batch, with the device synchronized around
+the clock. Rows:
+
+- ``ceiling``: the model's plain forward + backward (gradient w.r.t. the input, weights frozen) over
+  the N images, ``steps`` times: the throughput no first-order attack can beat;
+- ``rbx pgd`` / ``torchattacks pgd``: Linf PGD at equal steps, step size and random start; rbx with
+  ``early_stop=false`` does exactly the same work as torchattacks (every point, every step), rbx with
+  early stop (its default in evaluation) stops paying for a point once it is fooled;
+- ``rbx apgd-ce`` / ``pyautoattack apgd-ce``: APGD-CE with the same iterations and one restart;
+- ``--standard``: rbx's default union suite vs pyautoattack ``standard`` on the same three threat
+  models (see ``benchmarks/aa_vs_rbx.py``; minutes on CPU);
+- ``--variants``: rbx PGD (no early stop) with the engine's switches: channels_last, bf16 search
+  (float32 re-verification), ``torch.compile``.
+
+Quick rows report the median of ``--repeat`` runs (all runs listed in the JSON); the suite rows run once.
+Throughput = images passed forward+backward per second (counted by rbx's CountingModel for rbx, by
+construction for the peers). These are benchmarks, not tests: nothing here asserts on seconds.
+
+CPU:  python benchmarks/perf.py --model cifar10-smallcnn-linf-at --n 200 --device cpu
+GPU:  python benchmarks/perf.py --model cifar10-resnet18-linf-at --n 1000 --device cuda --batch-size 500 --standard --variants
+Results: results/perf/<cpu|gpu>_<model>_n<N>.{json,md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from robustbench_ext import provenance
+from robustbench_ext._compat import import_pyautoattack
+from robustbench_ext.models import load_model
+from robustbench_ext.records import atomic_write_text
+from robustbench_ext.registry import DATASETS
+from robustbench_ext.suites import AttackSpec
+from robustbench_ext.acceleration import SearchOptions, search_model
+from robustbench_ext.runner import frozen, resolve_device
+from robustbench_ext.threat import ThreatModel
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextmanager
+def clock(device: torch.device, out: dict):
+    _sync(device)
+    t0 = time.perf_counter()
+    yield
+    _sync(device)
+    out["seconds"] = time.perf_counter() - t0
+
+
+def batches(x, y, bs):
+    for i in range(0, len(y), bs):
+        yield x[i:i + bs], y[i:i + bs]
+
+
+def ceiling(net, x, y, bs, steps, device):
+    """Plain forward+backward w.r.t. the input, ``steps`` times over every batch."""
+    t = {}
+    with clock(device, t):
+        for xb, yb in batches(x, y, bs):
+            for _ in range(steps):
+                xg = xb.detach().requires_grad_(True)
+                loss = F.cross_entropy(net(xg), yb, reduction="sum")
+                torch.autograd.grad(loss, xg)
+    return {"seconds": t["seconds"], "fwd_bwd": len(y) * steps, "robust": None}
+
+
+def run_rbx(net, x, y, bs, threat, spec, device, seed):
+    attack = AttackSpec.parse(spec).build()
+    t, robust, nb = {}, [], 0
+    with clock(device, t):
+        for i, (xb, yb) in enumerate(batches(x, y, bs)):
+            res = attack(net, xb, yb, threat, seed=seed + i)
+            robust.append(~res.success)
+            nb += res.n_backward
+    return {"seconds": t["seconds"], "fwd_bwd": nb, "robust": float(torch.cat(robust).float().mean())}
+
+
+def run_torchattacks(net, x, y, bs, threat, steps, device, seed):
+    import torchattacks
+
+    atk = torchattacks.PGD(net, eps=threat.eps, alpha=2.5 * threat.eps / steps, steps=steps, random_start=True)
+    torch.manual_seed(seed)
+    t, robust = {}, []
+    with clock(device, t):
+        for xb, yb in batches(x, y, bs):
+            adv = atk(xb, yb)
+            with torch.no_grad():
+                robust.append(net(adv).argmax(1) == yb)
+    return {"seconds": t["seconds"], "fwd_bwd": len(y) * steps, "robust": float(torch.cat(robust).float().mean()),
+            "version": torchattacks.__version__}
+
+
+def run_aa_apgd(net, x, y, bs, threat, steps, device, seed):
+    import importlib
+
+    aa = import_pyautoattack()
+    APGDAttack = importlib.import_module("pyautoattack.autopgd_base").APGDAttack
+
+    atk = APGDAttack(net, n_iter=steps, norm=threat.norm, eps=threat.eps, loss="ce", n_restarts=1, seed=seed,
+                     device=device)
+    t, robust = {}, []
+    with clock(device, t):
+        for xb, yb in batches(x, y, bs):
+            adv = atk.perturb(xb, yb)
+            with torch.no_grad():
+                robust.append(net(adv).argmax(1) == yb)
+    # APGD attacks only the clean-correct points and does not stop early: steps passes each (+ the init).
+    with torch.no_grad():
+        n_correct = int(sum((net(xb).argmax(1) == yb).sum() for xb, yb in batches(x, y, bs)))
+    return {"seconds": t["seconds"], "fwd_bwd": n_correct * steps, "robust": float(torch.cat(robust).float().mean()),
+            "version": getattr(aa, "__version__", "?")}
+
+
+def run_standard(model, data, device, bs, seed, search=None):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import aa_vs_rbx  # noqa: E402
+
+    from robustbench_ext.runner import evaluate, union_flags
+    from robustbench_ext.suites import load_suite
+
+    suite = load_suite("cifar10-union")
+    t = {}
+    with clock(device, t):
+        ev = evaluate(model, data, suite.threats, union_attacks=suite.union, suite=suite.name, seed=seed,
+                      batch_size=bs, device=device, progress=False)
+    rbx = {"seconds": t["seconds"], "robust": ev.record.union.accuracy,
+           "per_threat": {r.threat: r.robust.accuracy for r in ev.record.threats}}
+    fast = None
+    if search is not None:
+        t = {}
+        with clock(device, t):
+            evf = evaluate(model, data, suite.threats, union_attacks=suite.union, suite=suite.name, seed=seed,
+                           batch_size=bs, device=device, progress=False, search=search)
+        fast = {"seconds": t["seconds"], "robust": evf.record.union.accuracy,
+                "per_threat": {r.threat: r.robust.accuracy for r in evf.record.threats},
+                "union_flags_equal_fp32": bool((evf.flags.union == ev.flags.union).all())}
+    net = model.module.to(device)
+    x, y = data.x.to(device), data.y.to(device)
+    flags, total, per = [], 0.0, {}
+    with frozen(net):
+        for spec in suite.threats:
+            robust, secs, _ = aa_vs_rbx.run_autoattack(net, x, y, spec.threat, device, bs, seed)
+            robust &= ev.flags.clean_correct
+            flags.append(robust)
+            total += secs
+            per[spec.threat.label] = float(robust.mean())
+    aa_union = union_flags(ev.flags.clean_correct, np.stack(flags, 1))
+    return rbx, fast, {"seconds": total, "robust": float(aa_union.mean()), "per_threat": per}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="cifar10-smallcnn-linf-at")
+    ap.add_argument("--dataset", default="cifar10")
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--batch-size", type=int, default=200)
+    ap.add_argument("--steps", type=int, default=10, help="PGD steps (rbx and torchattacks)")
+    ap.add_argument("--apgd-steps", type=int, default=100)
+    ap.add_argument("--eps", type=float, default=8 / 255)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--standard", action="store_true", help="also rbx's union suite vs pyautoattack standard")
+    ap.add_argument("--variants", action="store_true", help="also PGD with channels_last / bf16 search / compile")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per quick row (the median is reported)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    ap.add_argument("--out", default=None, help="output stem (default results/perf/<cpu|gpu>_<model>_n<N>)")
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+
+    device = resolve_device(a.device)
+    model = load_model(a.model)
+    data = DATASETS.create(a.dataset, n_examples=a.n)
+    net = model.module.to(device).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    x, y = data.x.to(device), data.y.to(device)
+    threat = ThreatModel("Linf", a.eps)
+    bs, S = a.batch_size, a.steps
+    tag = "gpu" if device.type == "cuda" else "cpu"
+    out = Path(a.out or f"results/perf/{tag}_{a.model}_n{a.n}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    # warm-up: one batch of each code path (allocator, kernels, lazy imports)
+    xw, yw = x[:min(bs, 32)], y[:min(bs, 32)]
+    ceiling(net, xw, yw, bs, 2, device)
+    run_rbx(net, xw, yw, bs, threat, "pgd:steps=2", device, a.seed)
+
+    rows: dict[str, dict] = {}
+
+    def rep(fn, *args):
+        """Median-time run of ``fn`` over --repeat runs (all runs must agree on robust accuracy)."""
+        runs = [fn(*args) for _ in range(a.repeat)]
+        runs.sort(key=lambda r: r["seconds"])
+        out = dict(runs[len(runs) // 2])
+        out["seconds_all"] = [round(r["seconds"], 3) for r in runs]
+        return out
+
+    def add(name, r, note=""):
+        r = dict(r, note=note)
+        r["throughput"] = r["fwd_bwd"] / r["seconds"] if r.get("fwd_bwd") else None
+        rows[name] = r
+        rob = "" if r.get("robust") is None else f" robust {100 * r['robust']:.1f}%"
+        print(f"{name:34s} {r['seconds']:8.2f} s{rob}", flush=True)
+
+    add("ceiling (fwd+bwd)", rep(ceiling, net, x, y, bs, S, device), f"{S} passes over the images")
+    add(f"rbx pgd-{S} (no early stop)", rep(run_rbx, net, x, y, bs, threat, f"pgd:steps={S},early_stop=false", device, a.seed))
+    add(f"torchattacks pgd-{S}", rep(run_torchattacks, net, x, y, bs, threat, S, device, a.seed))
+    add(f"rbx pgd-{S}", rep(run_rbx, net, x, y, bs, threat, f"pgd:steps={S}", device, a.seed), "early stop (rbx default)")
+    add(f"pyautoattack apgd-ce-{a.apgd_steps}", rep(run_aa_apgd, net, x, y, bs, threat, a.apgd_steps, device, a.seed))
+    add(f"rbx apgd-ce-{a.apgd_steps}", rep(run_rbx, net, x, y, bs, threat, f"apgd:steps={a.apgd_steps}", device, a.seed))
+    if a.variants:
+        for name, opts in [("channels_last", SearchOptions(channels_last=True)),
+                           ("bf16 search", SearchOptions(precision="bf16")),
+                           ("torch.compile", SearchOptions(compile=True))]:
+            try:
+                snet = search_model(net, opts, device)
+                run_rbx(snet, xw, yw, bs, threat, "pgd:steps=2", device, a.seed)  # warm-up / compile
+                r = rep(run_rbx, snet, x, y, bs, threat, f"pgd:steps={S},early_stop=false", device, a.seed)
+                add(f"rbx pgd-{S} (no early stop, {name})", r)
+            except Exception as exc:  # a switch the platform lacks is a row, not a crash
+                print(f"{name}: skipped ({type(exc).__name__}: {exc})".splitlines()[0], flush=True)
+                rows[f"rbx pgd-{S} (no early stop, {name})"] = {"skipped": f"{type(exc).__name__}: {exc}"[:300]}
+    result = {
+        "model": a.model, "n": a.n, "batch_size": bs, "repeat": a.repeat, "steps": S, "apgd_steps": a.apgd_steps, "eps": a.eps,
+        "device": str(device), "device_name": provenance.device_name(device), "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "python": platform.python_version(), "rbx_version": provenance.rbx_version(),
+        "git_commit": provenance.git_state()["commit"], "date": provenance.utc_now(),
+        "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        "rows": rows,
+    }
+    if a.standard:
+        fast_opts = SearchOptions(precision="bf16", channels_last=True)
+        rbx, fast, aa = run_standard(model, data, device, bs, a.seed, fast_opts)
+        add("rbx union suite (3 threats)", rbx, "per-norm cascades + union stage; clean pass and checks included")
+        add("rbx union suite, bf16 + channels_last", fast, "successes re-verified in float32; union flags equal to fp32: "
+            f"{fast['union_flags_equal_fp32']}")
+        add("pyautoattack standard (3 threats)", aa, "Linf, L2 standard; L1 apgd-ce + apgd-t")
+    ceil = rows["ceiling (fwd+bwd)"]["throughput"]
+    for r in rows.values():
+        if r.get("throughput"):
+            r["of_ceiling"] = r["throughput"] / ceil
+    ratios = {
+        "torchattacks_over_rbx_pgd_equal_work": rows[f"torchattacks pgd-{S}"]["seconds"] / rows[f"rbx pgd-{S} (no early stop)"]["seconds"],
+        "torchattacks_over_rbx_pgd_default": rows[f"torchattacks pgd-{S}"]["seconds"] / rows[f"rbx pgd-{S}"]["seconds"],
+        "pyautoattack_over_rbx_apgd_ce": rows[f"pyautoattack apgd-ce-{a.apgd_steps}"]["seconds"] / rows[f"rbx apgd-ce-{a.apgd_steps}"]["seconds"],
+    }
+    if a.standard:
+        ratios["pyautoattack_standard_over_rbx_union"] = rows["pyautoattack standard (3 threats)"]["seconds"] / rows["rbx union suite (3 threats)"]["seconds"]
+        ratios["pyautoattack_standard_over_rbx_union_bf16"] = rows["pyautoattack standard (3 threats)"]["seconds"] / rows["rbx union suite, bf16 + channels_last"]["seconds"]
+    result["ratios"] = ratios
+    atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out.with_suffix(".md"), to_markdown(result) + "\n")
+    print(to_markdown(result))
+    return 0
+
+
+def to_markdown(r: dict) -> str:
+    lines = [f"# rbx speed: {r['model']}, first {r['n']} CIFAR-10 test images, batch {r['batch_size']}", "",
+             f"Device: {r['device_name']} ({r['device']}, {r['threads']} threads); torch {r['torch']}; rbx {r['rbx_version']} "
+             f"(commit {str(r['git_commit'])[:10]}); {r['date']}.", f"Command: `{r['command']}`", "",
+             "| run | seconds | fwd+bwd images/s | of ceiling | robust % | note |", "| --- | ---: | ---: | ---: | ---: | --- |"]
+    for name, row in r["rows"].items():
+        if "skipped" in row:
+            lines.append(f"| {name} | - | - | - | - | skipped: {row['skipped'][:80]} |")
+            continue
+        thr = f"{row['throughput']:.0f}" if row.get("throughput") else "-"
+        of = f"{100 * row['of_ceiling']:.0f}%" if row.get("of_ceiling") else "-"
+        rob = f"{100 * row['robust']:.1f}" if row.get("robust") is not None else "-"
+        lines.append(f"| {name} | {row['seconds']:.2f} | {thr} | {of} | {rob} | {row.get('note', '')} |")
+    lines += ["", "Ratios (peer seconds / rbx seconds): " + ", ".join(f"{k} = {v:.2f}" for k, v in r["ratios"].items()) + "."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""Streaming evaluation over packed ``.npz`` shards: datasets larger than memory, resumable per shard.
+
+A shard is an ``.npz`` that :func:`robustbench_ext.data.read_npz` reads (decoded ``x``/``y`` or packed
+``jpeg``/``offsets``/``y``), optionally with ``index`` (the images' global ids). ``rbx shards pack``
+writes them; any tool can. The stream:
+
+- reads the shards in sorted order through an :class:`torch.utils.data.IterableDataset`; a DataLoader
+  worker decodes the next shard while the current one is attacked, so memory holds at most two
+  shards whatever the dataset's size;
+- evaluates each shard as one ordinary rbx run (checks, clean pass, cascades, union stage) seeded
+  by ``(seed, shard number)``, and writes its record under ``<stream dir>/records/shard-K.json``:
+  a killed stream restarts at the first shard without a record (and a half-done shard resumes from
+  its batch checkpoint); a shard record made with other settings or from a changed file is redone;
+- with ``torch.distributed`` (``torchrun``), shard ``k`` goes to rank ``k % world``; rank 0 merges;
+- merges the shard records into one record (flags concatenated; accuracies recomputed from them;
+  per-stage passes, points and seconds summed) in ``results/records/``, like any run.
+
+Per-shard records are marked ``config.stream.role = "shard"`` and leaderboards skip them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import io
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from . import provenance
+from .acceleration import SearchOptions
+from .data import EvalData, read_npz
+from .distributed import Dist
+from .errors import DataError, ResultsError
+from .models import LoadedModel, file_sha256
+from .records import (Accuracy, AttackStage, RunRecord, SampleFlags, ThreatResult, atomic_write_bytes, read_flags,
+                      read_record, write_run)
+from .runner import Evaluation, _slug, derive_seed, evaluate, union_flags
+from .suites import AttackSpec, ThreatSpec
+
+log = logging.getLogger(__name__)
+
+#: Seed key of shard k is derive_seed(seed, SHARD_KEY, k).
+SHARD_KEY = 2_000_003
+
+
+# ---- shards ----------------------------------------------------------------------------------------
+def list_shards(spec: str | Path) -> list[Path]:
+    """The shard files of a folder (its ``*.npz``) or a glob pattern, sorted by name."""
+    p = Path(spec)
+    paths = sorted(p.glob("*.npz")) if p.is_dir() else sorted(Path(s) for s in glob.glob(str(spec)))
+    paths = [q for q in paths if q.is_file()]
+    if not paths:
+        raise DataError(f"no .npz shards at {spec}: give a folder of .npz files or a glob such as 'shards/*.npz'")
+    return paths
+
+
+def pack_shards(data: EvalData, out_dir: Path, shard_size: int, prefix: str = "shard") -> list[Path]:
+    """Write ``data`` as uint8 NHWC shards of ``shard_size`` images (with global ``index``); return the paths."""
+    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
+        raise DataError(f"--shard-size must be a positive integer, got {shard_size!r}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    x = (data.x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    y = data.y.numpy().astype(np.int64)
+    width = max(5, len(str((data.n - 1) // shard_size)))
+    paths = []
+    for k, start in enumerate(range(0, data.n, shard_size)):
+        sl = slice(start, start + shard_size)
+        arrays = {"x": x[sl], "y": y[sl], "index": np.arange(start, min(start + shard_size, data.n))}
+        if data.classes:
+            arrays["classes"] = np.array(data.classes)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        path = out_dir / f"{prefix}-{k:0{width}d}.npz"
+        atomic_write_bytes(path, buf.getvalue())
+        paths.append(path)
+    return paths
+
+
+def _shard_index(path: Path, n: int) -> np.ndarray | None:
+    """The shard's ``index`` array (global image ids), or None if it has none."""
+    with np.load(path, allow_pickle=False) as z:
+        if "index" not in z.files:
+            return None
+        idx = np.asarray(z["index"], dtype=np.int64)
+    if idx.shape != (n,):
+        raise DataError(f"{path}: index has shape {idx.shape} for {n} images")
+    return idx
+
+
+class ShardStream(IterableDataset):
+    """Yields ``(k, path, EvalData)`` for this rank's shards, decoding one shard at a time."""
+
+    def __init__(self, paths: Sequence[Path], todo: Sequence[int]) -> None:
+        self.paths = list(paths)
+        self.todo = list(todo)
+
+    def __iter__(self) -> Iterator[tuple[int, str, EvalData]]:
+        for k in self.todo:
+            path = self.paths[k]
+            yield k, str(path), read_npz(path, None, f"shard:{path.name}", source=f"npz shard ({path.name})")
+
+
+def _loader(stream: ShardStream, workers: int) -> Iterator[tuple[int, str, EvalData]]:
+    if workers == 0:
+        return iter(stream)
+    # batch_size=None: each item is one shard; the worker decodes ahead (prefetch 1) while we attack
+    return iter(DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=1,
+                           persistent_workers=False, collate_fn=lambda item: item))
+
+
+# ---- the stream ------------------------------------------------------------------------------------
+def stream_key(model: LoadedModel, threats: Sequence[ThreatSpec], union: Sequence[AttackSpec], seed: int,
+               batch_size: int, search: SearchOptions) -> str:
+    desc = {"model": [model.name, model.source, model.sha256, model.normalization],
+            "threats": [[t.threat.label, [[a.name, a.params] for a in t.attacks]] for t in threats],
+            "union": [[a.name, a.params] for a in union], "seed": seed, "batch_size": batch_size,
+            "search": search.describe()}
+    return hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def stream_evaluate(
+    model: LoadedModel,
+    shards: str | Path,
+    threats: Sequence[ThreatSpec],
+    *,
+    union_attacks: Sequence[AttackSpec] = (),
+    suite: str | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: str | torch.device = "auto",
+    results_dir: Path = Path("results"),
+    stream_dir: Path | None = None,
+    progress: bool = True,
+    search: SearchOptions = SearchOptions(),
+    dist: Dist | None = None,
+    workers: int = 1,
+) -> tuple[Evaluation, Path] | None:
+    """Evaluate every shard (this rank's share), then merge (rank 0). Returns the merged run and its path on rank 0."""
+    dist = dist if dist is not None else Dist.current()
+    paths = list_shards(shards)
+    key = stream_key(model, threats, union_attacks, seed, batch_size, search)
+    stream_dir = Path(stream_dir or Path(results_dir) / "stream" / f"{_slug(model.name)}_{_slug(suite or 'custom')}_{key}")
+    parts = stream_dir / "records"
+    shas = {}
+    todo = []
+    for k, path in enumerate(paths):
+        if not dist.mine(k):
+            continue
+        shas[k] = file_sha256(path)
+        if _part_ok(parts / f"shard-{k:05d}.json", key, shas[k]):
+            log.info("shard %d (%s): already evaluated, skipping", k, path.name)
+            continue
+        todo.append(k)
+    log.info("%d shards, %d for this rank, %d to evaluate; parts in %s", len(paths), sum(dist.mine(k) for k in range(len(paths))),
+             len(todo), parts)
+    for k, where, data in _loader(ShardStream(paths, todo), workers):
+        t0 = time.perf_counter()
+        ev = evaluate(model, data, threats, union_attacks=union_attacks, suite=suite, seed=derive_seed(seed, SHARD_KEY, k),
+                      batch_size=batch_size, device=device, progress=progress, checkpoint_dir=stream_dir / ".partial",
+                      search=search, dist=Dist())  # one shard = one single-process run
+        idx = _shard_index(Path(where), data.n)
+        flags = ev.flags if idx is None else dataclasses.replace(ev.flags, index=idx)
+        record = dataclasses.replace(ev.record, run_id=f"shard-{k:05d}", config={**ev.record.config, "stream": {
+            "role": "shard", "key": key, "shard": k, "path": where, "file_sha256": shas[k], "global_index": idx is not None}})
+        write_run(record, flags, stream_dir, f"shard-{k:05d}")
+        log.info("shard %d: %d images, clean %.3f, union %.3f, %.1f s", k, data.n, record.clean.accuracy,
+                 record.union.accuracy, time.perf_counter() - t0)
+    dist.barrier()
+    if not dist.is_main:
+        return None
+    merged = merge_parts([parts / f"shard-{k:05d}.json" for k in range(len(paths))], key, str(shards), dist)
+    return merged, merged.write(results_dir)
+
+
+def _part_ok(path: Path, key: str, sha: str) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        rec = read_record(path)
+        read_flags(path, rec)
+    except ResultsError:
+        return False
+    meta = rec.config.get("stream", {})
+    return meta.get("key") == key and meta.get("file_sha256") == sha
+
+
+def merge_parts(part_paths: Sequence[Path], key: str, shards: str, dist: Dist = Dist()) -> Evaluation:
+    """One record from the shard records (in shard order): flags concatenated, accuracies recomputed."""
+    recs, flags = [], []
+    for p in part_paths:
+        if not p.is_file():
+            raise ResultsError(f"shard record {p} is missing: run the stream again to evaluate it")
+        r = read_record(p)
+        if r.config.get("stream", {}).get("key") != key:
+            raise ResultsError(f"shard record {p} was made with other settings: run the stream again")
+        recs.append(r)
+        flags.append(read_flags(p, r))
+    first = recs[0]
+    labels = tuple(t.threat for t in first.threats)
+    index, offset = [], 0
+    for r, q in zip(recs, flags):  # shards without an index array: positions in the concatenated stream
+        index.append(q.index if r.config["stream"].get("global_index") else q.index + offset)
+        offset += r.n
+    f = SampleFlags(np.concatenate(index), np.concatenate([q.y for q in flags]),
+                    np.concatenate([q.clean_correct for q in flags]), np.concatenate([q.robust for q in flags]),
+                    np.concatenate([q.broken_by for q in flags]), labels)
+    threats = tuple(
+        ThreatResult(t.threat, t.norm, t.eps, Accuracy.from_flags(f.robust[:, ti]),
+                     _merge_stages([r.threats[ti].attacks for r in recs]), round(sum(r.threats[ti].seconds for r in recs), 3))
+        for ti, t in enumerate(first.threats))
+    h = hashlib.sha256()
+    for r in recs:
+        h.update(r.dataset["sha256"].encode())
+    n = int(len(f.y))
+    dataset = {**{k: first.dataset.get(k) for k in ("shape", "num_classes", "classes")},
+               "name": f"shards:{shards}", "source": f"npz shards ({len(recs)} files)", "location": shards,
+               "split": None, "n": n, "selection": f"all {len(recs)} shards", "sha256": h.hexdigest(),
+               "shards": [{"path": r.config["stream"]["path"], "n": r.n, "sha256": r.dataset["sha256"]} for r in recs]}
+    wall = sum(float(r.provenance.get("wall_seconds", 0.0)) for r in recs)
+    dev = torch.device(first.config.get("device", "cpu"))
+    config = {**{k: v for k, v in first.config.items() if k != "stream"},
+              "stream": {"role": "merged", "key": key, "shards": len(recs), "seed_per_shard": "derive_seed(seed, 2000003, k)"},
+              **({"distributed": dist.describe()} if dist.world > 1 else {})}
+    record = RunRecord(
+        run_id="", suite=first.suite, model=first.model, dataset=dataset, n=n,
+        clean=Accuracy.from_flags(f.clean_correct), threats=threats, union=Accuracy.from_flags(union_flags(f.clean_correct, f.robust)),
+        config=config, provenance=provenance.collect(dev, int(first.config.get("seed", 0)), first.provenance["started"], wall),
+        checks=first.checks, union_attacks=_merge_stages([r.union_attacks for r in recs]),
+    )
+    ev = Evaluation(record, f)
+    ev.record = dataclasses.replace(record, run_id=ev.stem)
+    return ev
+
+
+def _merge_stages(per_part: Sequence[Sequence[AttackStage]]) -> tuple[AttackStage, ...]:
+    if not per_part or not per_part[0]:
+        return ()
+    out = []
+    for si, s0 in enumerate(per_part[0]):
+        stages = [p[si] for p in per_part]
+        w = np.array([s.n_attacked for s in stages], dtype=float)
+        length = max(len(s.loss_curve) for s in stages)
+        curve = []
+        for j in range(length):  # mean over shards weighted by points attacked (approximate after early stops)
+            vals = [(s.loss_curve[j], wi) for s, wi in zip(stages, w) if j < len(s.loss_curve)]
+            tot = sum(wi for _, wi in vals)
+            curve.append(round(sum(v * wi for v, wi in vals) / tot, 6) if tot else 0.0)
+        out.append(AttackStage(s0.attack, s0.params, round(sum(s.seconds for s in stages), 3), sum(s.n_attacked for s in stages),
+                               sum(s.n_broken for s in stages), sum(s.robust_after for s in stages),
+                               sum(s.n_forward for s in stages), sum(s.n_backward for s in stages), tuple(curve)))
+    return tuple(out)
