@@ -16,7 +16,8 @@ the clock. Rows:
 - ``--variants``: rbx PGD (no early stop) with the engine's switches: channels_last, bf16 search
   (float32 re-verification), ``torch.compile``.
 
-Quick rows report the median of ``--repeat`` runs (all runs listed in the JSON); the suite rows run once.
+Quick rows run interleaved (each repeat runs every row once, so drift in the machine's speed hits all rows
+alike) and report the median of ``--repeat`` runs (all listed in the JSON); the suite rows run once.
 Throughput = images passed forward+backward per second (counted by rbx's CountingModel for rbx, by
 construction for the peers). These are benchmarks, not tests: nothing here asserts on seconds.
 
@@ -178,7 +179,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--standard", action="store_true", help="also rbx's union suite vs pyautoattack standard")
     ap.add_argument("--variants", action="store_true", help="also PGD with channels_last / bf16 search / compile")
-    ap.add_argument("--repeat", type=int, default=3, help="runs per quick row (the median is reported)")
+    ap.add_argument("--repeat", type=int, default=5, help="runs per quick row (the median is reported)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     ap.add_argument("--out", default=None, help="output stem (default results/perf/<cpu|gpu>_<model>_n<N>)")
     a = ap.parse_args(argv)
@@ -205,39 +206,43 @@ def main(argv=None) -> int:
 
     rows: dict[str, dict] = {}
 
-    def rep(fn, *args):
-        """Median-time run of ``fn`` over --repeat runs (all runs must agree on robust accuracy)."""
-        runs = [fn(*args) for _ in range(a.repeat)]
-        runs.sort(key=lambda r: r["seconds"])
-        out = dict(runs[len(runs) // 2])
-        out["seconds_all"] = [round(r["seconds"], 3) for r in runs]
-        return out
-
     def add(name, r, note=""):
         r = dict(r, note=note)
         r["throughput"] = r["fwd_bwd"] / r["seconds"] if r.get("fwd_bwd") else None
         rows[name] = r
         rob = "" if r.get("robust") is None else f" robust {100 * r['robust']:.1f}%"
-        print(f"{name:34s} {r['seconds']:8.2f} s{rob}", flush=True)
+        print(f"{name:44s} {r['seconds']:8.2f} s{rob}", flush=True)
 
-    add("ceiling (fwd+bwd)", rep(ceiling, net, x, y, bs, S, device), f"{S} passes over the images")
-    add(f"rbx pgd-{S} (no early stop)", rep(run_rbx, net, x, y, bs, threat, f"pgd:steps={S},early_stop=false", device, a.seed))
-    add(f"torchattacks pgd-{S}", rep(run_torchattacks, net, x, y, bs, threat, S, device, a.seed))
-    add(f"rbx pgd-{S}", rep(run_rbx, net, x, y, bs, threat, f"pgd:steps={S}", device, a.seed), "early stop (rbx default)")
-    add(f"pyautoattack apgd-ce-{a.apgd_steps}", rep(run_aa_apgd, net, x, y, bs, threat, a.apgd_steps, device, a.seed))
-    add(f"rbx apgd-ce-{a.apgd_steps}", rep(run_rbx, net, x, y, bs, threat, f"apgd:steps={a.apgd_steps}", device, a.seed))
+    quick = [
+        ("ceiling (fwd+bwd)", ceiling, (net, x, y, bs, S, device), f"{S} passes over the images"),
+        (f"rbx pgd-{S} (no early stop)", run_rbx, (net, x, y, bs, threat, f"pgd:steps={S},early_stop=false", device, a.seed), ""),
+        (f"torchattacks pgd-{S}", run_torchattacks, (net, x, y, bs, threat, S, device, a.seed), ""),
+        (f"rbx pgd-{S}", run_rbx, (net, x, y, bs, threat, f"pgd:steps={S}", device, a.seed), "early stop (rbx default)"),
+        (f"pyautoattack apgd-ce-{a.apgd_steps}", run_aa_apgd, (net, x, y, bs, threat, a.apgd_steps, device, a.seed), ""),
+        (f"rbx apgd-ce-{a.apgd_steps}", run_rbx, (net, x, y, bs, threat, f"apgd:steps={a.apgd_steps}", device, a.seed), ""),
+    ]
     if a.variants:
         for name, opts in [("channels_last", SearchOptions(channels_last=True)),
                            ("bf16 search", SearchOptions(precision="bf16")),
+                           ("bf16 search + channels_last", SearchOptions(precision="bf16", channels_last=True)),
                            ("torch.compile", SearchOptions(compile=True))]:
+            row = f"rbx pgd-{S} (no early stop, {name})"
             try:
                 snet = search_model(net, opts, device)
                 run_rbx(snet, xw, yw, bs, threat, "pgd:steps=2", device, a.seed)  # warm-up / compile
-                r = rep(run_rbx, snet, x, y, bs, threat, f"pgd:steps={S},early_stop=false", device, a.seed)
-                add(f"rbx pgd-{S} (no early stop, {name})", r)
+                quick.append((row, run_rbx, (snet, x, y, bs, threat, f"pgd:steps={S},early_stop=false", device, a.seed), ""))
             except Exception as exc:  # a switch the platform lacks is a row, not a crash
                 print(f"{name}: skipped ({type(exc).__name__}: {exc})".splitlines()[0], flush=True)
-                rows[f"rbx pgd-{S} (no early stop, {name})"] = {"skipped": f"{type(exc).__name__}: {exc}"[:300]}
+                rows[row] = {"skipped": f"{type(exc).__name__}: {exc}"[:300]}
+    # Interleaved: every repeat runs every row once, so drift in the machine's speed hits all rows alike.
+    runs: dict[str, list[dict]] = {name: [] for name, *_ in quick}
+    for _ in range(a.repeat):
+        for name, fn, args, _note in quick:
+            runs[name].append(fn(*args))
+    for name, _fn, _args, note in quick:
+        rs = sorted(runs[name], key=lambda r: r["seconds"])
+        med = dict(rs[len(rs) // 2], seconds_all=[round(r["seconds"], 3) for r in runs[name]])
+        add(name, med, note)
     result = {
         "model": a.model, "n": a.n, "batch_size": bs, "repeat": a.repeat, "steps": S, "apgd_steps": a.apgd_steps, "eps": a.eps,
         "device": str(device), "device_name": provenance.device_name(device), "threads": torch.get_num_threads(),

@@ -9,6 +9,7 @@ success. The record's ``config.search`` says which switches were used.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +37,7 @@ class SearchOptions:
     @property
     def plain(self) -> bool:
         """True when the search runs the very model that verifies (nothing to re-verify)."""
-        return self.precision == "fp32" and not self.compile
+        return self.precision == "fp32" and not self.compile and not self.channels_last
 
     def describe(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -65,10 +66,10 @@ def search_model(model: nn.Module, opts: SearchOptions, device: torch.device) ->
     """The module attacks should call (``model`` itself when every switch is off)."""
     if opts.precision == "fp16" and device.type != "cuda":
         raise RbxError("--precision fp16 needs CUDA; on CPU use bf16 or fp32")
-    if opts.channels_last:
-        model.to(memory_format=torch.channels_last)  # in place: the weights' layout, not their values
-    if opts.plain and not opts.channels_last:
+    if opts.plain:
         return model
+    if opts.channels_last:  # a copy: the float32 model that verifies keeps its own layout
+        model = copy.deepcopy(model).to(memory_format=torch.channels_last)
     net: nn.Module = SearchModel(model, PRECISIONS[opts.precision], opts.channels_last)
     if opts.compile:
         if not hasattr(torch, "compile"):

@@ -372,10 +372,9 @@ class IterativeAttack(Attack):
                             break
                 better = loss > best.loss
                 best.loss = torch.where(better, loss, best.loss)
-                # torch.where, not masked assignment: no data-dependent shapes, no host sync on CUDA
-                best.x = torch.where(_bcast(better, xk), xk, best.x)
+                best.x[better] = xk[better]  # masked copy: measured faster than torch.where on CPU
                 if best.grad is not None:
-                    best.grad = torch.where(_bcast(better, grad), grad, best.grad)
+                    best.grad[better] = grad[better]
                 back = self.checkpoint(step, loss, state, p, best, x0)
                 if back is not None and back.any():
                     xk = torch.where(_bcast(back, xk), best.x, xk)
@@ -395,7 +394,7 @@ class IterativeAttack(Attack):
             loss = self.objective(logits, y0, step=p.steps, state=state, p=p).float()
             better = loss > best.loss
             best.loss = torch.where(better, loss, best.loss)
-            best.x = torch.where(_bcast(better, xk), xk, best.x)
+            best.x[better] = xk[better]
             if p.counts:
                 hit = (logits.argmax(1) != y0) if self.early_stop else torch.zeros_like(y0, dtype=torch.bool)
                 out[idx[hit]] = xk[hit]

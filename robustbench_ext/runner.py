@@ -283,7 +283,7 @@ def evaluate(
         save = _saver(ckpt_path if dist.is_main else None, prog, every_batch=dist.world == 1)
         snet = search_model(net, search, dev)
         verify = None if search.plain else net
-        _run_all(net if verify is None else snet, data, threats, n_main, cascades, union_stages, prog, seed, batch_size,
+        _run_all(snet, data, threats, n_main, cascades, union_stages, prog, seed, batch_size,
                  dev, progress and dist.is_main, save, t0, dist, verify)
 
     ev = _finish(model, data, threats, n_main, union_attacks, suite, seed, batch_size, dev, prog,
