@@ -93,6 +93,7 @@ class AttackContext:
         self.eps = threat.eps
         self.generator = generator
         self._curve: list[tuple[Tensor, int]] = []
+        self._seen: tuple[Tensor, Tensor] | None = None  # the last (inputs, logits) of :meth:`logits`
 
     @property
     def n_forward(self) -> int:
@@ -105,7 +106,29 @@ class AttackContext:
     @torch.no_grad()
     def logits(self, x: Tensor) -> Tensor:
         """Model logits ``[N, K]`` without gradients."""
-        return self.model(x)
+        out = self.model(x)
+        self._seen = (x.detach().clone(), out)  # a copy: the caller may change x in place afterwards
+        return out
+
+    @torch.no_grad()
+    def verification_logits(self, x_adv: Tensor) -> Tensor:
+        """The model's logits at the returned points, for the contract's success check.
+
+        Rows identical (bit for bit) to the inputs of the last :meth:`logits` call -- typically the
+        loop's evaluation of its final iterate -- reuse that forward pass of the same model; every
+        other row is passed through the model again. So the verdict is always the model's own.
+        """
+        seen, self._seen = self._seen, None
+        if seen is None or seen[0].shape != x_adv.shape:
+            return self.model(x_adv)
+        same = (seen[0] == x_adv).flatten(1).all(1)
+        if bool(same.all()):
+            return seen[1]
+        out = seen[1].clone()
+        if bool(same.any()):
+            out[~same] = self.model(x_adv[~same]).to(out.dtype)
+            return out
+        return self.model(x_adv)
 
     def value_and_grad(self, x: Tensor, loss_fn: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """Logits ``[N, K]``, per-sample loss ``[N]`` and d(loss)/dx ``[N, ...]`` at ``x`` (all detached)."""
@@ -176,7 +199,7 @@ class Attack(ABC):
         x = x.detach()
         ctx = AttackContext(model, threat, torch.Generator(device=x.device).manual_seed(int(seed)))
         x_adv = check_in_threat_model(self.name, x, self.run(ctx, x, y), threat)
-        success = verified_success(ctx.logits(x_adv), y)
+        success = verified_success(ctx.verification_logits(x_adv), y)
         return AttackResult(x_adv, success, ctx.n_forward, ctx.n_backward, *ctx.loss_trace())
 
 

@@ -145,3 +145,30 @@ def test_unsupported_norm_is_refused_not_skipped(monkeypatch):
     monkeypatch.setitem(ATTACKS._entries, "linf-only", type(ATTACKS.get("pgd"))("linf-only", _LinfOnly))
     with pytest.raises(UnsupportedNormError, match="linf-only.*L2:0.5"):
         ThreatSpec(ThreatModel.parse("L2:0.5"), (AttackSpec.parse("linf-only"),)).build()
+
+
+@dataclass(eq=False)
+class _Mutator(Attack):
+    """Evaluates one point, then changes that very tensor in place and returns it: the verification must
+    not reuse the logits of the evaluated (old) values."""
+
+    name: ClassVar[str] = "mutator"
+
+    def run(self, ctx, x, y):
+        _, _, grad = ctx.value_and_grad(x, lambda logits: torch.nn.functional.cross_entropy(logits, y, reduction="none"))
+        xk = x.clone()
+        ctx.logits(xk)  # the clean point: correctly classified
+        xk.add_(ctx.eps * grad.sign()).clamp_(0, 1)  # now an FGSM point, inside the Linf ball
+        return xk
+
+
+def test_verification_reuses_only_identical_points():
+    model = tiny_model()
+    x = tiny_batch()
+    y = model(x).argmax(1)
+    threat = ThreatModel("Linf", 0.3)
+    res = _Mutator()(model, x, y, threat, seed=0)
+    with torch.no_grad():
+        truth = model(res.x_adv).argmax(1) != y
+    assert truth.any()  # the moved points do fool the model: a stale (clean) verdict would say they do not
+    assert torch.equal(res.success, truth)
