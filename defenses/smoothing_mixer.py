@@ -246,6 +246,8 @@ def mix_model(arg: str, arch_override: str | None = None, num_classes: int = 10)
             raise RbxError(f"mix: alpha must be a number in [0, 1] or 'net', got {o.get('alpha')!r}") from None
         composite = MixedClassifier(std.module, rob.module, alpha=alpha, **kw)
         kind = f"constant alpha={alpha:g}"
+    if kind == "mixednuts" and not composite.grad_bypass:
+        kind += ", exact gradients"  # the same classifier attacked without the bypass: its own leaderboard row
     return LoadedModel(composite.eval(), f"mix({std.name}+{rob.name}, {kind})", f"mix[{std.architecture}+{rob.architecture}]",
                        json.dumps(source), None, extra={"mix": {"std": std.name, "rob": rob.name, "kind": kind, **o}})
 
