@@ -77,8 +77,8 @@ def test_ramp_kl_direction_and_mask():
     kl = ramp_kl(z_src, z_tgt, y)
     p, q = F.softmax(z_src, 1), F.softmax(z_tgt, 1)
     per = (p * (p.log() - q.log())).sum(1)  # KL(p_source || p_target): the L1 side is pulled to the Linf side
-    assert kl.detach().item() == pytest.approx(float((per[0] + per[2]) / 2), rel=1e-6)
-    assert kl.detach().item() != pytest.approx(float(((q * (q.log() - p.log())).sum(1)[[0, 2]]).mean()), rel=1e-3)
+    assert kl.detach().item() == pytest.approx(float(((per[0] + per[2]) / 2).detach()), rel=1e-6)
+    assert kl.detach().item() != pytest.approx(float(((q * (q.log() - p.log())).sum(1)[[0, 2]]).mean().detach()), rel=1e-3)
     kl.backward()
     assert z_src.grad.abs().sum() > 0 and z_tgt.grad.abs().sum() > 0  # neither side detached
     assert z_src.grad[1].abs().sum() == 0 and z_tgt.grad[1].abs().sum() == 0  # the masked sample gets nothing
