@@ -216,11 +216,16 @@ def main(argv=None) -> int:
     quick = [
         ("ceiling (fwd+bwd)", ceiling, (net, x, y, bs, S, device), f"{S} passes over the images"),
         (f"rbx pgd-{S} (no early stop)", run_rbx, (net, x, y, bs, threat, f"pgd:steps={S},early_stop=false", device, a.seed), ""),
-        (f"torchattacks pgd-{S}", run_torchattacks, (net, x, y, bs, threat, S, device, a.seed), ""),
         (f"rbx pgd-{S}", run_rbx, (net, x, y, bs, threat, f"pgd:steps={S}", device, a.seed), "early stop (rbx default)"),
         (f"pyautoattack apgd-ce-{a.apgd_steps}", run_aa_apgd, (net, x, y, bs, threat, a.apgd_steps, device, a.seed), ""),
         (f"rbx apgd-ce-{a.apgd_steps}", run_rbx, (net, x, y, bs, threat, f"apgd:steps={a.apgd_steps}", device, a.seed), ""),
     ]
+    import importlib.util
+
+    if importlib.util.find_spec("torchattacks") is not None:
+        quick.insert(2, (f"torchattacks pgd-{S}", run_torchattacks, (net, x, y, bs, threat, S, device, a.seed), ""))
+    else:
+        rows[f"torchattacks pgd-{S}"] = {"skipped": "torchattacks is not installed (pip install -e '.[perf]')"}
     if a.variants:
         for name, opts in [("channels_last", SearchOptions(channels_last=True)),
                            ("bf16 search", SearchOptions(precision="bf16")),
@@ -262,9 +267,11 @@ def main(argv=None) -> int:
     for r in rows.values():
         if r.get("throughput"):
             r["of_ceiling"] = r["throughput"] / ceil
-    ratios = {
+    ratios = {} if "skipped" in rows[f"torchattacks pgd-{S}"] else {
         "torchattacks_over_rbx_pgd_equal_work": rows[f"torchattacks pgd-{S}"]["seconds"] / rows[f"rbx pgd-{S} (no early stop)"]["seconds"],
         "torchattacks_over_rbx_pgd_default": rows[f"torchattacks pgd-{S}"]["seconds"] / rows[f"rbx pgd-{S}"]["seconds"],
+    }
+    ratios |= {
         "pyautoattack_over_rbx_apgd_ce": rows[f"pyautoattack apgd-ce-{a.apgd_steps}"]["seconds"] / rows[f"rbx apgd-ce-{a.apgd_steps}"]["seconds"],
     }
     if a.standard:

@@ -100,7 +100,10 @@ def test_robustbench_offline_without_checkpoint_is_a_clear_error(tmp_path, monke
     def no_network(gdrive_id, fname_save):
         raise ConnectionError("Failed to establish a new connection: [Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(utils, "download_gdrive_new", no_network)
+    # robustbench builds name their downloader download_gdrive_new (newer) or download_gdrive (older)
+    for name in ("download_gdrive_new", "download_gdrive"):
+        if hasattr(utils, name):
+            monkeypatch.setattr(utils, name, no_network)
     with pytest.raises(ModelLoadError, match="could not be downloaded") as info:
         load_model("robustbench:Addepalli2021Towards_RN18")
     assert "put its checkpoint at" in str(info.value) and "\n" not in str(info.value)
@@ -111,3 +114,27 @@ def test_robustbench_unknown_id_suggests_close_names():
         load_model("robustbench:Addepali2021Towards_RN18")
     with pytest.raises(RbxError, match="no cifar10/L7 board"):
         load_model("robustbench:L7/Standard")
+
+
+def test_own_resnet18_matches_robustbench_without_robustbench(monkeypatch, cifar200):
+    """Where robustbench cannot be imported (a bare GPU image), resnet18 falls back to rbx's own definition:
+    same state-dict keys (strict load of the reference checkpoint) and the same logits."""
+    import robustbench_ext.architectures as arch
+    from robustbench_ext.models import find_checkpoint, read_state_dict
+
+    rb_net = arch.resnet18()
+    assert not isinstance(rb_net, arch.CifarResNet18)  # robustbench is installed here
+
+    def no_robustbench(*a, **k):
+        raise RbxError("cannot import robustbench (simulated)")
+
+    monkeypatch.setattr(arch, "import_robustbench", no_robustbench)
+    own = arch.resnet18()
+    assert isinstance(own, arch.CifarResNet18)
+    sd = read_state_dict(find_checkpoint("cifar10_resnet18_linf_at.pt"))
+    rb_net.load_state_dict(sd, strict=True)
+    own.load_state_dict(sd, strict=True)
+    x = cifar200.x[:16]
+    with torch.no_grad():
+        a, b = rb_net.eval()(x), own.eval()(x)
+    assert torch.allclose(a, b, atol=1e-5) and (a.argmax(1) == b.argmax(1)).all()
