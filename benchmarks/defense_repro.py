@@ -26,6 +26,7 @@ import torch
 
 from robustbench_ext import provenance
 from robustbench_ext.models import load_model
+from robustbench_ext.plots import png_bytes
 from robustbench_ext.records import atomic_write_bytes, atomic_write_text
 from robustbench_ext.registry import ATTACKS, DATASETS
 from robustbench_ext.runner import evaluate, frozen
@@ -58,11 +59,7 @@ def margins_under_pgd(model, data, device, steps=20) -> np.ndarray:
 
 
 def histogram_png(margins: dict[str, np.ndarray], title: str) -> bytes:
-    import io
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # the Agg backend: robustbench_ext.plots sets it
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     bins = np.linspace(-6, 8, 57)
@@ -73,11 +70,7 @@ def histogram_png(margins: dict[str, np.ndarray], title: str) -> bytes:
     ax.set_ylabel("test images")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def main(argv=None) -> int:

@@ -15,7 +15,6 @@ CPU size: --std trained:results/train/standard-smallcnn --rob cifar10-smallcnn-l
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import time
@@ -26,6 +25,7 @@ import torch
 from defenses.smoothing_mixer import fit_mixednuts
 from robustbench_ext import provenance
 from robustbench_ext.models import load_model
+from robustbench_ext.plots import png_bytes
 from robustbench_ext.records import atomic_write_bytes, atomic_write_text
 from robustbench_ext.registry import DATASETS
 from robustbench_ext.runner import evaluate, frozen
@@ -61,9 +61,7 @@ def fit_nuts(rob_spec: str, fit_n: int, device, beta: float) -> dict:
 
 
 def plot(points: dict, title: str) -> bytes:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # the Agg backend: robustbench_ext.plots sets it
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     sweep = sorted(points["constant"], key=lambda p: p["alpha"])
@@ -83,11 +81,7 @@ def plot(points: dict, title: str) -> bytes:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def main(argv=None) -> int:

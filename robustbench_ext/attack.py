@@ -124,11 +124,11 @@ class AttackContext:
         same = (seen[0] == x_adv).flatten(1).all(1)
         if bool(same.all()):
             return seen[1]
+        if not bool(same.any()):
+            return self.model(x_adv)
         out = seen[1].clone()
-        if bool(same.any()):
-            out[~same] = self.model(x_adv[~same]).to(out.dtype)
-            return out
-        return self.model(x_adv)
+        out[~same] = self.model(x_adv[~same]).to(out.dtype)
+        return out
 
     def value_and_grad(self, x: Tensor, loss_fn: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """Logits ``[N, K]``, per-sample loss ``[N]`` and d(loss)/dx ``[N, ...]`` at ``x`` (all detached)."""

@@ -18,7 +18,8 @@ import numpy as np  # noqa: E402
 from .records import MISCLASSIFIED, RunRecord, SampleFlags  # noqa: E402
 
 
-def _png(fig) -> bytes:
+def png_bytes(fig) -> bytes:
+    """The figure as PNG bytes (tight layout, 110 dpi); closes it."""
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=110)
@@ -51,7 +52,7 @@ def eps_sweep(records: Sequence[RunRecord], norm: str) -> bytes | None:
     ax.set_title(f"Robust accuracy vs eps, {norm} (95% Wilson bands)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def per_class(record: RunRecord, flags: SampleFlags) -> bytes:
@@ -76,7 +77,7 @@ def per_class(record: RunRecord, flags: SampleFlags) -> bytes:
     ax.set_title(f"Per-class accuracy: {record.model['name']} (n={record.n})")
     ax.legend(fontsize=7, ncol=min(len(series), 5))
     ax.grid(axis="y", alpha=0.3)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def attribution(record: RunRecord, flags: SampleFlags) -> bytes:
@@ -110,7 +111,7 @@ def attribution(record: RunRecord, flags: SampleFlags) -> bytes:
     handles, labels = ax.get_legend_handles_labels()
     uniq = dict(zip(labels, handles))
     ax.legend(uniq.values(), uniq.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def loss_curves(record: RunRecord) -> bytes | None:
@@ -128,4 +129,4 @@ def loss_curves(record: RunRecord) -> bytes | None:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("mean loss")
-    return _png(fig)
+    return png_bytes(fig)

@@ -187,17 +187,20 @@ class Progress:
         return cls(**arrays, **meta)
 
 
+def evaluation_desc(model: LoadedModel, threats: Sequence[ThreatSpec], union: Sequence[AttackSpec], seed: int,
+                    batch_size: int) -> dict[str, Any]:
+    """The model, attacks and their parameters, seed and batching: what makes two evaluations comparable."""
+    return {"model": [model.name, model.source, model.sha256, model.normalization],
+            "threats": [[t.threat.label, [[a.name, a.params] for a in t.attacks]] for t in threats],
+            "union": [[a.name, a.params] for a in union], "seed": seed, "batch_size": batch_size}
+
+
 def run_key(model: LoadedModel, data: EvalData, threats: Sequence[ThreatSpec], union: Sequence[AttackSpec],
             seed: int, batch_size: int, device: torch.device, n_main: int | None = None,
             search: SearchOptions | None = None, world: int = 1) -> str:
     """What makes two runs the same run: model, data slice, attacks and their parameters, seed, batching, device."""
-    desc = {
-        "model": [model.name, model.source, model.sha256, model.normalization],
-        "data": data.sha256(),
-        "threats": [[t.threat.label, [[a.name, a.params] for a in t.attacks]] for t in threats],
-        "union": [[a.name, a.params] for a in union],
-        "seed": seed, "batch_size": batch_size, "device": device.type, "n_main": n_main,
-    }
+    desc = {**evaluation_desc(model, threats, union, seed, batch_size), "data": data.sha256(),
+            "device": device.type, "n_main": n_main}
     if search is not None and search != SearchOptions():
         desc["search"] = search.describe()
     if world > 1:
@@ -401,7 +404,7 @@ def _run_all(net, data, threats, n_main, cascades, union_stages, prog: Progress,
             save(base_elapsed + time.perf_counter() - t0)
         bar.close()
         if dist.world > 1:  # every rank gets every rank's hits and counts; the stage ends identically everywhere
-            prog.acc = _merge_accs(dist.all_gather(prog.acc))
+            prog.acc = _merge_accs(dist.all_gather(prog.acc), n_main if union_phase else 0)
             _apply_hits(prog, union_phase, n_main, cascades, prog.acc["broken"])
         n_attacked = len(prog.stage_idx)
         if union_phase:
@@ -439,10 +442,10 @@ def _apply_hits(prog: Progress, union_phase: bool, n_main: int, cascades, broken
         prog.broken_by[hit, prog.phase] = prog.stage
 
 
-def _merge_accs(accs: list[dict[str, Any]]) -> dict[str, Any]:
+def _merge_accs(accs: list[dict[str, Any]], n_union: int = 0) -> dict[str, Any]:
     """One stage's totals from every rank's: passes and losses add up, seconds is the slowest rank's."""
-    out = _fresh_acc(len(accs[0]["broken"]) if accs[0]["broken"] and isinstance(accs[0]["broken"][0], list) else 0)
-    union = bool(out["broken"])
+    out = _fresh_acc(n_union)
+    union = n_union > 0
     for a in accs:
         out["seconds"] = max(out["seconds"], a["seconds"])
         out["n_forward"] += a["n_forward"]

@@ -42,7 +42,7 @@ from .errors import DataError, ResultsError
 from .models import LoadedModel, file_sha256
 from .records import (Accuracy, AttackStage, RunRecord, SampleFlags, ThreatResult, atomic_write_bytes, read_flags,
                       read_record, write_run)
-from .runner import Evaluation, _slug, derive_seed, evaluate, union_flags
+from .runner import Evaluation, _slug, derive_seed, evaluate, evaluation_desc, union_flags
 from .suites import AttackSpec, ThreatSpec
 
 log = logging.getLogger(__name__)
@@ -97,19 +97,20 @@ def _shard_index(path: Path, n: int) -> np.ndarray | None:
 
 
 class ShardStream(IterableDataset):
-    """Yields ``(k, path, EvalData)`` for this rank's shards, decoding one shard at a time."""
+    """Yields ``(k, path, EvalData, index or None)`` for this rank's shards, decoding one shard at a time."""
 
     def __init__(self, paths: Sequence[Path], todo: Sequence[int]) -> None:
         self.paths = list(paths)
         self.todo = list(todo)
 
-    def __iter__(self) -> Iterator[tuple[int, str, EvalData]]:
+    def __iter__(self) -> Iterator[tuple[int, str, EvalData, np.ndarray | None]]:
         for k in self.todo:
             path = self.paths[k]
-            yield k, str(path), read_npz(path, None, f"shard:{path.name}", source=f"npz shard ({path.name})")
+            data = read_npz(path, None, f"shard:{path.name}", source=f"npz shard ({path.name})")
+            yield k, str(path), data, _shard_index(path, data.n)
 
 
-def _loader(stream: ShardStream, workers: int) -> Iterator[tuple[int, str, EvalData]]:
+def _loader(stream: ShardStream, workers: int) -> Iterator[tuple[int, str, EvalData, np.ndarray | None]]:
     if workers == 0:
         return iter(stream)
     # batch_size=None: each item is one shard; the worker decodes ahead (prefetch 1) while we attack
@@ -120,10 +121,7 @@ def _loader(stream: ShardStream, workers: int) -> Iterator[tuple[int, str, EvalD
 # ---- the stream ------------------------------------------------------------------------------------
 def stream_key(model: LoadedModel, threats: Sequence[ThreatSpec], union: Sequence[AttackSpec], seed: int,
                batch_size: int, search: SearchOptions) -> str:
-    desc = {"model": [model.name, model.source, model.sha256, model.normalization],
-            "threats": [[t.threat.label, [[a.name, a.params] for a in t.attacks]] for t in threats],
-            "union": [[a.name, a.params] for a in union], "seed": seed, "batch_size": batch_size,
-            "search": search.describe()}
+    desc = {**evaluation_desc(model, threats, union, seed, batch_size), "search": search.describe()}
     return hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -162,12 +160,11 @@ def stream_evaluate(
         todo.append(k)
     log.info("%d shards, %d for this rank, %d to evaluate; parts in %s", len(paths), sum(dist.mine(k) for k in range(len(paths))),
              len(todo), parts)
-    for k, where, data in _loader(ShardStream(paths, todo), workers):
+    for k, where, data, idx in _loader(ShardStream(paths, todo), workers):
         t0 = time.perf_counter()
         ev = evaluate(model, data, threats, union_attacks=union_attacks, suite=suite, seed=derive_seed(seed, SHARD_KEY, k),
                       batch_size=batch_size, device=device, progress=progress, checkpoint_dir=stream_dir / ".partial",
                       search=search, dist=Dist())  # one shard = one single-process run
-        idx = _shard_index(Path(where), data.n)
         flags = ev.flags if idx is None else dataclasses.replace(ev.flags, index=idx)
         record = dataclasses.replace(ev.record, run_id=f"shard-{k:05d}", config={**ev.record.config, "stream": {
             "role": "shard", "key": key, "shard": k, "path": where, "file_sha256": shas[k], "global_index": idx is not None}})

@@ -176,5 +176,5 @@ def test_merge_accs_adds_counts_and_sorts_hits():
     b = {"seconds": 3.0, "n_forward": 5, "n_backward": 4, "curve_sum": [1.0], "curve_n": [2], "broken": [5]}
     m = _merge_accs([a, b])
     assert m == {"seconds": 3.0, "n_forward": 15, "n_backward": 12, "curve_sum": [2.0, 2.0], "curve_n": [6, 4], "broken": [3, 5, 7]}
-    u = _merge_accs([{**a, "broken": [[1], []]}, {**b, "broken": [[0], [2]]}])
+    u = _merge_accs([{**a, "broken": [[1], []]}, {**b, "broken": [[0], [2]]}], n_union=2)
     assert u["broken"] == [[0, 1], [2]]
