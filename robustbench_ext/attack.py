@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from .errors import AttackContractError, RbxError, UnsupportedNormError
 from .geometry import DEFAULT_L1_SPARSITY, Geometry
+from .progress import StepReport
 from .threat import NORMS, ThreatModel
 
 
@@ -86,12 +87,14 @@ class AttackResult:
 class AttackContext:
     """What :meth:`Attack.run` gets besides the data: the (counting) model, geometry, eps and RNG."""
 
-    def __init__(self, model: nn.Module, threat: ThreatModel, generator: torch.Generator) -> None:
+    def __init__(self, model: nn.Module, threat: ThreatModel, generator: torch.Generator,
+                 progress: StepReport | None = None) -> None:
         self.model = model if isinstance(model, CountingModel) else CountingModel(model)
         self.threat = threat
         self.geometry: Geometry = threat.geometry
         self.eps = threat.eps
         self.generator = generator
+        self.progress = progress
         self._curve: list[tuple[Tensor, int]] = []
         self._seen: tuple[Tensor, Tensor] | None = None  # the last (inputs, logits) of :meth:`logits`
 
@@ -138,6 +141,17 @@ class AttackContext:
             loss = loss_fn(logits)
             (grad,) = torch.autograd.grad(loss.sum(), xg)
         return logits.detach(), loss.detach(), grad.detach()
+
+    def report(self, fraction: float) -> None:
+        """Tell the caller's progress bar that ``fraction`` (0..1) of this attack's work is done."""
+        if self.progress is not None:
+            self.progress(fraction)
+
+    def sub_progress(self, lo: float, hi: float) -> StepReport | None:
+        """A callback for a sub-attack that covers the share ``[lo, hi]`` of this attack's work."""
+        if self.progress is None:
+            return None
+        return lambda f: self.progress(lo + (hi - lo) * f)
 
     def spawn_seed(self) -> int:
         """A seed for a sub-attack, drawn from this attack's generator (so it is reproducible)."""
@@ -187,19 +201,22 @@ class Attack(ABC):
     def run(self, ctx: AttackContext, x: Tensor, y: Tensor) -> Tensor:
         """Search for adversarial examples; return candidates ``[N, ...]`` (the base class checks them)."""
 
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seed: int = 0) -> AttackResult:
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seed: int = 0,
+                 progress: StepReport | None = None) -> AttackResult:
         """Attack ``model`` at ``x`` ``[N, C, H, W]`` (values in [0, 1]) with labels ``y`` ``[N]`` under ``threat``.
 
         ``seed`` fixes every random choice of the attack: the same seed gives the same result on CPU.
+        ``progress``, if given, is called with the fraction of the work done as the attack steps.
         """
         self.require(threat)
         check_inputs(x, y)
         if x.shape[0] == 0:
             return AttackResult(x.detach().float().clone(), torch.zeros(0, dtype=torch.bool, device=x.device))
         x = x.detach()
-        ctx = AttackContext(model, threat, torch.Generator(device=x.device).manual_seed(int(seed)))
+        ctx = AttackContext(model, threat, torch.Generator(device=x.device).manual_seed(int(seed)), progress)
         x_adv = check_in_threat_model(self.name, x, self.run(ctx, x, y), threat)
         success = verified_success(ctx.verification_logits(x_adv), y)
+        ctx.report(1.0)
         return AttackResult(x_adv, success, ctx.n_forward, ctx.n_backward, *ctx.loss_trace())
 
 
@@ -366,7 +383,9 @@ class IterativeAttack(Attack):
         warm: Tensor | None = None  # previous pass's best points (full size), for warm starts
         # Only attacks with a checkpoint hook (APGD) read the best point's gradient: skip the copy otherwise.
         keep_grad = type(self).checkpoint is not IterativeAttack.checkpoint
-        for p in self.passes():
+        passes = self.passes()
+        total_steps, steps_done = max(sum(p.steps for p in passes), 1), 0
+        for p in passes:
             idx = (~fooled).nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
@@ -381,6 +400,7 @@ class IterativeAttack(Attack):
             for step in range(p.steps):
                 logits, loss, grad = ctx.value_and_grad(xk, functools.partial(self.objective, y=y0, step=step, state=state, p=p))
                 ctx.record_loss(loss)
+                ctx.report((steps_done + step + 1) / total_steps)
                 if p.counts and self.early_stop:
                     hit = logits.argmax(1) != y0
                     if hit.any():  # freeze fooled points where they were fooled; spend nothing more on them
@@ -410,6 +430,7 @@ class IterativeAttack(Attack):
                 if m and step > 0:
                     z = geom.project(x0, xk + (1 - m) * (z - xk) + m * (xk - x_prev), eps)
                 x_prev, xk = xk, z
+            steps_done += p.steps
             if idx.numel() == 0:
                 continue
             # The last iterate has not been evaluated yet.
@@ -454,11 +475,13 @@ class Ensemble(Attack):
     def run(self, ctx: AttackContext, x: Tensor, y: Tensor) -> Tensor:
         out = x.clone()
         robust = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-        for attack in self.components(ctx.threat):
+        parts = self.components(ctx.threat)
+        for i, attack in enumerate(parts):
             idx = robust.nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
-            res = attack(ctx.model, x[idx], y[idx], ctx.threat, seed=ctx.spawn_seed())
+            res = attack(ctx.model, x[idx], y[idx], ctx.threat, seed=ctx.spawn_seed(),
+                         progress=ctx.sub_progress(i / len(parts), (i + 1) / len(parts)))
             out[idx] = res.x_adv
             robust[idx[res.success]] = False
         return out
@@ -508,7 +531,7 @@ class MultiThreatAttack(ABC):
         """Return one candidate ``[N, ...]`` per threat model, in order."""
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, threats: Sequence[ThreatModel], *,
-                 seed: int = 0) -> MultiThreatResult:
+                 seed: int = 0, progress: StepReport | None = None) -> MultiThreatResult:
         threats = list(threats)
         if not threats:
             raise RbxError(f"attack '{self.name}' needs at least one threat model")

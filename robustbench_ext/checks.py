@@ -24,8 +24,9 @@ Each check gives a :class:`CheckResult` with a one-line message; ``passed`` Fals
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -153,14 +154,26 @@ def check_seed_spread(net, x, y, threat: ThreatModel, attacks, seeds=(0, 1, 2), 
                        + ("" if ok else f"; a spread over {100 * limit:.0f} points means the attack is unreliable here"))
 
 
-def full_checks(net: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, attacks, black_box) -> list[CheckResult]:
-    """Every check: the cheap ones, then those that run attacks."""
-    return cheap_checks(net, x, y) + [
-        check_eps_monotone(net, x, y, threat, attacks),
-        check_unbounded(net, x, y, threat, attacks),
-        check_black_box(net, x, y, threat, attacks, black_box),
-        check_seed_spread(net, x, y, threat, attacks),
-    ]
+def full_checks(net: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, attacks, black_box,
+                on_result: Callable[[CheckResult, float], None] | None = None) -> list[CheckResult]:
+    """Every check: the cheap ones, then those that run attacks.
+
+    ``on_result(result, seconds)`` is called as each check finishes (the CLI prints a progress line).
+    """
+    steps = [lambda: cheap_checks(net, x, y),
+             lambda: [check_eps_monotone(net, x, y, threat, attacks)],
+             lambda: [check_unbounded(net, x, y, threat, attacks)],
+             lambda: [check_black_box(net, x, y, threat, attacks, black_box)],
+             lambda: [check_seed_spread(net, x, y, threat, attacks)]]
+    out: list[CheckResult] = []
+    for step in steps:
+        t0 = time.perf_counter()
+        results = step()
+        for r in results:
+            if on_result is not None:
+                on_result(r, (time.perf_counter() - t0) / len(results))
+        out += results
+    return out
 
 
 def summarize(results: Sequence[CheckResult]) -> dict[str, Any]:

@@ -68,13 +68,38 @@ def cli(verbose: int) -> None:
         logger.handlers = [h for h in logger.handlers if not isinstance(h, _ClickHandler)] + [_ClickHandler()]
         logger.setLevel(level)
         logger.propagate = False
+    set_quiet(False)
 
 
 class _ClickHandler(logging.Handler):
     """Log records as ``rbx: warning: ...`` lines on the stderr click is writing to right now."""
 
+    def __init__(self, plain: bool = False) -> None:
+        super().__init__()
+        self.plain = plain
+
     def emit(self, record: logging.LogRecord) -> None:
-        click.echo(f"rbx: {record.levelname.lower()}: {record.getMessage()}", err=True)
+        if self.plain:  # progress lines: "rbx: Linf:8/255 pma: broke ..."
+            click.echo(f"rbx: {record.getMessage()}", err=True)
+        else:
+            click.echo(f"rbx: {record.levelname.lower()}: {record.getMessage()}", err=True)
+
+
+def set_quiet(quiet: bool) -> None:
+    """Progress lines (one per finished stage, check or epoch) on stderr, unless ``quiet``."""
+    logger = logging.getLogger("robustbench_ext.progress")
+    logger.handlers = [h for h in logger.handlers if not isinstance(h, _ClickHandler)] + [_ClickHandler(plain=True)]
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+
+def quiet_option(f):
+    """``--quiet/-q``: no progress lines and no bar (warnings and errors still show)."""
+    return click.option("-q", "--quiet", is_flag=True, help="No progress lines or bars on stderr.")(f)
+
+
+def _show_bar(progress: bool | None, quiet: bool) -> bool:
+    return False if quiet else (progress if progress is not None else sys.stderr.isatty())
 
 
 _VERBOSITY = [0]
@@ -128,9 +153,10 @@ def list_cmd(kind: str) -> None:
               help="Precision of the attack search; successes are always re-verified in float32.")
 @click.option("--channels-last", is_flag=True, help="channels_last memory format for the search.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model for the search.")
+@quiet_option
 def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs, attack_specs, union_specs, eps_sweep,
             n_examples, batch_size, device, seed, results_dir, as_json, progress, resume, shards, precision,
-            channels_last, compile_) -> None:
+            channels_last, compile_, quiet) -> None:
     """Evaluate a model: clean accuracy, robust accuracy per threat model, and union robust accuracy.
 
     Under torchrun (WORLD_SIZE > 1) the work is split over the processes (see README, "Scaling").
@@ -145,6 +171,7 @@ def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs,
     from .suites import AttackSpec, ThreatSpec, build_union, load_suite
     from .threat import ThreatModel
 
+    set_quiet(quiet)
     # Everything that can be checked cheaply is checked before any model, data or file is touched.
     if n_examples is not None:
         check_n_examples(n_examples, sys.maxsize, "the dataset")
@@ -183,7 +210,7 @@ def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs,
 
     dist, device = init_from_env(device)
     model = load_model(model_spec, arch=arch, normalize=normalize)
-    show = (progress if progress is not None else sys.stderr.isatty()) and dist.is_main
+    show = _show_bar(progress, quiet) and dist.is_main
     # A suite whose threats or attacks were replaced is a custom run, not that suite.
     suite_name = suite.name if suite and not threat_specs and not attack_specs and not union_specs else None
     if shards:
@@ -270,11 +297,14 @@ def format_table(record) -> str:
 @click.option("--name", default=None, help="Name of the trained model in records [default: the run folder's name].")
 @click.option("--eval-suite", default=DEFAULT_SUITE, show_default=True, help="Suite for the evaluation hook.")
 @click.option("--eval-n", type=int, default=500, show_default=True, help="Test images for the evaluation hook (0: skip).")
+@click.option("--eval-dataset", default=None, help="Dataset of the evaluation hook [default: the --eval-suite's].")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
 @click.option("--resume/--no-resume", default=None, help="Continue the run folder's checkpoint [default: if there is one].")
 @click.option("--progress/--no-progress", default=None)
+@quiet_option
 def train_cmd(defense_spec, arch, init_spec, dataset_spec, n_train, epochs, batch_size, lr, schedule, weight_decay,
-              momentum, seed, device, amp, out, name, eval_suite, eval_n, results_dir, resume, progress) -> None:
+              momentum, seed, device, amp, out, name, eval_suite, eval_n, eval_dataset, results_dir, resume, progress,
+              quiet) -> None:
     """Adversarial training with a registered defense; checkpoints every epoch, then an rbx evaluation record."""
     from .records import ensure_writable
     from .registry import DATASETS
@@ -282,8 +312,11 @@ def train_cmd(defense_spec, arch, init_spec, dataset_spec, n_train, epochs, batc
     from .suites import load_suite
     from .training import TrainConfig, Trainer, parse_defense
 
+    set_quiet(quiet)
     parse_defense(defense_spec)  # bad names and parameters before anything is loaded
     DATASETS.get(dataset_spec)
+    if eval_dataset:
+        DATASETS.get(eval_dataset)
     suite = load_suite(eval_suite) if eval_n else None
     if eval_n < 0:
         raise RbxError(f"--eval-n must be >= 0, got {eval_n}")
@@ -295,16 +328,15 @@ def train_cmd(defense_spec, arch, init_spec, dataset_spec, n_train, epochs, batc
     cfg.validate()
     if suite is not None:
         ensure_writable(results_dir)
-    trainer = Trainer(cfg, progress=progress if progress is not None else sys.stderr.isatty())
+    trainer = Trainer(cfg, progress=_show_bar(progress, quiet))
     result = trainer.run(resume=resume)
     for row in result.log:
         click.echo("epoch " + ", ".join(f"{k} {v}" for k, v in row.items() if k != "epoch") + f"  [{row['epoch']}/{epochs}]")
     click.echo(f"model: {result.model_path}")
     if suite is not None:
-        data = DATASETS.create(suite.dataset, n_examples=eval_n)
+        data = DATASETS.create(eval_dataset or suite.dataset, n_examples=eval_n)
         ev = evaluate(trainer.loaded_model(), data, suite.threats, union_attacks=suite.union, suite=suite.name, seed=seed,
-                      device=device, progress=progress if progress is not None else sys.stderr.isatty(),
-                      checkpoint_dir=results_dir / CHECKPOINT_DIR)
+                      device=device, progress=_show_bar(progress, quiet), checkpoint_dir=results_dir / CHECKPOINT_DIR)
         path = ev.write(results_dir)
         click.echo(format_table(ev.record))
         click.echo(f"record: {path}")
@@ -324,8 +356,9 @@ def train_cmd(defense_spec, arch, init_spec, dataset_spec, n_train, epochs, batc
               help="Black-box attack run after the white-box cascade.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@quiet_option
 def check_cmd(model_spec, arch, normalize, dataset_spec, n_examples, threat_spec, attack_specs, black_box_spec,
-              device, as_json) -> None:
+              device, as_json, quiet) -> None:
     """Gradient-masking checks: exit 0 when every check passes, 1 when any flags a problem."""
     from .checks import full_checks, summarize
     from .data import check_n_examples
@@ -335,6 +368,9 @@ def check_cmd(model_spec, arch, normalize, dataset_spec, n_examples, threat_spec
     from .suites import AttackSpec, ThreatSpec, load_suite
     from .threat import ThreatModel
 
+    from .progress import RunClock, fmt_seconds, log as progress_log
+
+    set_quiet(quiet)
     check_n_examples(n_examples, sys.maxsize, "the dataset")
     dev = resolve_device(device)
     if normalize:
@@ -348,8 +384,15 @@ def check_cmd(model_spec, arch, normalize, dataset_spec, n_examples, threat_spec
     model = load_model(model_spec, arch=arch, normalize=normalize)
     data = DATASETS.create(dataset_spec, n_examples=n_examples)
     net = model.module.to(dev)
+    clock, done = RunClock(7), [0]
+
+    def on_result(r, seconds):
+        done[0] += 1
+        progress_log.info("check %s: %s in %s; %s", r.name, "ok" if r.passed else "FLAG", fmt_seconds(seconds),
+                          clock.summary(done[0]))
+
     with frozen(net):
-        results = full_checks(net, data.x.to(dev), data.y.to(dev), threat, attacks, black_box)
+        results = full_checks(net, data.x.to(dev), data.y.to(dev), threat, attacks, black_box, on_result)
     if as_json:
         click.echo(json.dumps({"model": model.name, "threat": threat.label, "n": data.n, **summarize(results)}, indent=2))
     else:

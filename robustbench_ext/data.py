@@ -9,7 +9,11 @@ Where CIFAR-10 is looked for, in order (first hit wins):
    the official torchvision layout (``cifar-10-batches-py/``) or the packed JPEG copy
    (``cifar10/{test,train}_jpeg.npz``);
 2. ``../shared/data/cifar10/`` beside the working directory or the repository (the JPEG copy);
-3. otherwise the official dataset is downloaded through torchvision into ``./data``.
+3. otherwise the official dataset is downloaded through torchvision into ``./data``; when that fails
+   (offline), nothing is left behind and the error names the embedded slice as what works instead.
+
+``cifar10-1k`` is package data: the first 1,000 images of the JPEG copy's class-balanced order (100 per
+class), decoded to uint8 once and shipped inside rbx, so a fresh install evaluates offline.
 
 The JPEG copy is class-interleaved (image k has label k % 10) and not lossless; records label it
 "CIFAR-10 (JPEG copy)" so its numbers are never mistaken for numbers on the official test set.
@@ -28,12 +32,15 @@ import torch
 from torch import Tensor
 
 from .errors import DataError
-from .paths import search_path
+from .paths import ASSETS, describe_search, download_guard, search_path
 from .registry import DATASETS
 
 log = logging.getLogger(__name__)
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+#: The embedded CIFAR-10 slice (package data) and its name in the registry.
+EMBEDDED_DATASET = "cifar10-1k"
+EMBEDDED_FILE = ASSETS / "cifar10_test_1k.npz"
 
 
 @dataclass(frozen=True)
@@ -193,7 +200,8 @@ def _load_cifar10(split: str, n_examples: int | None, name: str) -> EvalData:
         if packed.is_file():
             data = read_npz(packed, n_examples, name, source=f"CIFAR-10 {split} (JPEG copy)")
             return EvalData(name, data.x, data.y, data.source, data.location, split, CIFAR10_CLASSES)
-    log.info("CIFAR-10 not found locally (searched %s); downloading through torchvision", ", ".join(map(str, data_dirs())))
+    log.info("CIFAR-10 %s not found locally (looked in %s); downloading it through torchvision into ./data",
+                split, describe_search("RBX_DATA", data_dirs()))
     return _torchvision_cifar10(Path("data"), train, n_examples, name, download=True)
 
 
@@ -202,18 +210,23 @@ def _torchvision_cifar10(root: Path, train: bool, n_examples: int | None, name: 
 
     split = "train" if train else "test"
     try:
-        ds = CIFAR10(str(root), train=train, download=download)
+        with download_guard(root):
+            ds = CIFAR10(str(root), train=train, download=download)
     except Exception as exc:
-        searched = ", ".join(str(d) for d in data_dirs())
         raise DataError(
-            f"CIFAR-10 {split} not found (searched {searched}) and the torchvision download failed "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-            f"put {split}_jpeg.npz in ./data/cifar10/ or set RBX_DATA"
+            f"CIFAR-10 {split} not found (looked in {describe_search('RBX_DATA', data_dirs())}) and the torchvision download "
+            f"failed ({type(exc).__name__}: {_first_line(exc)}); put cifar-10-batches-py/ or cifar10/{split}_jpeg.npz in "
+            f"./data or set RBX_DATA=DIR" + ("" if train else f", or evaluate the embedded 1,000-image slice: --dataset {EMBEDDED_DATASET}")
         ) from None
     n = check_n_examples(n_examples, len(ds.targets), f"CIFAR-10 {split}")
     x = _to_float_images(ds.data[:n], "CIFAR-10")
     y = torch.as_tensor(ds.targets[:n], dtype=torch.int64)
     return EvalData(name, x, y, f"CIFAR-10 {split} (official, torchvision)", str(root), split, CIFAR10_CLASSES)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # ---- registered datasets ---------------------------------------------------------------------------
@@ -227,6 +240,15 @@ def cifar10(n_examples: int | None = None) -> EvalData:
 def cifar10_train(n_examples: int | None = None) -> EvalData:
     """CIFAR-10 training split."""
     return _load_cifar10("train", n_examples, "cifar10-train")
+
+
+@DATASETS.register(EMBEDDED_DATASET, summary="CIFAR-10 test, the embedded 1,000-image class-balanced slice (ships with rbx; offline)")
+def cifar10_1k(n_examples: int | None = None) -> EvalData:
+    """The embedded slice: the first 1,000 test images of the JPEG copy's class-interleaved order, uint8."""
+    data = read_npz(EMBEDDED_FILE, n_examples, EMBEDDED_DATASET,
+                    source="CIFAR-10 test (JPEG copy), embedded 1,000-image class-balanced slice")
+    return EvalData(EMBEDDED_DATASET, data.x, data.y, data.source, data.location,
+                    "test", CIFAR10_CLASSES)
 
 
 @DATASETS.register("npz", takes_arg=True, arg_name="PATH",

@@ -2,7 +2,9 @@
 
 :func:`records_table` flattens every record under a results directory into one pandas DataFrame
 (a row per record, accuracies in percent). :func:`build_boards` keeps the newest record per
-(suite, model, dataset) and makes one board per suite, ranked by union accuracy. :func:`write_all`
+(suite, model, image set) and makes one board per suite and image set (the dataset and exactly which
+images, by the hash of the evaluated slice), ranked by union accuracy: runs on different images or a
+different n are never ranked together, and a run never replaces one made on other images. :func:`write_all`
 writes ``leaderboard.md``, ``leaderboard.csv``, a self-contained ``leaderboard.html`` (sortable
 columns, plots embedded; rendered from ``templates/leaderboard.html.j2``) and the PNG plots under
 ``plots/`` (linked from the Markdown).
@@ -62,37 +64,54 @@ def records_table(results_dir: Path) -> pd.DataFrame:
     return pd.DataFrame([record_row(p, r) for p, r in iter_records(results_dir)])
 
 
+#: What makes runs comparable on one board: the suite and exactly the same images.
+BOARD_KEY = ["suite", "dataset", "dataset_sha256"]
+
+
 def latest_per_board(df: pd.DataFrame) -> pd.DataFrame:
-    """The newest record per (suite, model, dataset source)."""
+    """The newest record per (suite, image set, model): a run only ever replaces a run on the same images."""
     if df.empty:
         return df
-    return df.sort_values("started").groupby(["suite", "model", "dataset"], sort=False, dropna=False).tail(1)
+    return df.sort_values("started").groupby([*BOARD_KEY, "model"], sort=False, dropna=False).tail(1)
 
 
 @dataclass
 class Board:
-    """One suite's board: its threat models and its rows, ranked by union accuracy."""
+    """One board: a suite on one image set (dataset and slice), its threat models and rows, ranked by union accuracy."""
 
     suite: str
     threats: list[str]
     rows: pd.DataFrame
     plots: list[dict[str, Any]] = field(default_factory=list)
+    dataset: str = ""
+    n: int = 0
+    images: str = ""  # sha256 of the evaluated slice
+    only_one: bool = True  # the suite's only board: its anchor (and plot names) need no n or image hash
+
+    @property
+    def title(self) -> str:
+        return f"{self.suite} · {self.dataset} · n = {self.n} (images {self.images[:8]})"
 
     @property
     def anchor(self) -> str:
-        return re.sub(r"[^a-z0-9]+", "-", self.suite.lower()).strip("-")
+        name = self.suite if self.only_one else f"{self.suite} n{self.n} {self.images[:8]}"
+        return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def build_boards(results_dir: Path) -> list[Board]:
-    """One board per suite from the newest record per (suite, model, dataset)."""
+    """One board per (suite, image set) from the newest record per model; largest n first within a suite."""
     df = latest_per_board(records_table(results_dir))
     boards = []
     if df.empty:
         return boards
-    for suite, rows in df.groupby("suite", sort=True):
+    for (suite, dataset, sha), rows in df.groupby(BOARD_KEY, sort=False, dropna=False):
         rows = rows.sort_values(["union", "clean"], ascending=False).reset_index(drop=True)
         rows.insert(0, "rank", range(1, len(rows) + 1))
-        boards.append(Board(str(suite), list(rows["threats"].iloc[0]), rows))
+        boards.append(Board(str(suite), list(rows["threats"].iloc[0]), rows, dataset=str(dataset),
+                            n=int(rows["n"].iloc[0]), images=str(sha)))
+    boards.sort(key=lambda b: (b.suite, b.dataset, -b.n, b.images))
+    for b in boards:
+        b.only_one = sum(o.suite == b.suite for o in boards) == 1
     return boards
 
 
@@ -118,7 +137,7 @@ def board_markdown(board: Board, link_base: Path | None = None, plot_links: dict
         "record": [_link(p, link_base) for p in rows["record"]],
     })
     lines = [out.to_markdown(index=False)]
-    for caption, target in (plot_links or {}).get(board.suite, []):
+    for caption, target in (plot_links or {}).get(board.anchor, []):
         lines.append(f"- [{caption}]({target})")
     return "\n".join(lines) + "\n"
 
@@ -134,7 +153,7 @@ def leaderboard_markdown(results_dir: Path, *, link_base: Path | None = None,
         lines.append("_No records yet: run `rbx run` first._")
         return "\n".join(lines) + "\n"
     for board in boards:
-        lines += [f"## {board.suite}", "", board_markdown(board, link_base, plot_links)]
+        lines += [f"## {board.title}", "", board_markdown(board, link_base, plot_links)]
     return "\n".join(lines)
 
 
@@ -143,7 +162,7 @@ def leaderboard_csv(boards: list[Board]) -> str:
     frames = []
     for b in boards:
         r = b.rows
-        cols: dict[str, Any] = {"suite": b.suite, "rank": r["rank"], "model": r["model"], "architecture": r["architecture"],
+        cols: dict[str, Any] = {"suite": b.suite, "board": b.anchor, "rank": r["rank"], "model": r["model"], "architecture": r["architecture"],
                                 "clean": r["clean"], "clean_lo": [c[0] for c in r["clean_ci"]], "clean_hi": [c[1] for c in r["clean_ci"]]}
         for t in b.threats:
             cols[t] = r[t]
@@ -179,7 +198,7 @@ def write_all(results_dir: Path) -> list[Path]:
     written: list[Path] = []
     plot_links: dict[str, list[tuple[str, str]]] = {}
 
-    def save(name: str, png: bytes | None, caption: str, bucket: list[dict[str, Any]], suite: str) -> None:
+    def save(name: str, png: bytes | None, caption: str, bucket: list[dict[str, Any]], board_key: str) -> None:
         if png is None:
             return
         plot_dir.mkdir(parents=True, exist_ok=True)
@@ -187,23 +206,23 @@ def write_all(results_dir: Path) -> list[Path]:
         atomic_write_bytes(path, png)
         written.append(path)
         bucket.append({"caption": caption, "b64": base64.b64encode(png).decode("ascii"), "file": f"plots/{name}"})
-        plot_links.setdefault(suite, []).append((caption, f"plots/{name}"))
+        plot_links.setdefault(board_key, []).append((caption, f"plots/{name}"))
 
     for board in boards:
         latest = [records[p] for p in board.rows["record"]]
         for norm in sorted({t.norm for r in latest for t in r.threats}):
             save(f"{board.anchor}_eps_{norm}.png", plots.eps_sweep(latest, norm),
-                 f"{board.suite}: robust accuracy vs eps ({norm})", board.plots, board.suite)
+                 f"{board.suite}: robust accuracy vs eps ({norm})", board.plots, board.anchor)
         row_plots = []
         for rec_path, model in zip(board.rows["record"], board.rows["model"]):
             rec = records[rec_path]
             flags = read_flags(Path(rec_path), rec)
             mine: list[dict[str, Any]] = []
             stem = _stem(rec_path)
-            save(f"{stem}_per_class.png", plots.per_class(rec, flags), f"{model}: per-class accuracy", mine, board.suite)
+            save(f"{stem}_per_class.png", plots.per_class(rec, flags), f"{model}: per-class accuracy", mine, board.anchor)
             save(f"{stem}_attribution.png", plots.attribution(rec, flags), f"{model}: which attack broke how many points",
-                 mine, board.suite)
-            save(f"{stem}_loss.png", plots.loss_curves(rec), f"{model}: attack loss curves", mine, board.suite)
+                 mine, board.anchor)
+            save(f"{stem}_loss.png", plots.loss_curves(rec), f"{model}: attack loss curves", mine, board.anchor)
             row_plots.append(mine)
         board.rows = board.rows.assign(plots=row_plots)
 
@@ -239,7 +258,7 @@ def render_html(boards: list[Board], n_records: int) -> str:
                 "dataset": r["dataset"], "device": r["device"], "date": r["date"], "record": Path(r["record"]).name,
                 "plots": r.get("plots", []) or [],
             })
-        view.append({"suite": b.suite, "anchor": b.anchor, "threats": b.threats, "rows": rows, "plots": b.plots})
+        view.append({"suite": b.suite, "title": b.title, "anchor": b.anchor, "threats": b.threats, "rows": rows, "plots": b.plots})
     return env.get_template("leaderboard.html.j2").render(boards=view, n_records=n_records, generated=utc_now())
 
 
@@ -249,15 +268,16 @@ def write_leaderboard(results_dir: Path) -> Path:
 
 
 def embed_in_readme(readme: Path, results_dir: Path, suite: str) -> None:
-    """Replace the text between ``<!-- leaderboard:SUITE:start -->`` and ``...:end -->`` with that suite's board."""
+    """Replace the text between ``<!-- leaderboard:SUITE:start -->`` and ``...:end -->`` with that suite's boards."""
     text = Path(readme).read_text()
     start, end = f"<!-- leaderboard:{suite}:start -->", f"<!-- leaderboard:{suite}:end -->"
     if start not in text or end not in text:
         raise RbxError(f"{readme} has no {start} ... {end} markers to fill")
-    board = next((b for b in build_boards(results_dir) if b.suite == suite), None)
-    if board is None:
+    boards = [b for b in build_boards(results_dir) if b.suite == suite]
+    if not boards:
         raise RbxError(f"no records of suite '{suite}' in {results_dir}")
-    body = board_markdown(board, link_base=Path(readme).parent)  # record links relative to the README
+    # record links relative to the README; one board per image set, largest n first
+    body = "\n".join(f"**{b.title}**\n\n{board_markdown(b, link_base=Path(readme).parent)}" for b in boards)
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     atomic_write_text(Path(readme), f"{head}{start}\n{body}{end}{tail}")

@@ -4,8 +4,9 @@ Every source returns a :class:`LoadedModel`: an ``nn.Module`` in eval mode that 
 inputs in [0, 1] to logits ``[N, K]``, plus what the record needs to identify it.
 
 The reference models (``cifar10-resnet18-linf-at``, ``cifar10-smallcnn-linf-at``) are looked for,
-by file name, in ``$RBX_MODELS`` (``os.pathsep``-separated), ``./models``, ``<repo>/models`` and
-``../shared/models`` beside the working directory or the repository.
+by file name, in ``$RBX_MODELS`` (``os.pathsep``-separated), ``./models``, ``<repo>/models``,
+``../shared/models`` beside the working directory or the repository, and last in the package's own
+``assets/`` folder, which ships the small CNN (so a fresh install runs offline; see ``assets/README.md``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from torch import Tensor, nn
 
 from ._compat import import_robustbench
 from .errors import ModelLoadError, RbxError, UnknownNameError
-from .paths import search_path
+from .paths import ASSETS, describe_search, download_guard, search_path
 from .registry import ARCHITECTURES, MODELS
 
 log = logging.getLogger(__name__)
@@ -157,16 +158,22 @@ def load_into(module: nn.Module, state: dict[str, Tensor], arch: str, path: Path
 
 
 def model_dirs() -> list[Path]:
-    """Folders searched for model checkpoints, in order."""
-    return search_path("RBX_MODELS", "models")
+    """Folders searched for model checkpoints, in order (the package's embedded assets last)."""
+    return search_path("RBX_MODELS", "models", extra=(ASSETS,))
+
+
+#: The reference model that ships inside the package (the one that always works offline).
+EMBEDDED_MODEL = "cifar10-smallcnn-linf-at"
 
 
 def find_checkpoint(filename: str) -> Path:
-    for d in model_dirs():
+    dirs = model_dirs()
+    for d in dirs:
         if (d / filename).is_file():
             return d / filename
-    searched = ", ".join(str(d) for d in model_dirs())
-    raise ModelLoadError(f"model file {filename} not found in {searched}: put it in ./models or set RBX_MODELS")
+    raise ModelLoadError(
+        f"model file {filename} not found (looked in {describe_search('RBX_MODELS', dirs)}); it does not ship with rbx: "
+        f"put it in ./models or set RBX_MODELS=DIR, or use the embedded model: --model {EMBEDDED_MODEL}")
 
 
 def build_architecture(arch: str, num_classes: int = 10) -> nn.Module:
@@ -258,7 +265,8 @@ def robustbench_model(spec: str, arch_override: str | None = None, num_classes: 
         raise UnknownNameError(f"unknown robustbench model '{model_id}' for {dataset}/{threat}{hint}")
     ckpt = model_dir / dataset / threat / f"{model_id}.pt"
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # robustbench prints download progress to stdout
+        # robustbench prints download progress to stdout; a failed download leaves no empty folders behind
+        with contextlib.redirect_stdout(sys.stderr), download_guard(model_dir):
             module = utils.load_model(model_name=model_id, model_dir=str(model_dir), dataset=dataset, threat_model=threat)
     except (ConnectionError, OSError, RuntimeError, ValueError) as exc:
         offline = _is_network_error(exc)

@@ -225,15 +225,38 @@ def _json_default(obj: Any) -> Any:
 
 # ---- files ------------------------------------------------------------------------------------------
 def ensure_writable(results_dir: Path) -> Path:
-    """Create ``results_dir`` if needed and prove it is writable, before any work is done."""
+    """Prove ``results_dir`` is writable before any work is done, and leave nothing behind.
+
+    Folders that did not exist are created for the test and removed again, so a run that fails later
+    (a missing model, say) leaves no empty results directory; writers create them when they write.
+    """
     results_dir = Path(results_dir)
+    missing = []
+    p = results_dir.absolute()
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
     try:
         results_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=results_dir, prefix=".rbx-write-test-", delete=True):
             pass
     except OSError as exc:
         raise ResultsError(f"cannot write to results directory {results_dir} ({exc.strerror or exc}); pass a writable --results-dir") from None
+    finally:
+        for d in missing:  # innermost first
+            try:
+                d.rmdir()
+            except OSError:
+                break
     return results_dir
+
+
+def remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` if it exists and is empty (a checkpoint folder after its run finished)."""
+    try:
+        Path(folder).rmdir()
+    except OSError:
+        pass
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -39,7 +39,6 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import provenance
 from .acceleration import SearchOptions, search_model
@@ -49,8 +48,9 @@ from .data import EvalData
 from .distributed import Dist
 from .errors import DataError, RbxError, ResultsError
 from .models import LoadedModel
+from .progress import PointBar, RunClock, log as progress_log, stage_line
 from .records import (MISCLASSIFIED, ROBUST, Accuracy, AttackStage, RunRecord, SampleFlags, ThreatResult,
-                      atomic_write_bytes, write_run)
+                      atomic_write_bytes, remove_if_empty, write_run)
 from .suites import AttackSpec, ThreatSpec, build_union
 from .threat import ThreatModel
 
@@ -293,6 +293,7 @@ def evaluate(
                  prog.elapsed + time.perf_counter() - t0, search, dist)
     if ckpt_path is not None and dist.is_main:
         ckpt_path.unlink(missing_ok=True)
+        remove_if_empty(ckpt_path.parent)
     return ev
 
 
@@ -348,6 +349,7 @@ def _run_all(net, data, threats, n_main, cascades, union_stages, prog: Progress,
     threat_models = [t.threat for t in threats]
     main_models = threat_models[:n_main]
     base_elapsed = prog.elapsed
+    clock = RunClock(n_threats + (1 if union_stages else 0), prog.elapsed)
     while prog.phase <= n_threats:
         union_phase = prog.phase == n_threats
         stages = union_stages if union_phase else cascades[prog.phase]
@@ -367,18 +369,19 @@ def _run_all(net, data, threats, n_main, cascades, union_stages, prog: Progress,
             label, attack = stages[prog.stage].label, stages[prog.stage].attack
         chunks = _batches(prog.stage_idx, batch_size)
         desc = f"union {label}" if union_phase else f"{threats[prog.phase].threat.label} {label}"
-        bar = tqdm(total=len(prog.stage_idx), initial=sum(len(c) for c in chunks[:prog.batch]), desc=desc,
-                   unit="pt", leave=False, disable=not progress, dynamic_ncols=True)
+        starts = np.cumsum([0] + [len(c) for c in chunks])
+        bar = PointBar(len(prog.stage_idx), desc, initial=int(starts[prog.batch]), show=progress)
         for bi in range(prog.batch, len(chunks)):
             chunk = chunks[bi]
             if not dist.mine(bi):  # another rank's batch
                 prog.batch = bi + 1
-                bar.update(len(chunk))
+                bar.done_through(int(starts[bi + 1]))
                 continue
             t_batch = time.perf_counter()
             xb, yb = data.x[chunk].to(dev), data.y[chunk].to(dev)
+            report = bar.batch(int(starts[bi]), len(chunk))
             if union_phase:
-                res = attack(net, xb, yb, main_models, seed=derive_seed(seed, UNION_KEY, prog.stage, bi))
+                res = attack(net, xb, yb, main_models, seed=derive_seed(seed, UNION_KEY, prog.stage, bi), progress=report)
                 success = torch.stack([_verified(verify, xa, yb, s) for xa, s in zip(res.x_adv, res.success.unbind(1))], 1)
                 success = success.cpu().numpy()
                 hits = [[int(i) for i in chunk[success[:, ti]]] for ti in range(n_main)]
@@ -386,7 +389,7 @@ def _run_all(net, data, threats, n_main, cascades, union_stages, prog: Progress,
                     prog.acc["broken"][ti].extend(hits[ti])
             else:
                 ti = prog.phase
-                res = attack(net, xb, yb, threat_models[ti], seed=derive_seed(seed, ti, prog.stage, bi))
+                res = attack(net, xb, yb, threat_models[ti], seed=derive_seed(seed, ti, prog.stage, bi), progress=report)
                 hits = [int(i) for i in chunk[_verified(verify, res.x_adv, yb, res.success).cpu().numpy()]]
                 prog.acc["broken"].extend(hits)
                 for s, (v, c) in enumerate(zip(res.loss_sum, res.loss_count)):
@@ -400,7 +403,7 @@ def _run_all(net, data, threats, n_main, cascades, union_stages, prog: Progress,
             prog.acc["n_backward"] += res.n_backward
             prog.acc["seconds"] += time.perf_counter() - t_batch
             prog.batch = bi + 1
-            bar.update(len(chunk))
+            bar.done_through(int(starts[bi + 1]))
             save(base_elapsed + time.perf_counter() - t0)
         bar.close()
         if dist.world > 1:  # every rank gets every rank's hits and counts; the stage ends identically everywhere
@@ -417,8 +420,12 @@ def _run_all(net, data, threats, n_main, cascades, union_stages, prog: Progress,
             loss_curve=tuple(round(s / c, 6) for s, c in zip(prog.acc["curve_sum"], prog.acc["curve_n"])),
         )
         (prog.union_done if union_phase else prog.done[prog.phase]).append(dataclasses.asdict(stage))
-        if not union_phase:
-            log.info("%s %s: %d of %d broken", threats[prog.phase].threat.label, label, stage.n_broken, n_attacked)
+        if dist.is_main:
+            what = "union" if union_phase else threats[prog.phase].threat.label
+            robust_now = int((prog.still[:, :n_main].all(1) if union_phase else prog.still[:, prog.phase]).sum())
+            done = prog.phase + (prog.stage + 1) / len(stages)  # threat models (then the union stage) finished
+            progress_log.info(stage_line(what, label, n_attacked, stage.n_broken, robust_now, data.n, stage.seconds,
+                                         clock, done))
         prog.stage, prog.batch, prog.stage_idx, prog.acc = prog.stage + 1, 0, None, {}
         save(base_elapsed + time.perf_counter() - t0)
 

@@ -27,11 +27,11 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .defense import Defense, StepContext
 from .errors import RbxError
 from .models import LoadedModel, build_architecture, file_sha256, load_model
+from .progress import PointBar, RunClock, log as progress_log
 from .records import atomic_write_bytes, atomic_write_text
 from .registry import DATASETS, DEFENSES
 from .runner import derive_seed, resolve_device
@@ -185,7 +185,11 @@ class Trainer:
         sums: dict[str, Tensor] = {}
         t0 = time.perf_counter()
         model.train()
-        for step, idx in enumerate(tqdm(batches, desc=desc, leave=False, disable=not self.progress)):
+        bar = PointBar(self.data.n, desc, show=self.progress)  # counts images, so small runs move smoothly
+        seen = 0
+        for step, idx in enumerate(batches):
+            bar.done_through(seen)
+            seen += len(idx)
             idx = idx.to(self.device)
             x, y = self.x[idx], self.y[idx]
             if self.cfg.augment:
@@ -205,6 +209,7 @@ class Trainer:
             stats = {"loss": loss.detach().float(), **{k: v.detach().float() for k, v in stats.items()}}
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0) + v
+        bar.close()
         out = {k: round(float(v) / max(len(batches), 1), 5) for k, v in sums.items()}
         out["seconds"] = round(time.perf_counter() - t0, 2)
         return out
@@ -220,6 +225,8 @@ class Trainer:
         elif resume:
             raise RbxError(f"--resume: no checkpoint in {self.out}; run without --resume")
         self.defense.setup(self)
+        clock = RunClock(self.cfg.epochs - self.epoch)
+        first = self.epoch
         while self.epoch < self.cfg.epochs:
             epoch = self.epoch
             self.defense.epoch_start(self, epoch)
@@ -228,7 +235,9 @@ class Trainer:
             self.defense.epoch_end(self, epoch)
             stats = {"epoch": epoch + 1, "lr_end": round(self.sched.get_last_lr()[0], 6), **stats}
             self.log.append(stats)
-            log.info("epoch %d: %s", epoch + 1, stats)
+            progress_log.info("epoch %d/%d %s: %s; %s", epoch + 1, self.cfg.epochs, self.defense.name,
+                              ", ".join(f"{k} {v}" for k, v in stats.items() if k != "epoch"),
+                              clock.summary(epoch + 1 - first))
             self.epoch = epoch + 1
             self._save_checkpoint(ckpt_path)
             atomic_write_text(self.out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in self.log))

@@ -1,4 +1,9 @@
-"""Shared fixtures: the small reference CNN, CIFAR-10 slices, tiny random models, isolated folders."""
+"""Shared fixtures: the small reference CNN, CIFAR-10 slices, tiny random models, isolated folders.
+
+Everything here works on a fresh clone with nothing beside it: the small CNN and the 1,000-image
+CIFAR-10 slice ship inside the package. Tests that need ../shared (the ResNet-18, the full JPEG copy)
+use :func:`needs_shared`, which skips them with a message saying what is missing.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +13,49 @@ import pytest
 import torch
 from torch import nn
 
-from robustbench_ext.data import EvalData, cifar10
-from robustbench_ext.models import LoadedModel, load_model
+from robustbench_ext.data import EvalData
+from robustbench_ext.errors import DataError, ModelLoadError
+from robustbench_ext.models import LoadedModel, find_checkpoint, load_model
+from robustbench_ext.registry import DATASETS
 
 REPO = Path(__file__).resolve().parents[1]
+#: The dataset every test evaluates on: the embedded slice (identical images to the JPEG copy's first 1,000).
+DATA = "cifar10-1k"
+
+
+def _missing(what: str) -> str | None:
+    """Why ``what`` (``resnet18`` or ``cifar10-full``) is unavailable here, or None."""
+    try:
+        if what == "resnet18":
+            find_checkpoint("cifar10_resnet18_linf_at.pt")
+        elif what == "cifar10-full":
+            from robustbench_ext.data import data_dirs
+
+            if not any((d / "cifar10" / "test_jpeg.npz").is_file() or (d / "cifar-10-batches-py").is_dir() for d in data_dirs()):
+                raise DataError("no local CIFAR-10 test set")
+        else:
+            raise ValueError(what)
+    except (ModelLoadError, DataError) as exc:
+        return str(exc)
+    return None
+
+
+def needs_shared(*what: str):
+    """Skip unless the ../shared (or $RBX_MODELS / $RBX_DATA) assets ``what`` are present; the reason says which."""
+    reasons = [f"{w}: {r}" for w in what if (r := _missing(w))]
+    return pytest.mark.skipif(bool(reasons), reason="needs assets that do not ship with rbx: " + "; ".join(reasons))
 
 
 @pytest.fixture(scope="session")
 def small_cnn() -> LoadedModel:
-    """The reference small CNN (../shared/models), eval mode, CPU."""
+    """The reference small CNN (shipped in the package; ../shared/models when present), eval mode, CPU."""
     return load_model("cifar10-smallcnn-linf-at")
 
 
 @pytest.fixture(scope="session")
 def cifar200() -> EvalData:
-    """The first 200 CIFAR-10 test images (class-balanced in the JPEG copy)."""
-    return cifar10(200)
+    """The first 200 CIFAR-10 test images of the embedded slice (class-balanced)."""
+    return DATASETS.create(DATA, n_examples=200)
 
 
 def tiny_model(seed: int = 0, num_classes: int = 10, in_shape=(3, 8, 8)) -> nn.Module:

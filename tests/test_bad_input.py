@@ -15,7 +15,7 @@ from robustbench_ext.cli import cli
 from robustbench_ext.models import LoadedModel
 from robustbench_ext.registry import MODELS
 
-SMALL = ["--model", "cifar10-smallcnn-linf-at", "--n-examples", "20", "--batch-size", "10", "--no-progress",
+SMALL = ["--model", "cifar10-smallcnn-linf-at", "--dataset", "cifar10-1k", "--n-examples", "20", "--batch-size", "10", "--no-progress",
          "--threat", "Linf:8/255", "--attack", "pgd:steps=2"]
 
 
@@ -86,13 +86,15 @@ CASES = {
     "eps NaN": (["--threat", "Linf:nan"], "eps must be finite"),
     "eps inf": (["--threat", "L2:inf"], "eps must be finite"),
     "n-examples zero": (["--n-examples", "0"], "--n-examples must be a positive integer"),
-    "n-examples above the dataset": (["--n-examples", "10001"], "more than the 10000 images"),
+    "n-examples above the dataset": (["--n-examples", "1001"], "more than the 1000 images"),
     "batch size zero": (["--batch-size", "0"], "--batch-size must be a positive integer"),
     "model returns probabilities": (["--model", "test-probabilities"], "returns probabilities, not logits"),
     "NaN logits": (["--model", "test-nan"], "NaN or inf logits"),
     "inputs outside [0, 1]": ("0..255", "looks like 0..255"),
     "labels outside the class range": ("labels", "out of range for a model with 10 outputs"),
     "missing checkpoint": ("missing", "checkpoint not found"),
+    "reference model not on this machine": ("no-resnet", "or use the embedded model: --model cifar10-smallcnn-linf-at"),
+    "dataset neither local nor downloadable": ("offline", "or evaluate the embedded 1,000-image slice: --dataset cifar10-1k"),
     "truncated checkpoint": ("truncated", "cannot read checkpoint"),
     "wrong-architecture checkpoint": ("wrong-arch", "does not fit architecture 'resnet18'"),
     "unwritable results directory": ("unwritable", "cannot write to results directory"),
@@ -100,10 +102,27 @@ CASES = {
 }
 
 
-def _args(case, tmp: Path, small_cnn):
+def _args(case, tmp: Path, small_cnn, monkeypatch):
     extra, _ = CASES[case]
     if isinstance(extra, list):
         return extra
+    if extra == "no-resnet":  # a user's machine: no ../shared, no $RBX_MODELS, only the package's own model
+        import robustbench_ext.models as models_mod
+
+        monkeypatch.setattr(models_mod, "model_dirs", lambda: [tmp / "models", models_mod.ASSETS])
+        return ["--model", "cifar10-resnet18-linf-at"]
+    if extra == "offline":  # no local CIFAR-10 and no network
+        import torchvision.datasets as tvd
+
+        import robustbench_ext.data as data_mod
+
+        def no_network(root, train, download):
+            Path(root).mkdir(parents=True, exist_ok=True)
+            raise RuntimeError("Failed to download (no network)")
+
+        monkeypatch.setattr(data_mod, "data_dirs", lambda: [tmp / "nowhere"])
+        monkeypatch.setattr(tvd, "CIFAR10", no_network)
+        return ["--dataset", "cifar10"]
     ckpt = tmp / "model.pt"
     torch.save(small_cnn.module.state_dict(), ckpt)
     if extra == "0..255":
@@ -125,8 +144,8 @@ def _args(case, tmp: Path, small_cnn):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_matrix(case, in_tmp, small_cnn, test_models):
-    args = _args(case, in_tmp, small_cnn)
+def test_bad_input_matrix(case, in_tmp, small_cnn, test_models, monkeypatch):
+    args = _args(case, in_tmp, small_cnn, monkeypatch)
     before = _files(in_tmp) if (in_tmp / "res").is_dir() else []
     res = CliRunner().invoke(cli, ["run", *SMALL, *args, "--results-dir", str(in_tmp / "res")])
     assert res.exit_code != 0, res.output
@@ -134,6 +153,7 @@ def test_bad_input_matrix(case, in_tmp, small_cnn, test_models):
     assert len(lines) == 1 and lines[0].startswith("rbx: error: "), res.stderr
     assert CASES[case][1] in lines[0]
     assert _files(in_tmp) == before  # nothing written (a checkpoint included)
+    assert not (in_tmp / "data").exists() and not (in_tmp / "models").exists()  # no empty ./data or ./models either
 
 
 def test_eps_covering_the_box_is_a_warning(in_tmp):

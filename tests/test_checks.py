@@ -101,7 +101,7 @@ def test_rbx_check_cli_exit_codes(small_cnn):
     MODELS.register("test-quantized")(lambda arch_override=None, num_classes=10: LoadedModel(
         Quantized(small_cnn.module).eval(), "test-quantized", "smallcnn+round", "test"))
     try:
-        fast = ["--n-examples", "40", "--attack", "pma:steps=10", "--black-box", "aa-square:budget=0.1"]
+        fast = ["--dataset", "cifar10-1k", "--n-examples", "40", "--attack", "pma:steps=10", "--black-box", "aa-square:budget=0.1"]
         bad = CliRunner().invoke(cli, ["check", "--model", "test-quantized", *fast, "--json"])
         assert bad.exit_code == 1
         d = json.loads(bad.stdout)

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from robustbench_ext.cli import cli
 from robustbench_ext.records import read_record
 
-SMALL = ["--model", "cifar10-smallcnn-linf-at", "--n-examples", "20", "--batch-size", "10", "--no-progress"]
+SMALL = ["--model", "cifar10-smallcnn-linf-at", "--dataset", "cifar10-1k", "--n-examples", "20", "--batch-size", "10", "--no-progress"]
 
 
 def invoke(*args):
@@ -65,7 +65,7 @@ BAD_INPUTS = [
     (["--threat", "L3:1"], "unknown norm 'L3'"),
     (["--threat", "Linf"], "cannot parse threat model"),
     (["--n-examples", "0"], "--n-examples must be a positive integer"),
-    (["--n-examples", "10001"], "more than the 10000 images"),
+    (["--n-examples", "1001"], "more than the 1000 images"),
     (["--n-examples", "abc"], "'abc' is not a valid integer"),
     (["--batch-size", "0"], "--batch-size must be a positive integer"),
     (["--attack", "pgd:steps=0"], "steps must be a positive integer"),

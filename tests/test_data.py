@@ -6,11 +6,49 @@ import torch
 from PIL import Image
 
 import robustbench_ext.data as data_mod
-from robustbench_ext.data import cifar10
+from robustbench_ext.data import EMBEDDED_FILE, cifar10
 from robustbench_ext.errors import DataError
 from robustbench_ext.registry import DATASETS
 
+from conftest import needs_shared
 
+
+def test_embedded_slice_ships_with_the_package():
+    d = DATASETS.create("cifar10-1k")
+    assert d.n == 1000 and d.x.shape == (1000, 3, 32, 32) and d.name == "cifar10-1k"
+    assert np.bincount(d.y.numpy()).tolist() == [100] * 10  # class-balanced: image k has label k % 10
+    assert d.y.tolist()[:20] == [k % 10 for k in range(20)]
+    assert d.classes[0] == "airplane" and "embedded" in d.source and d.location == str(EMBEDDED_FILE)
+    card = (EMBEDDED_FILE.parent / "README.md").read_text()
+    assert d.sha256() in card and "Krizhevsky" in card  # the data card names the content it describes and cites CIFAR-10
+    assert DATASETS.create("cifar10-1k", n_examples=30).sha256() != d.sha256()
+
+
+@needs_shared("cifar10-full")
+def test_embedded_slice_is_the_jpeg_copys_first_1000(in_tmp):
+    assert cifar10(1000).sha256() == DATASETS.create("cifar10-1k").sha256()
+
+
+def test_offline_cifar10_is_one_line_naming_the_slice_and_leaves_nothing(in_tmp, monkeypatch):
+    import torchvision.datasets as tvd
+
+    def offline(root, train, download):
+        from pathlib import Path
+
+        Path(root).mkdir(parents=True, exist_ok=True)  # torchvision creates the folder, then the download fails
+        (Path(root) / "cifar-10-python.tar.gz").write_bytes(b"partial")
+        raise RuntimeError("Failed to download (no network)")
+
+    monkeypatch.setattr(data_mod, "data_dirs", lambda: [in_tmp / "nowhere"])
+    monkeypatch.setattr(tvd, "CIFAR10", offline)
+    with pytest.raises(DataError) as info:
+        cifar10(5)
+    msg = str(info.value)
+    assert "\n" not in msg and "--dataset cifar10-1k" in msg and "RBX_DATA" in msg and "nowhere" in msg
+    assert not (in_tmp / "data").exists()  # no empty ./data (or a partial archive) left behind
+
+
+@needs_shared("cifar10-full")
 def test_cifar10_found_without_flags(in_tmp):
     d = cifar10(30)
     assert d.source == "CIFAR-10 test (JPEG copy)"
@@ -22,10 +60,10 @@ def test_cifar10_found_without_flags(in_tmp):
     assert d.sha256() != cifar10(31).sha256()
 
 
-@pytest.mark.parametrize("n", [0, -3, 10_001])
+@pytest.mark.parametrize("n", [0, -3, 1_001])
 def test_n_examples_out_of_range(n):
     with pytest.raises(DataError, match="n-examples"):
-        cifar10(n)
+        DATASETS.create("cifar10-1k", n_examples=n)
 
 
 def test_npz_decoded_and_packed(tmp_path):

@@ -165,7 +165,7 @@ def test_lr_schedules_and_augmentation():
 
 # ---- the engine ---------------------------------------------------------------------------------------
 def _cfg(tmp_path, **kw):
-    base = dict(defense="pgd-at:attack=pgd:steps=2", out=str(tmp_path / "run"), arch="smallcnn", n_train=96,
+    base = dict(defense="pgd-at:attack=pgd:steps=2", out=str(tmp_path / "run"), arch="smallcnn", n_train=96, dataset="cifar10-1k",
                 epochs=2, batch_size=32, lr=0.05, seed=3, device="cpu")
     base.update(kw)
     return TrainConfig(**base)
@@ -231,6 +231,7 @@ def test_train_cli_end_to_end_and_errors(tmp_path):
     bad = runner.invoke(cli, ["train", "--defense", "pgd-at"])
     assert bad.exit_code == 2 and "--arch" in bad.stderr
     res = runner.invoke(cli, ["train", "--defense", "sovr:attack=pgd:steps=2", "--arch", "smallcnn", "--n-train", "64",
+                              "--dataset", "cifar10-1k", "--eval-dataset", "cifar10-1k",
                               "--batch-size", "32", "--epochs", "1", "--eval-n", "20", "--results-dir", str(tmp_path),
                               "--no-progress"])
     assert res.exit_code == 0, res.output

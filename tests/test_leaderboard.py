@@ -1,6 +1,7 @@
 """Leaderboards are derived from records: one board per suite, newest record per model, ranked by union."""
 
 import dataclasses
+import re
 
 import torch
 
@@ -52,3 +53,22 @@ def test_boards_rank_by_union_and_keep_newest(tmp_path, small_cnn, cifar200):
 
 def test_empty_board(tmp_path):
     assert "No records yet" in leaderboard_markdown(tmp_path)
+
+
+def test_runs_on_other_images_get_their_own_board_and_never_replace_a_row(tmp_path, small_cnn, cifar200):
+    """`make demo DEMO_N=20` after an n=40 run must not put its row in place of the n=40 one."""
+    suite = load_suite("cifar10-union")
+    suite = dataclasses.replace(suite, threats=tuple(
+        dataclasses.replace(t, attacks=(dataclasses.replace(t.attacks[0], params={"steps": 2}),)) for t in suite.threats))
+    big = dataclasses.replace(cifar200, x=cifar200.x[:40], y=cifar200.y[:40])
+    small = dataclasses.replace(cifar200, x=cifar200.x[:20], y=cifar200.y[:20])
+    first = _run(small_cnn, big, suite, "2026-01-01T00:00:00+00:00", tmp_path)
+    second = _run(small_cnn, small, suite, "2026-01-02T00:00:00+00:00", tmp_path)  # newer, fewer images
+    text = leaderboard_markdown(tmp_path, link_base=tmp_path)
+    assert first.name in text and second.name in text  # both kept
+    heads = [line for line in text.splitlines() if line.startswith("## cifar10-union")]
+    assert len(heads) == 2 and "n = 40" in heads[0] and "n = 20" in heads[1]  # larger n first, n shown
+    for head, n in zip(heads, (40, 20)):
+        body = text.split(head, 1)[1].split("\n## ", 1)[0]
+        rows = [line for line in body.splitlines() if line.startswith("|") and "smallcnn" in line]
+        assert len(rows) == 1 and re.search(rf"\|\s*{n}\s*\|", rows[0])

@@ -8,6 +8,9 @@ import torch
 import robustbench_ext.models as models_mod
 from robustbench_ext.errors import ModelLoadError, RbxError, UnknownNameError
 from robustbench_ext.models import file_sha256, find_checkpoint, load_model
+from robustbench_ext.paths import ASSETS
+
+from conftest import needs_shared
 
 SHA = {  # ../shared/models/README.md
     "cifar10_resnet18_linf_at.pt": "d53aa442dc9a18fe791a927590fc8b57fa0027993fc3085897dcc8775f58ee62",
@@ -23,6 +26,23 @@ def test_reference_models_found_and_identified(small_cnn):
     assert desc["parameters"] > 1_000_000 and desc["source"].endswith("cifar10_smallcnn_linf_at.pt")
 
 
+def test_embedded_model_ships_with_the_package(monkeypatch, tmp_path):
+    """With no $RBX_MODELS, ./models or ../shared (a user's fresh install), the small CNN comes from package data."""
+    import robustbench_ext.models as m
+
+    monkeypatch.setattr(m, "model_dirs", lambda: [tmp_path / "nowhere", ASSETS])
+    loaded = load_model("cifar10-smallcnn-linf-at")
+    assert loaded.source == str(ASSETS / "cifar10_smallcnn_linf_at.pt")
+    assert loaded.sha256 == SHA["cifar10_smallcnn_linf_at.pt"] == file_sha256(ASSETS / "cifar10_smallcnn_linf_at.pt")
+    card = (ASSETS / "README.md").read_text()
+    assert SHA["cifar10_smallcnn_linf_at.pt"] in card  # the model card names the file it describes
+    with pytest.raises(ModelLoadError) as info:
+        load_model("cifar10-resnet18-linf-at")
+    msg = str(info.value)
+    assert "\n" not in msg and "nowhere" in msg and "RBX_MODELS" in msg and "--model cifar10-smallcnn-linf-at" in msg
+
+
+@needs_shared("resnet18")
 def test_resnet18_reference_loads_every_key(cifar200):
     m = load_model("cifar10-resnet18-linf-at")
     assert m.sha256 == SHA["cifar10_resnet18_linf_at.pt"]
@@ -81,20 +101,23 @@ def test_normalization_wrapper(small_cnn, cifar200):
 def test_robustbench_loads_offline_from_its_model_dir(tmp_path, monkeypatch, cifar200):
     # A checkpoint we make, in robustbench's layout <dir>/<dataset>/<threat>/<ModelId>.pt: the reference
     # ResNet-18 has exactly the key layout of robustbench's ResNet-18, the architecture of this zoo entry.
-    ref = load_model("cifar10-resnet18-linf-at")
+    from robustbench_ext.registry import ARCHITECTURES
+
+    torch.manual_seed(0)  # random weights in the zoo entry's architecture: nothing here needs ../shared
+    ref = ARCHITECTURES.create("resnet18").eval()
     target = tmp_path / "cifar10" / "Linf" / "Addepalli2021Towards_RN18.pt"
     target.parent.mkdir(parents=True)
-    torch.save({k: v.clone() for k, v in ref.module.state_dict().items()}, target)
+    torch.save({k: v.clone() for k, v in ref.state_dict().items()}, target)
     monkeypatch.setenv("RBX_ROBUSTBENCH_DIR", str(tmp_path))
     m = load_model("robustbench:Addepalli2021Towards_RN18")
     assert m.source == "robustbench:cifar10/Linf/Addepalli2021Towards_RN18"
     assert m.sha256 == file_sha256(target)
     with torch.no_grad():
-        assert torch.allclose(m.module(cifar200.x[:8]), ref.module(cifar200.x[:8]), atol=1e-5)
+        assert torch.allclose(m.module(cifar200.x[:8]), ref(cifar200.x[:8]), atol=1e-5)
 
 
 def test_robustbench_offline_without_checkpoint_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("RBX_ROBUSTBENCH_DIR", str(tmp_path))
+    monkeypatch.setenv("RBX_ROBUSTBENCH_DIR", str(tmp_path / "zoo"))
     utils = models_mod.import_robustbench("utils")
 
     def no_network(gdrive_id, fname_save):
@@ -107,6 +130,7 @@ def test_robustbench_offline_without_checkpoint_is_a_clear_error(tmp_path, monke
     with pytest.raises(ModelLoadError, match="could not be downloaded") as info:
         load_model("robustbench:Addepalli2021Towards_RN18")
     assert "put its checkpoint at" in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "zoo").exists()  # robustbench's empty <dir>/<dataset>/<threat> folders are removed again
 
 
 def test_robustbench_unknown_id_suggests_close_names():
@@ -118,10 +142,10 @@ def test_robustbench_unknown_id_suggests_close_names():
 
 def test_own_resnet18_matches_robustbench_without_robustbench(monkeypatch, cifar200):
     """Where robustbench cannot be imported (a bare GPU image), resnet18 falls back to rbx's own definition:
-    same state-dict keys (strict load of the reference checkpoint) and the same logits."""
+    same state-dict keys (strict load of one checkpoint into both) and the same logits."""
     import robustbench_ext.architectures as arch
-    from robustbench_ext.models import find_checkpoint, read_state_dict
 
+    torch.manual_seed(0)
     rb_net = arch.resnet18()
     assert not isinstance(rb_net, arch.CifarResNet18)  # robustbench is installed here
 
@@ -131,7 +155,9 @@ def test_own_resnet18_matches_robustbench_without_robustbench(monkeypatch, cifar
     monkeypatch.setattr(arch, "import_robustbench", no_robustbench)
     own = arch.resnet18()
     assert isinstance(own, arch.CifarResNet18)
-    sd = read_state_dict(find_checkpoint("cifar10_resnet18_linf_at.pt"))
+    # random weights and non-trivial BatchNorm statistics (a trained checkpoint's kind of state)
+    sd = {k: (v + 0.1 * torch.rand_like(v) if k.endswith(("running_mean", "running_var")) else v)
+          for k, v in rb_net.state_dict().items()}
     rb_net.load_state_dict(sd, strict=True)
     own.load_state_dict(sd, strict=True)
     x = cifar200.x[:16]

@@ -62,7 +62,7 @@ def _same_run(a, b) -> None:
 
 
 def test_two_gloo_ranks_give_the_single_process_record(tmp_path):
-    args = ["run", *ATTACK_ARGS, "--n-examples", "30"]
+    args = ["run", *ATTACK_ARGS, "--dataset", "cifar10-1k", "--n-examples", "30"]
     _rbx(args, tmp_path / "one")
     out = _rbx(args, tmp_path / "two", world=2)
     single, double = _only_record(tmp_path / "one"), _only_record(tmp_path / "two")
@@ -76,14 +76,14 @@ def test_two_gloo_ranks_give_the_single_process_record(tmp_path):
 @pytest.fixture(scope="module")
 def shard_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("shards")
-    pack_shards(DATASETS.create("cifar10", n_examples=25), d, 10)
+    pack_shards(DATASETS.create("cifar10-1k", n_examples=25), d, 10)
     return d
 
 
 def test_pack_shards_roundtrip(shard_dir):
     paths = list_shards(shard_dir)
     assert [p.name for p in paths] == ["shard-00000.npz", "shard-00001.npz", "shard-00002.npz"]
-    full = DATASETS.create("cifar10", n_examples=25)
+    full = DATASETS.create("cifar10-1k", n_examples=25)
     back = [DATASETS.create(f"npz:{p}") for p in paths]
     assert [b.n for b in back] == [10, 10, 5]
     assert torch.equal(torch.cat([b.y for b in back]), full.y)
@@ -145,7 +145,7 @@ class _Liar(nn.Module):
 
 
 def test_search_switches_are_reverified_in_float32(small_cnn, monkeypatch):
-    data = DATASETS.create("cifar10", n_examples=20)
+    data = DATASETS.create("cifar10-1k", n_examples=20)
     threats = [ThreatSpec(ThreatModel.parse("Linf:2/255"), (AttackSpec.parse("pgd:steps=2"),))]
     honest = evaluate(small_cnn, data, threats, seed=1, batch_size=10, device="cpu", progress=False)
     import robustbench_ext.runner as runner
@@ -162,7 +162,7 @@ def test_search_switches_are_reverified_in_float32(small_cnn, monkeypatch):
 
 
 def test_bf16_search_runs_and_is_recorded(small_cnn):
-    data = DATASETS.create("cifar10", n_examples=20)
+    data = DATASETS.create("cifar10-1k", n_examples=20)
     threats = [ThreatSpec(ThreatModel.parse("Linf:8/255"), (AttackSpec.parse("pgd:steps=3"),))]
     ev = evaluate(small_cnn, data, threats, seed=1, batch_size=10, device="cpu", progress=False,
                   search=SearchOptions(precision="bf16", channels_last=True))

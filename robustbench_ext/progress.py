@@ -1,0 +1,97 @@
+"""Saying what a long run is doing: a progress bar that counts points, and one line per finished stage.
+
+Two channels, both on stderr:
+
+- the **bar** (tqdm) counts the points of the running stage and moves with every attack step (attacks
+  report the fraction of their steps done through :class:`StepReport`), so a 20-point run moves
+  smoothly instead of jumping from 0% to 100%. It shows only when asked (the CLI: when stderr is a
+  terminal, or ``--progress``);
+- one **line per finished stage** (threat model, attack, points attacked and broken, seconds, elapsed
+  time and a running ETA, as AutoAttack prints after each attack), logged at INFO on the
+  ``robustbench_ext.progress`` logger. The CLI shows these lines whether or not stderr is a terminal;
+  ``--quiet`` silences them. Library callers see them once they enable that logger.
+
+This is a leaf module: it imports nothing from rbx.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+from tqdm.auto import tqdm
+
+log = logging.getLogger("robustbench_ext.progress")
+
+#: A callback an attack calls with the fraction (0..1) of its work on the current batch that is done.
+StepReport = Callable[[float], None]
+
+
+def fmt_seconds(s: float) -> str:
+    """``42 s``, ``3 min 05 s`` or ``1 h 02 min``."""
+    s = max(float(s), 0.0)
+    if s < 60:
+        return f"{s:.1f} s" if s < 10 else f"{s:.0f} s"
+    m, sec = divmod(int(round(s)), 60)
+    if m < 60:
+        return f"{m} min {sec:02d} s"
+    h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min"
+
+
+class PointBar:
+    """A bar over the points of one stage; :meth:`batch` gives the callback for one batch of them."""
+
+    def __init__(self, total: int, desc: str, *, initial: int = 0, show: bool = True) -> None:
+        self._bar = tqdm(total=total, initial=initial, desc=desc, unit="pt", leave=False, disable=not show,
+                         dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} pt [{elapsed}<{remaining}]")
+        self._pos = float(initial)
+
+    def batch(self, start: int, size: int) -> StepReport:
+        """The step callback for a batch of ``size`` points starting after ``start`` points of this stage."""
+        def report(fraction: float) -> None:
+            self._move(start + size * min(max(fraction, 0.0), 1.0))
+        return report
+
+    def _move(self, pos: float) -> None:
+        if pos > self._pos:
+            self._bar.update(pos - self._pos)
+            self._pos = pos
+
+    def done_through(self, pos: int) -> None:
+        self._move(float(pos))
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+class RunClock:
+    """Elapsed time and a running ETA over ``units`` equal shares of a run (threat models, the union stage, epochs)."""
+
+    def __init__(self, units: int, elapsed: float = 0.0) -> None:
+        self.units = max(int(units), 1)
+        self._t0 = time.perf_counter() - elapsed
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._t0
+
+    def eta(self, done: float) -> float | None:
+        """Seconds left when ``done`` units of ``units`` are finished (None before anything is)."""
+        if done <= 0:
+            return None
+        return self.elapsed * max(self.units - done, 0.0) / done
+
+    def summary(self, done: float) -> str:
+        eta = self.eta(done) if done < self.units else None
+        return f"elapsed {fmt_seconds(self.elapsed)}" + ("" if eta is None else f", ETA {fmt_seconds(eta)}")
+
+
+def stage_line(what: str, attack: str, n_attacked: int, n_broken: int, robust: int, n: int, seconds: float,
+               clock: RunClock | None = None, done: float = 0.0) -> str:
+    """The line printed when one stage of a cascade finishes."""
+    pct = 100.0 * robust / n if n else 0.0
+    line = (f"{what} {attack}: broke {n_broken} of {n_attacked} points in {fmt_seconds(seconds)}; "
+            f"robust {robust}/{n} ({pct:.1f}%)")
+    return line + (f"; {clock.summary(done)}" if clock is not None else "")
