@@ -1,6 +1,6 @@
 """APGD: Auto-PGD with its step-size schedule (Croce & Hein, ICML 2020), for Linf, L2 and L1.
 
-On the shared :class:`~robustbench_ext.attack.IterativeAttack` loop, APGD contributes:
+On the shared :class:`~robustbench_ext.attack.IterativeAttack` loop (:mod:`robustbench_ext.loop`), APGD contributes:
 
 - start: the projection of ``x + N(0, I)`` onto ball ∩ box (for L1 this is a sparse start, as in
   Croce & Hein, ICCV 2021; for Linf/L2 a point near the ball's surface);
@@ -30,7 +30,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from robustbench_ext.attack import AttackContext, IterativeAttack, Pass, Track, require_positive_ints
+from robustbench_ext.attack import AttackContext, require_positive_ints
+from robustbench_ext.loop import IterativeAttack, Segment, Track
 from robustbench_ext.errors import RbxError
 from robustbench_ext.geometry import Geometry
 from robustbench_ext.losses import LOSSES, dlr_targeted
@@ -47,6 +48,7 @@ class APGD(IterativeAttack):
 
     name: ClassVar[str] = "apgd"
     smoke_params: ClassVar[dict] = {"steps": 10}
+    needs_best_grad: ClassVar[bool] = True  # the checkpoints restart from the best point with its gradient
 
     steps: int = 100
     loss: str = "ce"
@@ -63,21 +65,21 @@ class APGD(IterativeAttack):
     def _losses(self) -> tuple[str, ...]:
         return UNTARGETED
 
-    # ---- passes ----------------------------------------------------------------------------------
-    def _stages(self, **kw: Any) -> list[Pass]:
+    # ---- segments ----------------------------------------------------------------------------------
+    def _stages(self, **kw: Any) -> list[Segment]:
         """One run, or the large-eps schedule (3x, 2x, 1x eps over 30/30/40% of the steps)."""
         if not self.large_eps:
-            return [Pass(self.steps, **kw)]
+            return [Segment(self.steps, **kw)]
         first = max(math.ceil(0.3 * self.steps), 1)
         last = max(self.steps - 2 * first, 1)
-        return [Pass(first, eps_scale=3.0, **kw), Pass(first, eps_scale=2.0, warm_start=True, **kw),
-                Pass(last, eps_scale=1.0, warm_start=True, **kw)]
+        return [Segment(first, eps_scale=3.0, **kw), Segment(first, eps_scale=2.0, warm_start=True, **kw),
+                Segment(last, eps_scale=1.0, warm_start=True, **kw)]
 
-    def passes(self) -> list[Pass]:
+    def segments(self) -> list[Segment]:
         return [p for r in range(self.restarts) for p in self._stages(restart=r)]
 
     # ---- hooks -----------------------------------------------------------------------------------
-    def start(self, ctx: AttackContext, x0: Tensor, eps: float, p: Pass) -> Tensor:
+    def start(self, ctx: AttackContext, x0: Tensor, eps: float, p: Segment) -> Tensor:
         if not self.random_start:
             return x0.clone()
         noise = torch.randn(x0.shape, generator=ctx.generator, device=x0.device, dtype=x0.dtype)
@@ -112,12 +114,12 @@ class APGD(IterativeAttack):
             state["reduced_last"] = torch.ones(n, dtype=torch.bool, device=x0.device)
         return state
 
-    def objective(self, logits: Tensor, y: Tensor, step: int, state: dict, p: Pass) -> Tensor:
+    def objective(self, logits: Tensor, y: Tensor, step: int, state: dict, p: Segment) -> Tensor:
         if self.loss == "dlr" and logits.shape[1] < 3:
             raise RbxError(f"attack '{self.name}': the DLR loss needs at least 3 classes (model has {logits.shape[1]})")
         return LOSSES[self.loss](logits, y)
 
-    def step_size(self, step: int, eps: float, state: dict, p: Pass) -> Tensor:
+    def step_size(self, step: int, eps: float, state: dict, p: Segment) -> Tensor:
         return state["eta"]
 
     def momentum(self, geometry: Geometry) -> float:
@@ -126,7 +128,7 @@ class APGD(IterativeAttack):
     def sparsity(self, state: dict) -> float | Tensor:
         return state.get("topk", self.l1_sparsity)
 
-    def checkpoint(self, step: int, loss: Tensor, state: dict, p: Pass, best: Track, x0: Tensor) -> Tensor | None:
+    def checkpoint(self, step: int, loss: Tensor, state: dict, p: Segment, best: Track, x0: Tensor) -> Tensor | None:
         if step == 0:  # the starting point's evaluation
             state["prev"] = loss
             state["best_last"] = best.loss.clone()
@@ -204,7 +206,7 @@ class APGDT(APGD):
     def _losses(self) -> tuple[str, ...]:
         return ("dlr-targeted",)
 
-    def passes(self) -> list[Pass]:
+    def segments(self) -> list[Segment]:
         return [p for t in range(self.n_targets) for r in range(self.restarts) for p in self._stages(restart=r, target_rank=t)]
 
     def begin(self, ctx, x0, y0, x_start, eps, p) -> dict[str, Any]:
@@ -217,5 +219,5 @@ class APGDT(APGD):
         state["target"] = logits.sort(dim=1, descending=True).indices[:, p.target_rank + 1]
         return state
 
-    def objective(self, logits: Tensor, y: Tensor, step: int, state: dict, p: Pass) -> Tensor:
+    def objective(self, logits: Tensor, y: Tensor, step: int, state: dict, p: Segment) -> Tensor:
         return dlr_targeted(logits, y, state["target"])

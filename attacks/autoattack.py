@@ -27,7 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from robustbench_ext._compat import import_pyautoattack
-from robustbench_ext.attack import Attack, AttackContext, Ensemble
+from robustbench_ext.attack import Attack, AttackContext
+from robustbench_ext.cascade import Ensemble
 from robustbench_ext.errors import AttackContractError, RbxError
 from robustbench_ext.registry import ATTACKS
 from robustbench_ext.threat import ThreatModel

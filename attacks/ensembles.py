@@ -22,7 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from robustbench_ext.attack import Attack, Ensemble, require_positive_ints
+from robustbench_ext.attack import Attack, require_positive_ints
+from robustbench_ext.cascade import Ensemble
 from robustbench_ext.registry import ATTACKS
 from robustbench_ext.threat import ThreatModel
 
@@ -40,6 +41,7 @@ class PMAPlus(Ensemble):
 
     steps: int = 100
     n_targets: int = 9
+    early_stop: bool = True  # False (training): every component returns its highest-loss point
 
     def __post_init__(self) -> None:
         require_positive_ints(self, "steps", "n_targets")

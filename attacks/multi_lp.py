@@ -15,16 +15,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from robustbench_ext.attack import CountingModel, MultiThreatAttack, require_positive_ints
+from robustbench_ext.attack import AttackContext, MultiThreatAttack, require_positive_ints
 from robustbench_ext.errors import RbxError
 from robustbench_ext.losses import cross_entropy
 from robustbench_ext.registry import ATTACKS
-from robustbench_ext.threat import ThreatModel
 
 
 @ATTACKS.register("union-worst", summary="multi-lp: run an attack under every threat model; report each norm's adversarial and the worst")
@@ -41,20 +40,15 @@ class UnionWorst(MultiThreatAttack):
         self._inner()  # fail fast on a bad spec
 
     def _inner(self):
-        from robustbench_ext.suites import AttackSpec
+        return ATTACKS.create(self.attack)
 
-        return AttackSpec.parse(self.attack).build()
-
-    def run(self, model: CountingModel, x: Tensor, y: Tensor, threats: Sequence[ThreatModel],
-            generator: torch.Generator) -> list[Tensor]:
+    def run(self, ctx: AttackContext, x: Tensor, y: Tensor) -> list[Tensor]:
         inner = self._inner()
-        for t in threats:
+        for t in ctx.threats:
             inner.require(t)
-        out = []
-        for t in threats:
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
-            out.append(inner(model, x, y, t, seed=seed).x_adv)
-        return out
+        n = len(ctx.threats)
+        return [inner(ctx.model, x, y, t, seed=ctx.spawn_seed(), progress=ctx.sub_progress(i / n, (i + 1) / n)).x_adv
+                for i, t in enumerate(ctx.threats)]
 
 
 @ATTACKS.register("msd", summary="multi-lp: multi steepest descent (Maini et al. 2020), one step per norm, keep the best; for training")
@@ -74,22 +68,18 @@ class MSD(MultiThreatAttack):
         if not self.rel_step_size > 0:
             raise RbxError(f"attack 'msd': rel_step_size must be > 0, got {self.rel_step_size!r}")
 
-    def run(self, model: CountingModel, x: Tensor, y: Tensor, threats: Sequence[ThreatModel],
-            generator: torch.Generator) -> list[Tensor]:
+    def run(self, ctx: AttackContext, x: Tensor, y: Tensor) -> list[Tensor]:
         xk = x.clone()
         ball = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        for _ in range(self.steps):
-            with torch.enable_grad():
-                xg = xk.detach().requires_grad_(True)
-                (grad,) = torch.autograd.grad(cross_entropy(model(xg), y).sum(), xg)
+        for step in range(self.steps):
+            _, _, grad = ctx.value_and_grad(xk, lambda logits: cross_entropy(logits, y))
             cands, losses = [], []
-            for t in threats:
+            for t in ctx.threats:
                 geom = t.geometry
-                step = self.rel_step_size * t.eps * geom.step_direction(grad, xk, sparsity=self.l1_sparsity)
-                c = geom.project(x, xk + step, t.eps)
-                with torch.no_grad():
-                    losses.append(cross_entropy(model(c), y))
+                c = geom.project(x, xk + self.rel_step_size * t.eps * geom.step_direction(grad, xk, sparsity=self.l1_sparsity), t.eps)
+                losses.append(cross_entropy(ctx.logits(c), y))
                 cands.append(c)
             ball = torch.stack(losses, 1).argmax(1)
             xk = torch.stack(cands)[ball, torch.arange(x.shape[0], device=x.device)]
-        return [torch.where((ball == i).reshape(-1, *([1] * (x.ndim - 1))), xk, x) for i in range(len(threats))]
+            ctx.report((step + 1) / self.steps)
+        return [torch.where((ball == i).reshape(-1, *([1] * (x.ndim - 1))), xk, x) for i in range(len(ctx.threats))]

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from robustbench_ext.errors import RbxError
 from robustbench_ext.losses import LOSSES
-from robustbench_ext.attack import IterativeAttack, Pass
+from robustbench_ext.loop import IterativeAttack, Segment, madry_step
 from robustbench_ext.registry import ATTACKS
 
 
@@ -38,12 +38,11 @@ class PGD(IterativeAttack):
         if self.rel_step_size is not None and not self.rel_step_size > 0:
             raise RbxError(f"attack 'pgd': rel_step_size must be > 0, got {self.rel_step_size!r}")
 
-    def objective(self, logits: Tensor, y: Tensor, step: int, state: dict, p: Pass) -> Tensor:
+    def objective(self, logits: Tensor, y: Tensor, step: int, state: dict, p: Segment) -> Tensor:
         return LOSSES[self.loss](logits, y)
 
-    def step_size(self, step: int, eps: float, state: dict, p: Pass) -> float:
-        rel = self.rel_step_size if self.rel_step_size is not None else 2.5 / self.steps
-        return rel * eps
+    def step_size(self, step: int, eps: float, state: dict, p: Segment) -> float:
+        return madry_step(self.rel_step_size, self.steps, eps)
 
 
 @ATTACKS.register("trades-pgd", summary="PGD on KL(p(x) || p(x')), the adversary of TRADES (Zhang et al. 2019)")
@@ -63,9 +62,9 @@ class TradesPGD(IterativeAttack):
     def begin(self, ctx, x0, y0, x_start, eps, p) -> dict:
         return {"log_p_clean": ctx.logits(x0).float().log_softmax(1)}
 
-    def objective(self, logits: Tensor, y: Tensor, step: int, state: dict, p: Pass) -> Tensor:
+    def objective(self, logits: Tensor, y: Tensor, step: int, state: dict, p: Segment) -> Tensor:
         lp = state["log_p_clean"]
         return (lp.exp() * (lp - logits.float().log_softmax(1))).sum(1)
 
-    def step_size(self, step: int, eps: float, state: dict, p: Pass) -> float:
-        return (self.rel_step_size if self.rel_step_size is not None else 2.5 / self.steps) * eps
+    def step_size(self, step: int, eps: float, state: dict, p: Segment) -> float:
+        return madry_step(self.rel_step_size, self.steps, eps)

@@ -29,9 +29,9 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from robustbench_ext.attack import IterativeAttack, Pass
+from robustbench_ext.loop import IterativeAttack, Segment
 from robustbench_ext.errors import RbxError
-from robustbench_ext.losses import probabilities_true_and_best_other
+from robustbench_ext.losses import logits_true_and_best_other, probabilities_true_and_best_other
 from robustbench_ext.registry import ATTACKS
 
 
@@ -55,16 +55,12 @@ class PMA(IterativeAttack):
         if self.steps < 2:
             raise RbxError(f"attack '{self.name}': steps must be >= 2 (two halves), got {self.steps}")
 
-    def passes(self) -> list[Pass]:
-        return [Pass(self.steps, restart=r, round=k) for r in range(self.restarts) for k in (0, 1)]
+    def segments(self) -> list[Segment]:
+        return [Segment(self.steps, restart=r, round=k) for r in range(self.restarts) for k in (0, 1)]
 
-    def objective(self, logits: Tensor, y: Tensor, step: int, state: dict, p: Pass) -> Tensor:
-        if self.loss == "pm":
-            v_y, v_max = probabilities_true_and_best_other(logits, y)
-        else:
-            z = logits.float()
-            v_y = z.gather(1, y[:, None]).squeeze(1)
-            v_max = z.scatter(1, y[:, None], float("-inf")).amax(1)
+    def objective(self, logits: Tensor, y: Tensor, step: int, state: dict, p: Segment) -> Tensor:
+        pair = probabilities_true_and_best_other if self.loss == "pm" else logits_true_and_best_other
+        v_y, v_max = pair(logits, y)
         change = p.steps / 2
         if step == 0 and self.warmup:
             return v_y
@@ -72,7 +68,7 @@ class PMA(IterativeAttack):
             return -v_y if p.round == 0 else v_max
         return v_max - v_y
 
-    def step_size(self, step: int, eps: float, state: dict, p: Pass) -> float:
+    def step_size(self, step: int, eps: float, state: dict, p: Segment) -> float:
         if self.odi_steps and step < 2:
             return eps
         change = p.steps / 2

@@ -32,7 +32,9 @@ from robustbench_ext._compat import import_pyautoattack
 from robustbench_ext.models import load_model
 from robustbench_ext.records import atomic_write_text
 from robustbench_ext.registry import DATASETS
-from robustbench_ext.runner import evaluate, frozen, resolve_device, union_flags
+from robustbench_ext.devutils import frozen, resolve_device
+from robustbench_ext.records import union_flags
+from robustbench_ext.runner import evaluate
 from robustbench_ext.suites import load_suite
 
 

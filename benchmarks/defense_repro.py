@@ -29,7 +29,8 @@ from robustbench_ext.models import load_model
 from robustbench_ext.plots import png_bytes
 from robustbench_ext.records import atomic_write_bytes, atomic_write_text
 from robustbench_ext.registry import ATTACKS, DATASETS
-from robustbench_ext.runner import evaluate, frozen
+from robustbench_ext.devutils import frozen
+from robustbench_ext.runner import evaluate
 from robustbench_ext.suites import load_suite
 from robustbench_ext.threat import ThreatModel
 from robustbench_ext.training import TrainConfig, Trainer
@@ -44,7 +45,7 @@ EXPERIMENTS = {
 
 def margins_under_pgd(model, data, device, steps=20) -> np.ndarray:
     """Logit margins z_y - max_{k!=y} z_k of PGD-20 (Linf 8/255) examples on the test images (clean-correct or not)."""
-    from defenses.sovr import logit_margin
+    from robustbench_ext.defenses.sovr import logit_margin
 
     net = model.module.to(device)
     attack = ATTACKS.create("pgd", steps=steps, early_stop=False)

@@ -47,7 +47,7 @@ from robustbench_ext.records import atomic_write_text
 from robustbench_ext.registry import DATASETS
 from robustbench_ext.suites import AttackSpec
 from robustbench_ext.acceleration import SearchOptions, search_model
-from robustbench_ext.runner import frozen, resolve_device
+from robustbench_ext.devutils import frozen, resolve_device
 from robustbench_ext.threat import ThreatModel
 
 
@@ -133,7 +133,8 @@ def run_standard(model, data, device, bs, seed, search=None):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import aa_vs_rbx  # noqa: E402
 
-    from robustbench_ext.runner import evaluate, union_flags
+    from robustbench_ext.records import union_flags
+    from robustbench_ext.runner import evaluate
     from robustbench_ext.suites import load_suite
 
     suite = load_suite("cifar10-union")

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from robustbench_ext.defense import Defense, build_attack, threat_list
 from robustbench_ext.errors import RbxError
+from robustbench_ext.losses import accuracy
 from robustbench_ext.registry import DEFENSES
 from robustbench_ext.threat import ThreatModel
 
@@ -30,8 +31,9 @@ def trades_kl(logits_clean: Tensor, logits_adv: Tensor) -> Tensor:
     return F.kl_div(F.log_softmax(logits_adv.float(), 1), F.softmax(logits_clean.float(), 1), reduction="batchmean")
 
 
-def accuracy(logits: Tensor, y: Tensor) -> Tensor:
-    return (logits.argmax(1) == y).float().mean()
+def default_base_attack(base: str) -> str:
+    """The training adversary of a defense built on AT (PGD-10 on CE) or TRADES (PGD-10 on the KL), e.g. LTD, SOVR."""
+    return "pgd:steps=10" if base == "at" else "trades-pgd:steps=10"
 
 
 @DEFENSES.register("standard", summary="standard (non-robust) training: cross-entropy on clean inputs")
@@ -126,5 +128,5 @@ class MAX(_MultiNorm):
     def loss(self, model, x, y, ctx):
         logits = [model(ctx.adversary(self._attack, model, x, y, t)) for t in self._threats]
         ce = torch.stack([F.cross_entropy(z.float(), y, reduction="none") for z in logits])
-        correct = torch.stack([z.argmax(1) == y for z in logits]).all(0)
+        correct = torch.stack([z.argmax(1) == y for z in logits]).all(0)  # robust under every threat model
         return ce.max(0).values.mean(), {"adv_acc": correct.float().mean()}

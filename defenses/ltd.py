@@ -22,14 +22,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustbench_ext.defense import Defense, Temperature, build_attack
+from robustbench_ext.defense import Defense, build_attack
+from robustbench_ext.devutils import frozen
 from robustbench_ext.errors import RbxError
-from robustbench_ext.models import load_model
+from robustbench_ext.models import Temperature, load_model
 from robustbench_ext.registry import DEFENSES
-from robustbench_ext.runner import frozen
 from robustbench_ext.threat import ThreatModel
 
-from .baselines import accuracy, trades_kl
+from robustbench_ext.losses import accuracy
+
+from .baselines import default_base_attack, trades_kl
 
 
 def soft_cross_entropy(logits: Tensor, q: Tensor) -> Tensor:
@@ -64,7 +66,7 @@ class LTD(Defense):
             raise RbxError("defense 'ltd': temperatures must be > 0")
         self._threat = ThreatModel.parse(self.threat)
         if self.attack is None:
-            self.attack = "pgd:steps=10" if self.base == "at" else "trades-pgd:steps=10"
+            self.attack = default_base_attack(self.base)
         self._attack = build_attack(self.attack, self.name)
         self._teacher = None
 

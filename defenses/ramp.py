@@ -25,6 +25,7 @@ from torch import Tensor
 
 from robustbench_ext.defense import Defense, build_attack
 from robustbench_ext.errors import RbxError
+from robustbench_ext.losses import accuracy
 from robustbench_ext.registry import DEFENSES
 from robustbench_ext.threat import ThreatModel
 
@@ -96,8 +97,7 @@ class RAMP(Defense):
         ce = torch.maximum(ce_s, ce_t).mean() if self.max_loss else ce_s.mean()
         kl = ramp_kl(z_s, z_t, y)
         return ce + self.lbd * kl, {"kl": kl.detach(), "adv_acc": ((z_s.argmax(1) == y) & (z_t.argmax(1) == y)).float().mean(),
-                                    f"acc_{self._src.norm}": (z_s.argmax(1) == y).float().mean(),
-                                    f"acc_{self._tgt.norm}": (z_t.argmax(1) == y).float().mean()}
+                                    f"acc_{self._src.norm}": accuracy(z_s, y), f"acc_{self._tgt.norm}": accuracy(z_t, y)}
 
     # ---- gradient projection, once per epoch -----------------------------------------------------------
     def epoch_start(self, trainer, epoch):

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from robustbench_ext.defense import Defense, build_attack
 from robustbench_ext.errors import ModelLoadError, RbxError
+from robustbench_ext.losses import accuracy
 from robustbench_ext.models import LoadedModel, load_model, read_state_dict
 from robustbench_ext.registry import DEFENSES, MODELS
 from robustbench_ext.threat import ThreatModel
@@ -326,5 +327,5 @@ class AdaptiveSmoothing(Defense):
         per = self.c_bce * bce + self.c_ce * ce + self.c_prod * bce * ce
         alpha = torch.sigmoid(model.last_gamma.detach())
         return (weight * per).sum() / weight.sum(), {
-            "clean_acc": (out[: len(x)].argmax(1) == y).float().mean(), "adv_acc": (out[len(x):].argmax(1) == y).float().mean(),
+            "clean_acc": accuracy(out[: len(x)], y), "adv_acc": accuracy(out[len(x):], y),
             "alpha_clean": alpha[: len(x)].mean(), "alpha_adv": alpha[len(x):].mean()}

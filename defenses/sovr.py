@@ -26,7 +26,9 @@ from robustbench_ext.errors import RbxError
 from robustbench_ext.registry import DEFENSES
 from robustbench_ext.threat import ThreatModel
 
-from .baselines import accuracy, trades_kl
+from robustbench_ext.losses import accuracy
+
+from .baselines import default_base_attack, trades_kl
 
 
 def ovr_loss(logits: Tensor, y: Tensor) -> Tensor:
@@ -75,7 +77,7 @@ class SOVR(Defense):
             raise RbxError(f"defense 'sovr': base must be at or trades, got '{self.base}'")
         self._threat = ThreatModel.parse(self.threat)
         if self.attack is None:
-            self.attack = "pgd:steps=10" if self.base == "at" else "trades-pgd:steps=10"
+            self.attack = default_base_attack(self.base)
         self._attack = build_attack(self.attack, self.name)
 
     def loss(self, model, x, y, ctx):

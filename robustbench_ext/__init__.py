@@ -5,8 +5,7 @@ loading, the runner and its records, leaderboards and the CLI. Attacks live in t
 ``attacks`` package and defenses in ``defenses``; both register themselves here.
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .errors import RbxError  # noqa: E402
 from .threat import ThreatModel  # noqa: E402
 from .registry import ATTACKS, DATASETS, DEFENSES, MODELS, SUITES, ARCHITECTURES  # noqa: E402

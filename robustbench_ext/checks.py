@@ -97,15 +97,12 @@ def cheap_checks(net: nn.Module, x: Tensor, y: Tensor) -> list[CheckResult]:
 # ---- attack-based checks ---------------------------------------------------------------------------
 def _robust(net: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, attacks: Sequence, seed: int = 0) -> Tensor:
     """[N] bool: correct and robust after the cascade ``attacks`` (points misclassified clean count as broken)."""
+    from .cascade import Stage, run_cascade
+
     with torch.no_grad():
-        robust = net(x).argmax(1) == y
-    for j, attack in enumerate(attacks):
-        idx = robust.nonzero().squeeze(1)
-        if idx.numel() == 0:
-            break
-        res = attack(net, x[idx], y[idx], threat, seed=seed * 1000 + j)
-        robust[idx[res.success]] = False
-    return robust
+        correct = net(x).argmax(1) == y
+    stages = [Stage(a.name, a) for a in attacks]
+    return run_cascade(stages, net, x, y, threat, seeds=[seed * 1000 + j for j in range(len(stages))], robust=correct)[1]
 
 
 def check_eps_monotone(net, x, y, threat: ThreatModel, attacks, fractions=(0.25, 0.5, 1.0, 2.0)) -> CheckResult:

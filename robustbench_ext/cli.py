@@ -13,16 +13,18 @@ from pathlib import Path
 
 import click
 
-from . import __version__
+from ._version import __version__
+from .cli_results import export_cmd, leaderboard_cmd, regress_cmd, report_cmd, shards_cmd
 from .errors import RbxError
+from .report import format_table
+from .suites import DEFAULT_SUITE
 
 log = logging.getLogger("rbx")
 
 DEFAULT_MODEL = "cifar10-resnet18-linf-at"
-DEFAULT_SUITE = "cifar10-union"
 KINDS = ("attacks", "defenses", "models", "datasets", "suites", "architectures")
-#: Where a running evaluation keeps its checkpoint, inside the results directory (removed when the run ends).
-CHECKPOINT_DIR = ".rbx-partial"
+#: Where a running evaluation keeps its evaluation state, inside the results directory (removed when the run ends).
+STATE_DIR = ".rbx-partial"
 
 
 class RbxGroup(click.Group):
@@ -63,7 +65,7 @@ def cli(verbose: int) -> None:
     """rbx: adversarial-robustness benchmarking for PyTorch."""
     _VERBOSITY[0] = verbose
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    for name in ("robustbench_ext", "attacks", "defenses", "rbx"):
+    for name in ("robustbench_ext", "rbx"):
         logger = logging.getLogger(name)
         logger.handlers = [h for h in logger.handlers if not isinstance(h, _ClickHandler)] + [_ClickHandler()]
         logger.setLevel(level)
@@ -162,21 +164,20 @@ def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs,
     Under torchrun (WORLD_SIZE > 1) the work is split over the processes (see README, "Scaling").
     """
     from .acceleration import SearchOptions
-    from .distributed import init_from_env
     from .data import check_n_examples
-    from .models import load_model, parse_normalization
+    from .devutils import check_batch_size, resolve_device
+    from .distributed import init_from_env
+    from .models import parse_normalization
     from .records import ensure_writable
     from .registry import DATASETS, MODELS
-    from .runner import evaluate, resolve_device
-    from .suites import AttackSpec, ThreatSpec, build_union, load_suite
-    from .threat import ThreatModel
+    from .runner import evaluate
+    from .suites import plan_benchmark
 
     set_quiet(quiet)
     # Everything that can be checked cheaply is checked before any model, data or file is touched.
     if n_examples is not None:
         check_n_examples(n_examples, sys.maxsize, "the dataset")
-    if batch_size < 1:
-        raise RbxError(f"--batch-size must be a positive integer, got {batch_size}")
+    check_batch_size(batch_size)
     factors = _parse_factors(eps_sweep) if eps_sweep else ()
     search = SearchOptions(precision, channels_last, compile_)
     if shards and (dataset_spec or n_examples is not None or factors):
@@ -185,22 +186,8 @@ def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs,
     if normalize:
         parse_normalization(normalize)
     MODELS.get(model_spec)
-    suite = load_suite(suite_spec or DEFAULT_SUITE) if (suite_spec or not threat_specs) else None
-    attacks = tuple(AttackSpec.parse(a) for a in attack_specs)
-    if threat_specs:
-        threats = []
-        for text in threat_specs:
-            tm = ThreatModel.parse(text)
-            default = (suite.attacks_for(tm.norm) if suite else None) or load_suite(DEFAULT_SUITE).attacks_for(tm.norm)
-            threats.append(ThreatSpec(tm, attacks or default or (AttackSpec("pgd"),)))
-    else:
-        assert suite is not None
-        threats = [ThreatSpec(t.threat, attacks or t.attacks) for t in suite.threats]
-    union = tuple(AttackSpec.parse(a) for a in union_specs) if union_specs else (suite.union if suite and not threat_specs else ())
-    for t in threats:
-        t.build()  # unknown attacks, bad parameters, unsupported norms
-    build_union(union)
-    dataset_name = dataset_spec or (suite.dataset if suite else "cifar10")
+    bench = plan_benchmark(suite_spec, threat_specs, attack_specs, union_specs)  # the same plan evaluate() makes
+    dataset_name = dataset_spec or bench.dataset
     DATASETS.get(dataset_name)
     if shards:
         from .streaming import list_shards
@@ -209,24 +196,24 @@ def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs,
     results_dir = ensure_writable(results_dir)
 
     dist, device = init_from_env(device)
-    model = load_model(model_spec, arch=arch, normalize=normalize)
     show = _show_bar(progress, quiet) and dist.is_main
-    # A suite whose threats or attacks were replaced is a custom run, not that suite.
-    suite_name = suite.name if suite and not threat_specs and not attack_specs and not union_specs else None
     if shards:
+        from .models import load_model
         from .streaming import stream_evaluate
 
-        out = stream_evaluate(model, shards, threats, union_attacks=union, suite=suite_name, seed=seed,
-                              batch_size=batch_size, device=device, results_dir=results_dir, progress=show,
-                              search=search, dist=dist)
+        out = stream_evaluate(load_model(model_spec, arch=arch, normalize=normalize), shards, bench.threats,
+                              union_attacks=bench.union, suite=bench.suite, seed=seed, batch_size=batch_size,
+                              device=device, results_dir=results_dir, progress=show, search=search, dist=dist)
         if out is None:  # not rank 0: rank 0 merges and reports
             return
         ev, path = out
     else:
-        data = DATASETS.create(dataset_name, n_examples=n_examples)
-        ev = evaluate(model, data, threats, union_attacks=union, suite=suite_name, seed=seed, batch_size=batch_size,
-                      device=device, progress=show, checkpoint_dir=results_dir / CHECKPOINT_DIR, resume=resume,
-                      eps_sweep=factors, search=search, dist=dist)
+        from .models import load_model
+
+        ev = evaluate(load_model(model_spec, arch=arch, normalize=normalize), dataset_name, threat_specs,
+                      suite=suite_spec, attacks=attack_specs, union_attacks=union_specs, n_examples=n_examples, seed=seed,
+                      batch_size=batch_size, device=device, progress=show, state_dir=results_dir / STATE_DIR,
+                      resume=resume, eps_sweep=factors, search=search, dist=dist)
         if not dist.is_main:
             return
         path = ev.write(results_dir)
@@ -245,35 +232,6 @@ def _parse_factors(text: str) -> tuple[float, ...]:
     if not factors or any(not (f > 0 and f < float("inf")) for f in factors):
         raise RbxError(f"--eps-sweep takes comma-separated positive factors such as 0.25,0.5,2; got '{text}'")
     return factors
-
-
-def format_table(record) -> str:
-    """The run as a small text table: clean, each threat model, union, with intervals and seconds."""
-    def row(label: str, acc, seconds: str = "", note: str = "") -> str:
-        lo, hi = acc.ci95
-        return f"{label:<14} {100 * acc.accuracy:6.2f}   [{100 * lo:5.1f}, {100 * hi:5.1f}]   {seconds:>8}  {note}".rstrip()
-
-    prov = record.provenance
-    lines = [
-        f"model    {record.model['name']} ({record.model['architecture']})",
-        f"dataset  {record.dataset['source']}, first {record.n}",
-        f"suite    {record.suite_label}",
-        f"device   {prov['device_name']}, seed {prov['seed']}",
-        "",
-        f"{'':<14} {'acc %':>6}   {'95% CI':^14}   {'seconds':>8}  attacks (points broken)",
-        row("clean", record.clean),
-    ]
-    for t in record.threats:
-        note = ", ".join(f"{a.attack} ({a.n_broken})" for a in t.attacks)
-        lines.append(row(t.threat, t.robust, f"{t.seconds:.1f}", note))
-    for a in record.union_attacks:
-        lines.append(f"{'+ ' + a.attack:<14} {'':>6}   {'':^14}   {a.seconds:>8.1f}  union stage: broke {a.n_broken} "
-                     f"of {a.n_attacked} union-robust points")
-    lines.append(row("union", record.union, f"{prov['wall_seconds']:.1f}", "all threat models"))
-    for sw in record.sweeps:
-        pts = ", ".join(f"{p['label'].split(':', 1)[1]}: {100 * p['robust']['accuracy']:.1f}" for p in sw["points"])
-        lines.append(f"eps sweep {sw['threat']}: {pts}")
-    return "\n".join(lines)
 
 
 # ---- rbx train -------------------------------------------------------------------------------------
@@ -336,7 +294,7 @@ def train_cmd(defense_spec, arch, init_spec, dataset_spec, n_train, epochs, batc
     if suite is not None:
         data = DATASETS.create(eval_dataset or suite.dataset, n_examples=eval_n)
         ev = evaluate(trainer.loaded_model(), data, suite.threats, union_attacks=suite.union, suite=suite.name, seed=seed,
-                      device=device, progress=_show_bar(progress, quiet), checkpoint_dir=results_dir / CHECKPOINT_DIR)
+                      device=device, progress=_show_bar(progress, quiet), state_dir=results_dir / STATE_DIR)
         path = ev.write(results_dir)
         click.echo(format_table(ev.record))
         click.echo(f"record: {path}")
@@ -364,8 +322,8 @@ def check_cmd(model_spec, arch, normalize, dataset_spec, n_examples, threat_spec
     from .data import check_n_examples
     from .models import load_model, parse_normalization
     from .registry import DATASETS, MODELS
-    from .runner import frozen, resolve_device
-    from .suites import AttackSpec, ThreatSpec, load_suite
+    from .devutils import frozen, resolve_device
+    from .suites import AttackSpec, ThreatSpec, plan_benchmark
     from .threat import ThreatModel
 
     from .progress import RunClock, fmt_seconds, log as progress_log
@@ -378,8 +336,7 @@ def check_cmd(model_spec, arch, normalize, dataset_spec, n_examples, threat_spec
     MODELS.get(model_spec)
     DATASETS.get(dataset_spec)
     threat = ThreatModel.parse(threat_spec)
-    specs = tuple(AttackSpec.parse(a) for a in attack_specs) or load_suite(DEFAULT_SUITE).attacks_for(threat.norm)
-    attacks = [stage.attack for stage in ThreatSpec(threat, specs).build()]
+    attacks = [stage.attack for stage in plan_benchmark(None, [threat], attack_specs).threats[0].build()]
     black_box = ThreatSpec(threat, (AttackSpec.parse(black_box_spec),)).build()[0].attack
     model = load_model(model_spec, arch=arch, normalize=normalize)
     data = DATASETS.create(dataset_spec, n_examples=n_examples)
@@ -404,128 +361,9 @@ def check_cmd(model_spec, arch, normalize, dataset_spec, n_examples, threat_spec
         sys.exit(1)
 
 
-# ---- rbx leaderboard / report / export / regress ---------------------------------------------------
-@cli.command("leaderboard")
-@click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
-@click.option("--readme", type=click.Path(path_type=Path), default=None,
-              help="Also write the board of --readme-suite between the README's leaderboard markers.")
-@click.option("--readme-suite", default=DEFAULT_SUITE, show_default=True)
-def leaderboard_cmd(results_dir: Path, readme: Path | None, readme_suite: str) -> None:
-    """Write leaderboard.md, .csv, .html and plots/ in RESULTS_DIR from every record there (one board per suite)."""
-    from .leaderboard import embed_in_readme, write_all
-    from .records import ensure_writable
-
-    if not results_dir.is_dir():
-        raise RbxError(f"no results directory {results_dir}: run `rbx run` first or pass --results-dir")
-    ensure_writable(results_dir)
-    paths = write_all(results_dir)
-    for p in paths[:3]:
-        click.echo(f"leaderboard: {p}")
-    click.echo(f"plots: {len(paths) - 3} in {results_dir / 'plots'}")
-    if readme is not None:
-        embed_in_readme(readme, results_dir, readme_suite)
-        click.echo(f"readme: {readme}")
-
-
-@cli.command("report")
-@click.argument("record", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder for the report [default: beside the record].")
-def report_cmd(record: Path, out: Path | None) -> None:
-    """One run's report: its table and plots (per-class accuracy, attribution, loss curves, eps sweep) as Markdown."""
-    from . import plots
-    from .records import atomic_write_bytes, atomic_write_text, read_flags, read_record
-
-    if not record.is_file():
-        raise RbxError(f"no such record: {record}")
-    rec = read_record(record)
-    flags = read_flags(record, rec)
-    out = out or record.parent
-    out.mkdir(parents=True, exist_ok=True)
-    lines = [f"# rbx report: {rec.model['name']} on {rec.dataset['source']}", "", "```", format_table(rec), "```", ""]
-    figures = [("per_class", plots.per_class(rec, flags), "Per-class accuracy"),
-               ("attribution", plots.attribution(rec, flags), "Which attack broke how many points"),
-               ("loss", plots.loss_curves(rec), "Attack loss curves")]
-    figures += [(f"eps_{n}", plots.eps_sweep([rec], n), f"Robust accuracy vs eps ({n})") for n in sorted({t.norm for t in rec.threats})]
-    for key, png, caption in figures:
-        if png is None:
-            continue
-        name = f"{record.stem}_{key}.png"
-        atomic_write_bytes(out / name, png)
-        lines += [f"## {caption}", "", f"![{caption}]({name})", ""]
-    path = out / f"{record.stem}_report.md"
-    atomic_write_text(path, "\n".join(lines))
-    click.echo(f"report: {path}")
-
-
-@cli.command("export")
-@click.argument("record", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["robustbench"]), default="robustbench", show_default=True)
-@click.option("--model-id", required=True, help="RobustBench-style id, e.g. Doe2026Union_RN18 (the file name).")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("model_info"), show_default=True)
-@click.option("--meta", type=click.Path(path_type=Path), default=None,
-              help="JSON with link, name, authors, venue, additional_data, reported, ... (RobustBench keys).")
-@click.option("--autoattack-record", type=click.Path(path_type=Path), default=None,
-              help="A record of the same model and images evaluated with --attack autoattack.")
-def export_cmd(record: Path, fmt: str, model_id: str, out: Path, meta: Path | None, autoattack_record: Path | None) -> None:
-    """Export a record as RobustBench leaderboard entries (model_info/<dataset>/<Linf|L2>/<id>.json)."""
-    from .records import read_record
-    from .robustbench_export import export
-
-    if not record.is_file():
-        raise RbxError(f"no such record: {record}")
-    meta_d = {}
-    if meta is not None:
-        try:
-            meta_d = json.loads(meta.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise RbxError(f"cannot read --meta {meta}: {exc}") from None
-    aa = read_record(autoattack_record) if autoattack_record else None
-    for p in export(read_record(record), out, model_id, meta_d, aa):
-        click.echo(f"exported: {p}")
-
-
-@cli.command("shards")
-@click.option("--dataset", "dataset_spec", default="cifar10", show_default=True, help="Dataset to pack (see `rbx list datasets`).")
-@click.option("--n-examples", type=int, default=None, help="Pack the first N images [default: all].")
-@click.option("--shard-size", type=int, default=10000, show_default=True, help="Images per shard.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the shards.")
-def shards_cmd(dataset_spec: str, n_examples: int | None, shard_size: int, out: Path) -> None:
-    """Pack a dataset into .npz shards (uint8 images, labels, global index) for `rbx run --shards`."""
-    from .data import check_n_examples
-    from .errors import DataError
-    from .registry import DATASETS
-    from .streaming import pack_shards
-
-    if n_examples is not None:
-        check_n_examples(n_examples, sys.maxsize, "the dataset")
-    if shard_size < 1:
-        raise DataError(f"--shard-size must be a positive integer, got {shard_size}")
-    DATASETS.get(dataset_spec)
-    if out.exists() and any(out.glob("*.npz")):
-        raise RbxError(f"{out} already holds .npz files; give an empty or new folder")
-    paths = pack_shards(DATASETS.create(dataset_spec, n_examples=n_examples), out, shard_size)
-    click.echo(f"wrote {len(paths)} shards to {out}")
-
-
-@cli.command("regress")
-@click.option("--baseline", type=click.Path(path_type=Path), required=True, help="Baseline record (or results directory).")
-@click.option("--candidate", type=click.Path(path_type=Path), required=True, help="Candidate record (or results directory).")
-@click.option("--alpha", type=float, default=0.05, show_default=True, help="Family-wise significance level of the gate.")
-@click.option("--json", "as_json", is_flag=True)
-def regress_cmd(baseline: Path, candidate: Path, alpha: float, as_json: bool) -> None:
-    """Regression gate: exit 1 if robust accuracy (any threat model or the union) changed significantly, 0 if not,
-    2 if the runs cannot be compared."""
-    import dataclasses as dc
-
-    from .regress import compare, resolve_pairs
-
-    results = [compare(b, c, alpha) for b, c in resolve_pairs(baseline, candidate)]
-    if as_json:
-        click.echo(json.dumps([{**dc.asdict(r), "failed": r.failed} for r in results], indent=2))
-    else:
-        click.echo("\n\n".join(r.report() for r in results))
-    if any(r.failed for r in results):
-        sys.exit(1)
+# ---- rbx leaderboard / report / export / shards / regress: commands over records, in cli_results ----------
+for _cmd in (leaderboard_cmd, report_cmd, export_cmd, shards_cmd, regress_cmd):
+    cli.add_command(_cmd)
 
 
 def main() -> None:

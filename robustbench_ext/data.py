@@ -21,6 +21,7 @@ The JPEG copy is class-interleaved (image k has label k % 10) and not lossless; 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
@@ -73,6 +74,11 @@ class EvalData:
         h.update(self.x.detach().cpu().to(torch.float32).contiguous().numpy().tobytes())
         h.update(self.y.detach().cpu().to(torch.int64).contiguous().numpy().tobytes())
         return h.hexdigest()
+
+    def first(self, n_examples: int | None) -> "EvalData":
+        """The first ``n_examples`` samples (all for None), checked against what there is."""
+        n = check_n_examples(n_examples, self.n, self.source)
+        return self if n == self.n else dataclasses.replace(self, x=self.x[:n], y=self.y[:n])
 
     def describe(self) -> dict:
         """The record's ``dataset`` block."""
@@ -183,6 +189,34 @@ def read_npz(path: Path, n_examples: int | None, name: str, source: str | None =
     if classes and len(y) and int(y.max()) >= len(classes):
         raise DataError(f"{what}: label {int(y.max())} is out of range for {len(classes)} classes")
     return EvalData(name, x, y, source or f"npz ({path.name})", str(path), None, classes)
+
+
+def as_eval_data(data: "EvalData | tuple[Tensor, Tensor] | str", n_examples: int | None = None) -> EvalData:
+    """What :func:`robustbench_ext.runner.evaluate` accepts as data: an :class:`EvalData`, a dataset spec, or a
+    pair of tensors ``(x [N, C, H, W], y [N])`` (uint8 images or floats in [0, 1]; integer labels, cast to int64)."""
+    if isinstance(data, EvalData):
+        return data.first(n_examples)
+    if isinstance(data, str):
+        return DATASETS.create(data, n_examples=n_examples)
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
+        x, y = data
+        if x.ndim != 4 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+            raise DataError(f"data must be (x [N, C, H, W], y [N]); got x {tuple(x.shape)} and y {tuple(y.shape)}")
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise DataError(f"labels must be integer class indices, got {y.dtype}")
+        images = x.detach().cpu()
+        images = images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
+        if not torch.isfinite(images).all():
+            raise DataError("images contain NaN or inf")
+        lo, hi = float(images.min()), float(images.max())
+        if lo < 0 or hi > 1:
+            raise DataError(f"float images must lie in [0, 1], got {lo:.4g}..{hi:.4g}"
+                            + (" (looks like 0..255: store uint8 or divide by 255)" if hi > 1.5 else ""))
+        labels = y.detach().cpu().to(torch.int64)
+        if len(labels) and int(labels.min()) < 0:
+            raise DataError(f"labels must be >= 0, found {int(labels.min())}")
+        return EvalData("tensors", images.contiguous(), labels, "tensors given to evaluate()", "python objects").first(n_examples)
+    raise DataError(f"data must be an EvalData, a dataset name or a pair of tensors (x, y), got {type(data).__name__}")
 
 
 # ---- search paths ---------------------------------------------------------------------------------

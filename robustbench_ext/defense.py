@@ -14,18 +14,28 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, Callable, ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from .attack import Attack, require_positive_ints  # noqa: F401  (re-exported for defenses)
+from .attack import Attack
+from .devutils import derive_seed, frozen
 from .errors import RbxError
-from .runner import derive_seed, frozen
+from .registry import ATTACKS, _parameters
 from .threat import ThreatModel
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .training import Trainer
+
+class Trainer(Protocol):
+    """What a defense's hooks may use of the training engine (:class:`robustbench_ext.training.Trainer`)."""
+
+    model: nn.Module
+    device: torch.device
+    cfg: Any
+    sched: Any
+
+    def run_epoch(self, epoch: int, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
+                  loss_fn: Callable[..., tuple[Tensor, dict[str, Tensor]]], desc: str) -> dict[str, float]: ...
 
 
 @dataclass
@@ -67,7 +77,7 @@ class Defense(ABC):
     def params(self) -> dict[str, Any]:
         return dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
 
-    def setup(self, trainer: "Trainer") -> None:
+    def setup(self, trainer: Trainer) -> None:
         """Once before training (load a teacher, check the threat models, ...)."""
 
     @abstractmethod
@@ -77,10 +87,10 @@ class Defense(ABC):
         Statistics are tensors (no host sync per step): scalars, averaged over the epoch's batches.
         """
 
-    def epoch_start(self, trainer: "Trainer", epoch: int) -> None:
+    def epoch_start(self, trainer: Trainer, epoch: int) -> None:
         """Before each epoch's batches."""
 
-    def epoch_end(self, trainer: "Trainer", epoch: int) -> None:
+    def epoch_end(self, trainer: Trainer, epoch: int) -> None:
         """After each epoch's batches (before the checkpoint)."""
 
     def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
@@ -99,30 +109,6 @@ class Defense(ABC):
         return None
 
 
-class Temperature(nn.Module):
-    """Divides a model's logits by a fixed temperature (kept at inference: LTD's student temperature)."""
-
-    def __init__(self, model: nn.Module, temperature: float) -> None:
-        super().__init__()
-        self.model = model
-        self.temperature = float(temperature)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model(x) / self.temperature
-
-
-#: Inference wrappers a trained model can carry, rebuilt from ``model.json`` by the ``trained:`` source.
-WRAPPERS = {"temperature": lambda model, spec: Temperature(model, spec["temperature"])}
-
-
-def apply_wrapper(model: nn.Module, spec: dict[str, Any] | None) -> nn.Module:
-    if not spec:
-        return model
-    if spec.get("kind") not in WRAPPERS:
-        raise RbxError(f"unknown model wrapper {spec.get('kind')!r}; known: {', '.join(WRAPPERS)}")
-    return WRAPPERS[spec["kind"]](model, spec)
-
-
 def threat_list(texts: list[str] | tuple[str, ...] | str, name: str) -> list[ThreatModel]:
     """Parse a defense's threat-model parameter (one string or a list of them)."""
     items = [texts] if isinstance(texts, str) else list(texts)
@@ -132,12 +118,14 @@ def threat_list(texts: list[str] | tuple[str, ...] | str, name: str) -> list[Thr
 
 
 def build_attack(spec: str, name: str) -> Attack:
-    """A training attack from its spec, with early stop off (training wants the highest-loss point)."""
-    from .suites import AttackSpec
+    """A training attack from its spec, with early stop off (training wants the highest-loss point).
 
-    attack = AttackSpec.parse(spec).build()
+    The setting goes through the factory, so it is validated and reaches an ensemble's components.
+    """
+    if "early_stop" not in _parameters(ATTACKS.get(spec).factory):
+        raise RbxError(f"defense '{name}': attack '{spec}' cannot craft training examples (it has no early_stop "
+                       "setting to return the highest-loss point); use an rbx attack such as pgd or apgd-ce")
+    attack = ATTACKS.create(spec, early_stop=False)
     if not isinstance(attack, Attack):
         raise RbxError(f"defense '{name}': '{spec}' is not a single-threat attack")
-    if hasattr(attack, "early_stop"):
-        attack.early_stop = False
     return attack

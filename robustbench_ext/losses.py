@@ -21,9 +21,14 @@ def _true_and_best_other(values: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     return v_y, v_other
 
 
+def logits_true_and_best_other(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """``z_y`` and ``z_max = max_{j != y} z_j`` of the logits (in float32)."""
+    return _true_and_best_other(logits.float(), y)
+
+
 def logit_margin(logits: Tensor, y: Tensor) -> Tensor:
     """C&W margin ``max_{j != y} z_j - z_y``: positive exactly when the point is misclassified."""
-    z_y, z_other = _true_and_best_other(logits.float(), y)
+    z_y, z_other = logits_true_and_best_other(logits, y)
     return z_other - z_y
 
 
@@ -56,6 +61,11 @@ def probability_margin(logits: Tensor, y: Tensor) -> Tensor:
     """PMA's probability margin ``p_max - p_y`` in [-1, 1] (Xie et al., CVPR 2025): > 0 iff misclassified."""
     p_y, p_other = probabilities_true_and_best_other(logits, y)
     return p_other - p_y
+
+
+def accuracy(logits: Tensor, y: Tensor) -> Tensor:
+    """Share of rows whose argmax is the label (a 0-d float tensor: no host sync)."""
+    return (logits.argmax(1) == y).float().mean()
 
 
 LOSSES = {"ce": cross_entropy, "margin": logit_margin, "dlr": dlr, "pm": probability_margin}

@@ -81,6 +81,30 @@ class Normalize(nn.Module):
         return self.model((x - self.mean) / self.std)
 
 
+class Temperature(nn.Module):
+    """Divides a model's logits by a fixed temperature (kept at inference: LTD's student temperature)."""
+
+    def __init__(self, model: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.model = model
+        self.temperature = float(temperature)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x) / self.temperature
+
+
+#: Inference wrappers a trained model can carry, rebuilt from ``model.json`` by the ``trained:`` source.
+WRAPPERS = {"temperature": lambda model, spec: Temperature(model, spec["temperature"])}
+
+
+def apply_wrapper(model: nn.Module, spec: dict[str, Any] | None) -> nn.Module:
+    if not spec:
+        return model
+    if spec.get("kind") not in WRAPPERS:
+        raise RbxError(f"unknown model wrapper {spec.get('kind')!r}; known: {', '.join(WRAPPERS)}")
+    return WRAPPERS[spec["kind"]](model, spec)
+
+
 def parse_normalization(text: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     """``none``, a preset name (``cifar10``, ``imagenet``) or ``M1,M2,M3/S1,S2,S3``."""
     key = text.strip().lower()
@@ -222,7 +246,6 @@ def file_model(path: str, arch_override: str | None = None, num_classes: int = 1
 @MODELS.register("trained", takes_arg=True, arg_name="DIR",
                  summary="a model trained with `rbx train` (its folder, or its model.pt), with its inference wrapper")
 def trained_model(path: str, arch_override: str | None = None, num_classes: int = 10) -> LoadedModel:
-    from .defense import apply_wrapper
     import json as _json
 
     p = Path(path)
@@ -307,9 +330,40 @@ def load_model(spec: str, *, arch: str | None = None, normalize: str | None = No
     ``arch`` is needed for ``file:PATH``; ``normalize`` wraps the model in :class:`Normalize`.
     """
     loaded: LoadedModel = MODELS.create(spec, arch_override=arch, num_classes=num_classes)
+    return with_normalization(loaded, normalize)
+
+
+def with_normalization(loaded: LoadedModel, normalize: str | None) -> LoadedModel:
+    """``loaded`` with its module wrapped in :class:`Normalize` (``normalize``: a preset or ``MEAN/STD``), in eval mode."""
     norm = parse_normalization(normalize) if normalize else None
     if norm is not None:
-        loaded.module = Normalize(loaded.module, *norm).eval()
+        loaded.module = Normalize(loaded.module, *norm)
         loaded.normalization = {"mean": list(norm[0]), "std": list(norm[1])}
     loaded.module.eval()
     return loaded
+
+
+def weights_sha256(module: nn.Module) -> str:
+    """sha256 of a module's state (names, dtypes, shapes and values, in order): its identity when no file is."""
+    h = hashlib.sha256()
+    for k, v in module.state_dict().items():
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def as_loaded_model(model: "LoadedModel | nn.Module | str", normalize: str | None = None) -> LoadedModel:
+    """What :func:`robustbench_ext.runner.evaluate` accepts as a model: a :class:`LoadedModel`, a model spec, or a
+    plain ``nn.Module`` (``[N, C, H, W]`` in [0, 1] -> logits; identified in the record by its class and weights)."""
+    if isinstance(model, LoadedModel):
+        return with_normalization(model, normalize)
+    if isinstance(model, str):
+        return load_model(model, normalize=normalize)
+    if isinstance(model, nn.Module):
+        name = type(model).__name__
+        loaded = LoadedModel(model, name, name, "python object", weights_sha256(model),
+                             extra={"sha256_of": "the module's state_dict (no checkpoint file)"})
+        return with_normalization(loaded, normalize)
+    raise RbxError(f"model must be an nn.Module, a LoadedModel or a model name such as cifar10-smallcnn-linf-at; "
+                   f"got {type(model).__name__}")

@@ -19,7 +19,7 @@ def rbx_version() -> str:
     try:
         return metadata.version("robustbench-ext")
     except metadata.PackageNotFoundError:
-        from . import __version__
+        from ._version import __version__
 
         return __version__
 

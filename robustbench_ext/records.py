@@ -6,7 +6,7 @@ Record (``schema = "rbx.record/1"``), a :class:`RunRecord`:
   ``dataset`` (name, source, location, split, n, selection, sha256 of the evaluated slice);
 - ``n``, ``clean`` / ``union`` (:class:`Accuracy`: accuracy, count, n, 95% Wilson interval);
 - ``threats``: per threat model its robust :class:`Accuracy` and the attack cascade
-  (:class:`AttackStage`: name, parameters, seconds, points attacked and broken, passes, loss curve);
+  (:class:`StageResult`: name, parameters, seconds, points attacked and broken, passes, loss curve);
 - ``sweeps``: with ``--eps-sweep``, per threat model the robust accuracy at each swept eps;
 - ``union_attacks``: the union stage (multi-threat attacks run last on union-robust points), if any;
 - ``config`` (seed, batch size, device) and ``provenance`` (rbx version, git commit, torch/CUDA
@@ -21,6 +21,11 @@ Flags npz arrays: ``index`` [N] (position in the dataset), ``y`` [N], ``clean_co
 
 Both files are written atomically (temp file, fsync, rename), flags first, so a record that exists
 always has its flags, and an interrupted run leaves nothing behind.
+
+This module is the one place a record is assembled: :func:`build_record` (used by the runner and by
+the merge of a streamed run) from a :class:`RunSettings`, the one frozen object that carries a run's
+settings (timm's ``PretrainedCfg`` is the model); the record's ``config`` is derived from it. The union
+rule (:func:`union_flags`) sits here, beside the per-sample flags it reads.
 """
 
 from __future__ import annotations
@@ -30,10 +35,11 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -66,8 +72,8 @@ class Accuracy:
 
 
 @dataclass(frozen=True)
-class AttackStage:
-    """One attack of one threat model's cascade, as it ran."""
+class StageResult:
+    """One stage of a cascade (one attack under one threat model, or a union-stage attack), as it ran."""
 
     attack: str
     params: dict[str, Any]
@@ -80,7 +86,7 @@ class AttackStage:
     loss_curve: tuple[float, ...] = ()
 
     @classmethod
-    def from_dict(cls, d: dict) -> "AttackStage":
+    def from_dict(cls, d: dict) -> "StageResult":
         d = dict(d)
         d["loss_curve"] = tuple(d.get("loss_curve", ()))
         return cls(**d)
@@ -94,13 +100,13 @@ class ThreatResult:
     norm: str
     eps: float
     robust: Accuracy
-    attacks: tuple[AttackStage, ...]
+    attacks: tuple[StageResult, ...]
     seconds: float
 
     @classmethod
     def from_dict(cls, d: dict) -> "ThreatResult":
         return cls(d["threat"], d["norm"], float(d["eps"]), Accuracy.from_dict(d["robust"]),
-                   tuple(AttackStage.from_dict(a) for a in d["attacks"]), float(d["seconds"]))
+                   tuple(StageResult.from_dict(a) for a in d["attacks"]), float(d["seconds"]))
 
 
 @dataclass(frozen=True)
@@ -120,7 +126,7 @@ class RunRecord:
     flags_file: str = ""
     flags_sha256: str = ""
     checks: dict[str, Any] = field(default_factory=dict)
-    union_attacks: tuple[AttackStage, ...] = ()
+    union_attacks: tuple[StageResult, ...] = ()
     sweeps: tuple[dict[str, Any], ...] = ()
     schema: str = SCHEMA
 
@@ -157,11 +163,23 @@ class RunRecord:
                 union=Accuracy.from_dict(d["union"]), config=d["config"], provenance=d["provenance"],
                 flags_file=d.get("flags_file", ""), flags_sha256=d.get("flags_sha256", ""),
                 checks=d.get("checks", {}), schema=schema,
-                union_attacks=tuple(AttackStage.from_dict(a) for a in d.get("union_attacks", ())),
+                union_attacks=tuple(StageResult.from_dict(a) for a in d.get("union_attacks", ())),
                 sweeps=tuple(d.get("sweeps", ())),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ResultsError(f"malformed rbx record: {type(exc).__name__}: {exc}") from None
+
+
+def union_flags(clean_correct: np.ndarray, robust: np.ndarray) -> np.ndarray:
+    """The union rule: correct on the clean input AND robust under every threat model.
+
+    ``clean_correct`` [N] bool, ``robust`` [N, T] bool -> [N] bool. With T = 0 it is clean accuracy.
+    """
+    clean_correct = np.asarray(clean_correct, dtype=bool)
+    robust = np.asarray(robust, dtype=bool)
+    if robust.ndim == 1:
+        robust = robust[:, None]
+    return clean_correct & robust.all(axis=1)
 
 
 @dataclass
@@ -179,8 +197,6 @@ class SampleFlags:
 
     @property
     def union(self) -> np.ndarray:
-        from .runner import union_flags
-
         return union_flags(self.clean_correct, self.robust)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -207,6 +223,57 @@ class SampleFlags:
                            tuple(str(t) for t in z["sweep_threats"]) if "sweep_threats" in z.files else ())
         except Exception as exc:
             raise ResultsError(f"cannot read flags file {path}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """A run's settings, passed through the runner as one frozen object; the record's ``config`` derives from it.
+
+    ``threats``: per main threat model its label and the labels of its cascade's attack specs;
+    ``search``: the engine switches (:meth:`SearchOptions.describe`); ``extra``: further config blocks
+    (a streamed run's ``stream``).
+    """
+
+    suite: str | None
+    threats: tuple[tuple[str, tuple[str, ...]], ...]
+    union_attacks: tuple[str, ...] = ()
+    seed: int = 0
+    batch_size: int = 256
+    device: str = "cpu"
+    search: dict[str, Any] = field(default_factory=dict)
+    distributed: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def config(self) -> dict[str, Any]:
+        return {"seed": self.seed, "batch_size": self.batch_size, "device": self.device,
+                "threats": [{"threat": t, "attacks": list(a)} for t, a in self.threats],
+                "union_attacks": list(self.union_attacks), "search": dict(self.search),
+                **({"distributed": dict(self.distributed)} if self.distributed else {}), **self.extra}
+
+
+def slug(text: str) -> str:
+    """A file-name-safe short form of ``text``."""
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-")[:60] or "x"
+
+
+def run_stem(started: str, model_name: str, suite: str | None, n: int) -> str:
+    """File name stem (and run id) of a run's record and flags: ``<start time>_<model>_<suite>_n<N>``."""
+    when = started.replace(":", "").replace("-", "")[:15]
+    return "_".join([when, slug(model_name), slug(suite or "custom"), f"n{n}"])
+
+
+def build_record(settings: RunSettings, *, model: dict[str, Any], dataset: dict[str, Any], flags: SampleFlags,
+                 threats: Sequence[ThreatResult], provenance: dict[str, Any], checks: dict[str, Any] | None = None,
+                 union_attacks: Sequence[StageResult] = (), sweeps: Sequence[dict[str, Any]] = ()) -> RunRecord:
+    """The one record builder: accuracies (with intervals) recomputed from the flags, config from the settings."""
+    n = int(len(flags.y))
+    return RunRecord(
+        run_id=run_stem(provenance["started"], model["name"], settings.suite, n),
+        suite=settings.suite, model=model, dataset=dataset, n=n,
+        clean=Accuracy.from_flags(flags.clean_correct), threats=tuple(threats),
+        union=Accuracy.from_flags(flags.union), config=settings.config(), provenance=provenance,
+        checks=dict(checks or {}), union_attacks=tuple(union_attacks), sweeps=tuple(sweeps),
+    )
 
 
 def _json_default(obj: Any) -> Any:

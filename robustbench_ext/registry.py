@@ -13,8 +13,11 @@ registry                  entry-point group    what ``create(spec, ...)`` return
 :data:`SUITES`            ``rbx.suites``       a :class:`~robustbench_ext.suites.Suite`
 ========================  ===================  ==========================================
 
-A spec is a name (``pgd``) or, for entries registered with ``takes_arg=True``, ``name:ARG``
-(``npz:/data/x.npz``, ``robustbench:Carmon2019Unlabeled``, ``file:ckpt.pt``).
+A spec (:mod:`robustbench_ext.specs`, the one grammar) is a name (``pgd``), a name with parameters
+(``pgd:steps=50,restarts=2``) or, for entries registered with ``takes_arg=True``, ``name:ARG``
+(``npz:/data/x.npz``, ``robustbench:Carmon2019Unlabeled``, ``file:ckpt.pt``). :meth:`Registry.create`
+is the single factory: it parses the spec, checks its parameters against the factory's signature (a bad
+key is an error listing the valid ones) and calls the factory.
 
 Third-party packages add plugins by declaring an entry point in one of the groups above. The
 entry point may name a module (importing it runs its ``@register`` decorators) or a callable
@@ -29,13 +32,15 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import inspect
 import logging
 import types
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Callable, Generic, Iterable, TypeVar
 
-from .errors import UnknownNameError
+from .errors import RbxError, UnknownNameError
+from .specs import Spec
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +52,8 @@ _BUILTIN_MODULES = (
     "robustbench_ext.models",
     "robustbench_ext.data",
     "robustbench_ext.suites",
-    "attacks",
-    "defenses",
+    "robustbench_ext.attacks",
+    "robustbench_ext.defenses",
 )
 _builtins_loaded = False
 
@@ -132,31 +137,55 @@ class Registry(Generic[T]):
             if callable(obj) and not isinstance(obj, types.ModuleType) and ep.name not in self._entries:
                 self.add(Entry(ep.name, obj, summary=_first_line(obj)))
 
-    def split(self, spec: str) -> tuple[Entry[T], str | None]:
-        """Resolve ``name`` or ``name:ARG`` to its entry and argument; unknown names raise UnknownNameError."""
+    def parse(self, spec: "str | Spec") -> Spec:
+        """Parse ``spec`` in the one grammar; unknown names raise :class:`UnknownNameError` listing the known ones."""
         self._ensure_loaded()
-        spec = str(spec).strip()
-        if spec in self._entries:
-            entry = self._entries[spec]
-            if entry.takes_arg:
-                raise UnknownNameError(f"{self.kind} '{spec}' needs an argument: write {entry.display}")
-            return entry, None
-        head, sep, arg = spec.partition(":")
-        if sep and head in self._entries and self._entries[head].takes_arg:
-            if not arg:
-                raise UnknownNameError(f"{self.kind} '{spec}' needs an argument: write {self._entries[head].display}")
-            return self._entries[head], arg
-        raise UnknownNameError(f"unknown {self.kind} '{spec}'; known: {', '.join(self.names(display=True))}")
+        text = spec.text() if isinstance(spec, Spec) else str(spec).strip()
+        head = spec.name if isinstance(spec, Spec) else text.partition(":")[0]
+        entry = self._entries.get(head)
+        if entry is None:
+            raise UnknownNameError(f"unknown {self.kind} '{text}'; known: {', '.join(self.names(display=True))}")
+        if isinstance(spec, Spec):
+            parsed = spec
+        else:
+            try:
+                parsed = Spec.parse(text, takes_arg=entry.takes_arg)
+            except RbxError as exc:
+                raise UnknownNameError(f"{self.kind} '{head}' takes no argument, only KEY=VALUE parameters: {exc}") from None
+        if entry.takes_arg and not parsed.arg:
+            raise UnknownNameError(f"{self.kind} '{parsed.name}' needs an argument: write {entry.display}")
+        return parsed
 
-    def get(self, spec: str) -> Entry[T]:
-        return self.split(spec)[0]
+    def split(self, spec: str) -> tuple[Entry[T], str | None]:
+        """The entry and argument of ``spec`` (``name`` or ``name:ARG``)."""
+        parsed = self.parse(spec)
+        return self._entries[parsed.name], parsed.arg
 
-    def create(self, spec: str, **kwargs: Any) -> T:
-        """Build the plugin named by ``spec`` (``name`` or ``name:ARG``), passing ``kwargs`` to its factory."""
-        entry, arg = self.split(spec)
-        if entry.takes_arg:
-            return entry.factory(arg, **kwargs)
-        return entry.factory(**kwargs)
+    def get(self, spec: "str | Spec") -> Entry[T]:
+        return self._entries[self.parse(spec).name]
+
+    def create(self, spec: "str | Spec", **kwargs: Any) -> T:
+        """Build the plugin named by ``spec``: the single factory for every registry.
+
+        ``kwargs`` are settings passed with the spec's own parameters (spec parameters win over nothing:
+        a key given twice is an error). Parameters that the factory does not take give an error that lists
+        the ones it does.
+        """
+        parsed = self.parse(spec)
+        entry = self._entries[parsed.name]
+        args = (parsed.arg,) if entry.takes_arg else ()
+        clash = set(parsed.params) & set(kwargs)
+        if clash:
+            raise RbxError(f"{self.kind} '{parsed.name}': {', '.join(sorted(clash))} given twice")
+        params = {**parsed.params, **kwargs}
+        try:
+            inspect.signature(entry.factory).bind(*args, **params)
+        except TypeError as exc:
+            raise RbxError(f"{self.kind} '{parsed.name}': bad parameters {dict(parsed.params)} ({exc}); "
+                           f"parameters: {', '.join(_parameters(entry.factory)) or 'none'}") from None
+        except ValueError:  # no signature to check (a builtin); let the call decide
+            pass
+        return entry.factory(*args, **params)
 
     def names(self, pattern: str = "*", *, display: bool = False) -> list[str]:
         """Registered names matching a glob ``pattern``, sorted (``display`` shows ``name:ARG`` forms)."""
@@ -175,10 +204,22 @@ class Registry(Generic[T]):
 
     def __contains__(self, spec: str) -> bool:
         try:
-            self.split(spec)
+            self.parse(spec)
         except UnknownNameError:
             return False
         return True
+
+
+def _parameters(factory: Callable[..., Any]) -> list[str]:
+    """The keyword parameters a factory takes (a dataclass's fields, else its signature's names)."""
+    fields = getattr(factory, "__dataclass_fields__", None)
+    if fields:
+        return [k for k, f in fields.items() if f.init]
+    try:
+        return [p.name for p in inspect.signature(factory).parameters.values()
+                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        return []
 
 
 def _first_line(obj: Any) -> str:

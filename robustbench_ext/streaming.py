@@ -40,9 +40,11 @@ from .data import EvalData, read_npz
 from .distributed import Dist
 from .errors import DataError, ResultsError
 from .models import LoadedModel, file_sha256
-from .records import (Accuracy, AttackStage, RunRecord, SampleFlags, ThreatResult, atomic_write_bytes, read_flags,
-                      read_record, write_run)
-from .runner import Evaluation, _slug, derive_seed, evaluate, evaluation_desc, union_flags
+from .devutils import derive_seed
+from .eval_state import evaluation_desc
+from .records import (Accuracy, RunSettings, SampleFlags, StageResult, ThreatResult, atomic_write_bytes, build_record,
+                      read_flags, read_record, slug, write_run)
+from .runner import Evaluation, evaluate
 from .suites import AttackSpec, ThreatSpec
 
 log = logging.getLogger(__name__)
@@ -146,7 +148,7 @@ def stream_evaluate(
     dist = dist if dist is not None else Dist.current()
     paths = list_shards(shards)
     key = stream_key(model, threats, union_attacks, seed, batch_size, search)
-    stream_dir = Path(stream_dir or Path(results_dir) / "stream" / f"{_slug(model.name)}_{_slug(suite or 'custom')}_{key}")
+    stream_dir = Path(stream_dir or Path(results_dir) / "stream" / f"{slug(model.name)}_{slug(suite or 'custom')}_{key}")
     parts = stream_dir / "records"
     shas = {}
     todo = []
@@ -163,7 +165,7 @@ def stream_evaluate(
     for k, where, data, idx in _loader(ShardStream(paths, todo), workers):
         t0 = time.perf_counter()
         ev = evaluate(model, data, threats, union_attacks=union_attacks, suite=suite, seed=derive_seed(seed, SHARD_KEY, k),
-                      batch_size=batch_size, device=device, progress=progress, checkpoint_dir=stream_dir / ".partial",
+                      batch_size=batch_size, device=device, progress=progress, state_dir=stream_dir / ".partial",
                       search=search, dist=Dist())  # one shard = one single-process run
         flags = ev.flags if idx is None else dataclasses.replace(ev.flags, index=idx)
         record = dataclasses.replace(ev.record, run_id=f"shard-{k:05d}", config={**ev.record.config, "stream": {
@@ -224,21 +226,19 @@ def merge_parts(part_paths: Sequence[Path], key: str, shards: str, dist: Dist = 
                "shards": [{"path": r.config["stream"]["path"], "n": r.n, "sha256": r.dataset["sha256"]} for r in recs]}
     wall = sum(float(r.provenance.get("wall_seconds", 0.0)) for r in recs)
     dev = torch.device(first.config.get("device", "cpu"))
-    config = {**{k: v for k, v in first.config.items() if k != "stream"},
-              "stream": {"role": "merged", "key": key, "shards": len(recs), "seed_per_shard": "derive_seed(seed, 2000003, k)"},
-              **({"distributed": dist.describe()} if dist.world > 1 else {})}
-    record = RunRecord(
-        run_id="", suite=first.suite, model=first.model, dataset=dataset, n=n,
-        clean=Accuracy.from_flags(f.clean_correct), threats=threats, union=Accuracy.from_flags(union_flags(f.clean_correct, f.robust)),
-        config=config, provenance=provenance.collect(dev, int(first.config.get("seed", 0)), first.provenance["started"], wall),
-        checks=first.checks, union_attacks=_merge_stages([r.union_attacks for r in recs]),
-    )
-    ev = Evaluation(record, f)
-    ev.record = dataclasses.replace(record, run_id=ev.stem)
-    return ev
+    cfg = first.config
+    settings = RunSettings(
+        suite=first.suite, threats=tuple((t["threat"], tuple(t["attacks"])) for t in cfg["threats"]),
+        union_attacks=tuple(cfg.get("union_attacks", ())), seed=int(cfg.get("seed", 0)), batch_size=int(cfg["batch_size"]),
+        device=cfg["device"], search=cfg.get("search", {}), distributed=dist.describe() if dist.world > 1 else None,
+        extra={"stream": {"role": "merged", "key": key, "shards": len(recs), "seed_per_shard": "derive_seed(seed, 2000003, k)"}})
+    record = build_record(settings, model=first.model, dataset=dataset, flags=f, threats=threats,
+                          provenance=provenance.collect(dev, int(cfg.get("seed", 0)), first.provenance["started"], wall),
+                          checks=first.checks, union_attacks=_merge_stages([r.union_attacks for r in recs]))
+    return Evaluation(record, f)
 
 
-def _merge_stages(per_part: Sequence[Sequence[AttackStage]]) -> tuple[AttackStage, ...]:
+def _merge_stages(per_part: Sequence[Sequence[StageResult]]) -> tuple[StageResult, ...]:
     if not per_part or not per_part[0]:
         return ()
     out = []
@@ -251,7 +251,7 @@ def _merge_stages(per_part: Sequence[Sequence[AttackStage]]) -> tuple[AttackStag
             vals = [(s.loss_curve[j], wi) for s, wi in zip(stages, w) if j < len(s.loss_curve)]
             tot = sum(wi for _, wi in vals)
             curve.append(round(sum(v * wi for v, wi in vals) / tot, 6) if tot else 0.0)
-        out.append(AttackStage(s0.attack, s0.params, round(sum(s.seconds for s in stages), 3), sum(s.n_attacked for s in stages),
+        out.append(StageResult(s0.attack, s0.params, round(sum(s.seconds for s in stages), 3), sum(s.n_attacked for s in stages),
                                sum(s.n_broken for s in stages), sum(s.robust_after for s in stages),
                                sum(s.n_forward for s in stages), sum(s.n_backward for s in stages), tuple(curve)))
     return tuple(out)

@@ -17,22 +17,23 @@ Suites are found in ``$RBX_SUITES`` (``os.pathsep``-separated), ``./benchmarks``
 and ``<prefix>/share/rbx/benchmarks`` (where ``pip install`` puts the built-in ones); the first file
 defining a name wins. ``--suite`` also takes a path to a ``.toml`` file.
 
-Attack specs on the command line use ``NAME[:KEY=VALUE,...]``, e.g. ``pgd:steps=50,restarts=2``;
-values are read as TOML literals (numbers, ``true``/``false``, quoted strings), else as plain strings.
-Quote a value that holds commas: ``union-worst:attack="apgd-ce:steps=50,restarts=2"``.
+Attack specs use the one spec grammar (:mod:`robustbench_ext.specs`): ``NAME[:KEY=VALUE,...]``, e.g.
+``pgd:steps=50,restarts=2``; quote a value that holds commas: ``union-worst:attack="apgd-ce:steps=50,restarts=2"``.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from .attack import Attack, Ensemble, MultiThreatAttack
-from .errors import RbxError, UnsupportedNormError
+from .attack import Attack, MultiThreatAttack
+from .cascade import Stage, cascade_stages
+from .errors import RbxError
 from .paths import search_path
 from .registry import ATTACKS, SUITES
+from .specs import Spec
 from .threat import ThreatModel
 
 if sys.version_info >= (3, 11):
@@ -41,48 +42,17 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-@dataclass(frozen=True)
-class AttackSpec:
-    """An attack name and its parameters, buildable into an :class:`Attack`."""
-
-    name: str
-    params: dict[str, Any] = field(default_factory=dict)
+class AttackSpec(Spec):
+    """An attack spec (the one grammar, :mod:`robustbench_ext.specs`), buildable into an :class:`Attack`."""
 
     @classmethod
-    def parse(cls, text: str) -> "AttackSpec":
-        """``pgd`` or ``pgd:steps=50,restarts=2``."""
-        name, _, rest = str(text).strip().partition(":")
-        params: dict[str, Any] = {}
-        for item in filter(None, (p.strip() for p in _split_outside_quotes(rest))):
-            key, eq, value = item.partition("=")
-            if not eq or not key.strip():
-                raise RbxError(f"cannot parse attack parameter '{item}' in '{text}': write NAME:KEY=VALUE,KEY=VALUE")
-            params[key.strip()] = _literal(value.strip())
-        return cls(name, params)
+    def parse(cls, text: "str | Spec", *, takes_arg: bool = False) -> "AttackSpec":
+        spec = Spec.parse(text)
+        return cls(spec.name, dict(spec.params))
 
-    @classmethod
-    def from_mapping(cls, obj: Any, where: str) -> "AttackSpec":
-        if isinstance(obj, str):
-            return cls.parse(obj)
-        if isinstance(obj, dict) and isinstance(obj.get("name"), str):
-            return cls(obj["name"], {k: v for k, v in obj.items() if k != "name"})
-        raise RbxError(f"{where}: each attack must be a name or a table with a 'name' key, got {obj!r}")
-
-    def build(self) -> Attack | MultiThreatAttack:
-        """Create the attack; unknown names or parameters give an error that lists the valid ones."""
-        entry = ATTACKS.get(self.name)
-        try:
-            return entry.factory(**self.params)
-        except TypeError as exc:
-            fields = getattr(entry.factory, "__dataclass_fields__", {})
-            known = ", ".join(k for k in fields) or "none"
-            raise RbxError(f"attack '{self.name}': bad parameters {self.params} ({exc}); parameters: {known}") from None
-
-    @property
-    def label(self) -> str:
-        if not self.params:
-            return self.name
-        return f"{self.name}(" + ", ".join(f"{k}={v}" for k, v in self.params.items()) + ")"
+    def build(self, **settings: Any) -> Attack | MultiThreatAttack:
+        """Create the attack through the registry (unknown names or parameters: an error listing the valid ones)."""
+        return ATTACKS.create(self, **settings)
 
 
 @dataclass(frozen=True)
@@ -101,29 +71,8 @@ class ThreatSpec:
             if isinstance(attack, MultiThreatAttack):
                 raise RbxError(f"attack '{spec.name}' searches several threat models at once: use it as a union attack "
                                "([union] attacks in a suite, or --union-attack)")
-            self._require(spec.name, attack)
-            if isinstance(attack, Ensemble):
-                for part in attack.components(self.threat):
-                    self._require(f"{spec.name}/{part.name}", part)
-                    stages.append(Stage(f"{spec.name}/{part.name}", part))
-            else:
-                stages.append(Stage(spec.name, attack))
+            stages += cascade_stages(spec.name, attack, self.threat)
         return stages
-
-    def _require(self, label: str, attack: Attack) -> None:
-        if not attack.supports(self.threat):
-            raise UnsupportedNormError(
-                f"attack '{label}' does not support {self.threat.norm} (threat {self.threat.label}); "
-                f"it supports: {', '.join(attack.norms)}"
-            )
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One attack of a cascade as it runs: its label in records (``pma+/apgd-t`` for ensemble parts) and the attack."""
-
-    label: str
-    attack: Attack
 
 
 def build_union(specs: tuple[AttackSpec, ...]) -> list[tuple[str, MultiThreatAttack]]:
@@ -157,6 +106,75 @@ class Suite:
         return None
 
 
+#: The suite a run uses when none is named.
+DEFAULT_SUITE = "cifar10-union"
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """What one run evaluates, as planned from a suite and/or threat models and attacks.
+
+    ``suite`` is the suite's name when the run is that suite unchanged, else None (a custom run, whose
+    record is labelled by its threat models); ``dataset`` is the suite's dataset (the default when the
+    caller names none); ``threats`` are the cascades per threat model; ``union`` the union-stage attacks.
+    """
+
+    suite: str | None
+    dataset: str
+    threats: tuple[ThreatSpec, ...]
+    union: tuple[AttackSpec, ...] = ()
+
+
+def plan_benchmark(suite: "str | Suite | None" = None, threats: Sequence["str | ThreatModel | ThreatSpec"] = (),
+                   attacks: Sequence["str | Spec"] = (), union_attacks: Sequence["str | Spec"] = ()) -> Benchmark:
+    """The one planning rule behind ``rbx run`` and :func:`robustbench_ext.runner.evaluate`.
+
+    - no ``threats``: the suite's (default :data:`DEFAULT_SUITE`) threat models and cascades;
+    - ``threats`` as strings or :class:`ThreatModel`: each gets ``attacks`` if given, else the cascade the
+      suite (or the default suite) uses for its norm, else ``pgd`` -- a custom run;
+    - ``threats`` as :class:`ThreatSpec` (cascades already chosen): used as they are; ``suite``, if a
+      string, is then only the record's label;
+    - ``attacks`` replace every threat model's cascade, ``union_attacks`` the suite's union stage; either
+      makes the run custom. Every attack is built once here, so bad names, parameters or norms fail fast.
+    """
+    full = bool(threats) and all(isinstance(t, ThreatSpec) for t in threats)
+    if full and not isinstance(suite, Suite):
+        specs = tuple(threats)  # type: ignore[arg-type]
+        if attacks:
+            specs = tuple(ThreatSpec(t.threat, tuple(AttackSpec.parse(a) for a in attacks)) for t in specs)
+        union = tuple(AttackSpec.parse(a) for a in union_attacks)
+        bench = Benchmark(suite if isinstance(suite, str) else None, "cifar10", specs, union)
+    else:
+        loaded = suite if isinstance(suite, Suite) else (load_suite(suite or DEFAULT_SUITE) if (suite or not threats) else None)
+        cascade = tuple(AttackSpec.parse(a) for a in attacks)
+        if threats:
+            specs_l = []
+            for t in threats:
+                if isinstance(t, ThreatSpec):
+                    specs_l.append(ThreatSpec(t.threat, cascade or t.attacks))
+                    continue
+                tm = ThreatModel.parse(t)
+                default = (loaded.attacks_for(tm.norm) if loaded else None) or load_suite(DEFAULT_SUITE).attacks_for(tm.norm)
+                specs_l.append(ThreatSpec(tm, cascade or default or (AttackSpec("pgd"),)))
+            specs = tuple(specs_l)
+        else:
+            assert loaded is not None
+            specs = tuple(ThreatSpec(t.threat, cascade or t.attacks) for t in loaded.threats)
+        union = (tuple(AttackSpec.parse(a) for a in union_attacks) if union_attacks
+                 else (loaded.union if loaded and not threats else ()))
+        same = loaded is not None and not threats and not attacks and not union_attacks
+        bench = Benchmark(loaded.name if same else None, loaded.dataset if loaded else "cifar10", specs, union)
+    labels = [t.threat.label for t in bench.threats]
+    if not labels:
+        raise RbxError("no threat models to evaluate: give --suite or at least one --threat")
+    if len(set(labels)) != len(labels):
+        raise RbxError(f"threat models repeat: {', '.join(labels)}")
+    for t in bench.threats:
+        t.build()  # unknown attacks, bad parameters, unsupported norms
+    build_union(bench.union)
+    return bench
+
+
 def read_suite(path: Path) -> Suite:
     """Parse one suite file; errors name the file and what is wrong."""
     try:
@@ -173,11 +191,11 @@ def read_suite(path: Path) -> Suite:
             raise RbxError(f"{where}: threats[{i}] needs a 'threat' key such as \"Linf:8/255\"")
         attacks = t.get("attacks") or ["pgd"]
         threats.append(ThreatSpec(ThreatModel.parse(t["threat"]),
-                                  tuple(AttackSpec.from_mapping(a, f"{where} threats[{i}]") for a in attacks)))
+                                  tuple(AttackSpec.parse(Spec.from_mapping(a, f"{where} threats[{i}]")) for a in attacks)))
     union_raw = raw.get("union", {})
     if not isinstance(union_raw, dict):
         raise RbxError(f"{where}: [union] must be a table with an 'attacks' list")
-    union = tuple(AttackSpec.from_mapping(a, f"{where} [union]") for a in union_raw.get("attacks", []))
+    union = tuple(AttackSpec.parse(Spec.from_mapping(a, f"{where} [union]")) for a in union_raw.get("attacks", []))
     return Suite(
         name=str(raw.get("name") or Path(path).stem),
         dataset=str(raw.get("dataset", "cifar10")),
@@ -215,30 +233,6 @@ def _register_suite_files() -> None:
             name = str(raw.get("name") or f.stem)
             if not SUITES.has(name):
                 SUITES.register(name, summary=str(raw.get("description", "")), path=str(f))(lambda f=f: read_suite(f))
-
-
-def _split_outside_quotes(text: str) -> list[str]:
-    """Split on commas that are not inside single or double quotes."""
-    parts, buf, quote = [], [], None
-    for ch in text:
-        if quote:
-            quote = None if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch == ",":
-            parts.append("".join(buf))
-            buf = []
-            continue
-        buf.append(ch)
-    parts.append("".join(buf))
-    return parts
-
-
-def _literal(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
 
 
 _register_suite_files()

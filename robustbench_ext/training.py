@@ -29,12 +29,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .defense import Defense, StepContext
+from .devutils import derive_seed, resolve_device
 from .errors import RbxError
+from .losses import accuracy
 from .models import LoadedModel, build_architecture, file_sha256, load_model
 from .progress import PointBar, RunClock, log as progress_log
 from .records import atomic_write_bytes, atomic_write_text
 from .registry import DATASETS, DEFENSES
-from .runner import derive_seed, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -117,15 +118,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 def parse_defense(spec: str) -> Defense:
     """``NAME[:K=V,...]`` -> a defense (unknown names and parameters give errors listing the valid ones)."""
-    from .suites import AttackSpec
-
-    parsed = AttackSpec.parse(spec)
-    entry = DEFENSES.get(parsed.name)
-    try:
-        return entry.factory(**parsed.params)
-    except TypeError as exc:
-        fields = ", ".join(getattr(entry.factory, "__dataclass_fields__", {})) or "none"
-        raise RbxError(f"defense '{parsed.name}': bad parameters {parsed.params} ({exc}); parameters: {fields}") from None
+    return DEFENSES.create(spec)
 
 
 @dataclass
@@ -250,7 +243,7 @@ class Trainer:
             with torch.no_grad():
                 was = model.training
                 model.eval()
-                stats = {**stats, "clean_acc": (model(x).argmax(1) == y).float().mean()}
+                stats = {**stats, "clean_acc": accuracy(model(x), y)}
                 model.train(was)
         return loss, stats
 

@@ -6,7 +6,8 @@ import torch
 
 from robustbench_ext._compat import import_pyautoattack
 from robustbench_ext.registry import ATTACKS
-from robustbench_ext.runner import evaluate, frozen
+from robustbench_ext.devutils import frozen
+from robustbench_ext.runner import evaluate
 from robustbench_ext.suites import AttackSpec, ThreatSpec
 from robustbench_ext.threat import ThreatModel
 

@@ -12,7 +12,8 @@ from robustbench_ext.checks import (check_deterministic, check_probabilities, ch
 from robustbench_ext.cli import cli
 from robustbench_ext.models import LoadedModel
 from robustbench_ext.registry import ATTACKS, MODELS
-from robustbench_ext.runner import evaluate, frozen
+from robustbench_ext.devutils import frozen
+from robustbench_ext.runner import evaluate
 from robustbench_ext.suites import AttackSpec, ThreatSpec
 from robustbench_ext.threat import ThreatModel
 

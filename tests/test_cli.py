@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from robustbench_ext.cli import cli
@@ -112,3 +114,49 @@ def test_installed_rbx_end_to_end(in_tmp):
     assert d["threats"][0]["threat"] == "L1:12" and 0 <= d["union"]["accuracy"] <= d["clean"]["accuracy"]
     bad = subprocess.run([exe, "run", "--attack", "nope"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("rbx: error: unknown attack 'nope'")
+
+
+REPRODUCE = [
+    (["--threat", "L2:0.5"], dict(threats="L2:0.5")),  # the default cascade for the norm, a custom run
+    (["--threat", "Linf:8/255", "--threat", "L1:12", "--attack", "pgd:steps=3"],
+     dict(threats=["Linf:8/255", "L1:12"], attacks=["pgd:steps=3"])),
+    (["--suite", "cifar10-union-pgd"], dict(suite="cifar10-union-pgd")),  # a suite unchanged keeps its name
+    (["--attack", "pgd:steps=2", "--union-attack", "union-worst:attack=pgd:steps=2"],
+     dict(attacks=["pgd:steps=2"], union_attacks=["union-worst:attack=pgd:steps=2"])),
+]
+
+
+@pytest.mark.parametrize("cli_args, kwargs", REPRODUCE)
+def test_evaluate_reproduces_rbx_run(cli_args, kwargs, in_tmp):
+    """evaluate() is what `rbx run` calls: the same arguments give the same record and flags."""
+    from robustbench_ext.records import read_flags
+    from robustbench_ext.runner import evaluate
+
+    res = invoke("run", "--model", "cifar10-smallcnn-linf-at", "--dataset", "cifar10-1k", "--n-examples", "12",
+                 "--batch-size", "6", "--quiet", *cli_args, "--results-dir", in_tmp / "cli")
+    assert res.exit_code == 0, res.output
+    (path,) = (in_tmp / "cli" / "records").glob("*.json")
+    cli_rec, cli_flags = read_record(path), read_flags(path)
+    ev = evaluate("cifar10-smallcnn-linf-at", "cifar10-1k", n_examples=12, batch_size=6, progress=False, **kwargs)
+    api = ev.record
+    assert api.suite == cli_rec.suite and api.suite_label == cli_rec.suite_label
+    assert {k: v for k, v in api.config.items() if k != "device"} == {k: v for k, v in cli_rec.config.items() if k != "device"}
+    assert [(t.threat, [(a.attack, a.params, a.n_broken) for a in t.attacks]) for t in api.threats] == \
+           [(t.threat, [(a.attack, a.params, a.n_broken) for a in t.attacks]) for t in cli_rec.threats]
+    assert [(a.attack, a.n_broken) for a in api.union_attacks] == [(a.attack, a.n_broken) for a in cli_rec.union_attacks]
+    for field in ("clean_correct", "robust", "broken_by", "union"):
+        assert np.array_equal(getattr(ev.flags, field), getattr(cli_flags, field)), field
+
+
+def test_evaluate_takes_a_plain_module_and_tensors(small_cnn, cifar200):
+    """The Python API takes what researchers have: an nn.Module, a tensor pair, threat strings."""
+    from robustbench_ext.runner import evaluate
+
+    x, y = cifar200.x[:8], cifar200.y[:8].to(torch.int32)  # labels of another integer dtype are cast at the boundary
+    ev = evaluate(small_cnn.module, (x, y), ["Linf:8/255"], attacks=["pgd:steps=3"], progress=False)
+    rec = ev.record
+    assert rec.model["name"] == "Sequential" and rec.model["source"] == "python object" and len(rec.model["sha256"]) == 64
+    assert rec.dataset["source"] == "tensors given to evaluate()" and rec.n == 8
+    assert rec.threats[0].threat == "Linf:8/255" and rec.threats[0].attacks[0].params["steps"] == 3
+    ref = evaluate(small_cnn, cifar200.first(8), ["Linf:8/255"], attacks=["pgd:steps=3"], progress=False)
+    assert np.array_equal(ev.flags.robust, ref.flags.robust)

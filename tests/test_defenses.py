@@ -10,12 +10,13 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from defenses.baselines import PGDAT, trades_kl
-from defenses.ltd import soft_cross_entropy, soft_labels
-from defenses.ramp import gradient_projection, ramp_kl
-from defenses.sovr import SOVR, logit_margin, ovr_loss, switching_loss
+from robustbench_ext.defenses.baselines import PGDAT, trades_kl
+from robustbench_ext.defenses.ltd import soft_cross_entropy, soft_labels
+from robustbench_ext.defenses.ramp import gradient_projection, ramp_kl
+from robustbench_ext.defenses.sovr import SOVR, logit_margin, ovr_loss, switching_loss
 from robustbench_ext.cli import cli
-from robustbench_ext.defense import StepContext, Temperature
+from robustbench_ext.defense import StepContext
+from robustbench_ext.models import Temperature
 from robustbench_ext.models import load_model
 from robustbench_ext.registry import DEFENSES
 from robustbench_ext.training import TrainConfig, Trainer, augment, lr_factor

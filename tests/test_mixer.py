@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from defenses.smoothing_mixer import FEATURES, GELU_MIN, MixedClassifier, _new_mixnet, fit_mixednuts, log_mix, nuts_map
+from robustbench_ext.defenses.smoothing_mixer import FEATURES, GELU_MIN, MixedClassifier, _new_mixnet, fit_mixednuts, log_mix, nuts_map
 from robustbench_ext.errors import RbxError
 from robustbench_ext.models import load_model
 from robustbench_ext.registry import ATTACKS
-from robustbench_ext.runner import frozen
+from robustbench_ext.devutils import frozen
 from robustbench_ext.threat import ThreatModel
 
 PAIR = "cifar10-smallcnn-linf-at+cifar10-smallcnn-linf-at"

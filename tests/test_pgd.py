@@ -5,7 +5,7 @@ import torch
 
 from robustbench_ext.errors import RbxError
 from robustbench_ext.registry import ATTACKS
-from robustbench_ext.runner import frozen
+from robustbench_ext.devutils import frozen
 from robustbench_ext.threat import ThreatModel
 
 

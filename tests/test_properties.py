@@ -11,7 +11,7 @@ from conftest import tiny_model
 from robustbench_ext.attack import MultiThreatAttack
 from robustbench_ext.records import SampleFlags
 from robustbench_ext.registry import ATTACKS
-from robustbench_ext.runner import union_flags
+from robustbench_ext.records import union_flags
 from robustbench_ext.threat import NORMS, ThreatModel
 
 SINGLE = [n for n in ATTACKS.names() if not issubclass(ATTACKS.get(n).factory, MultiThreatAttack)]

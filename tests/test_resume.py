@@ -31,7 +31,7 @@ def _progress(results: Path):
     try:
         with np.load(ckpts[0], allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-        return meta["phase"], meta["stage"], meta["batch"]
+        return meta["stage"], meta["batch"]  # the stage of the run plan, the next batch
     except Exception:  # being replaced right now
         return None
 
@@ -62,9 +62,9 @@ def test_killed_run_resumes_to_the_identical_record(tmp_path):
 
     # Kill during the first threat model, then re-run the same command (it resumes by itself) and kill it
     # again during the second one; finish with --resume.
-    _kill_when(run, lambda pos: pos[0] == 0 and pos[2] >= 2)
+    _kill_when(run, lambda pos: pos[0] == 0 and pos[1] >= 2)
     assert not list(run.glob("records/*.json"))  # nothing but the checkpoint
-    _kill_when(run, lambda pos: pos[0] == 1 and pos[2] >= 1)
+    _kill_when(run, lambda pos: pos[0] == 1 and pos[1] >= 1)
     assert not list(run.glob("records/*.json"))
     fin = subprocess.run([_rbx(), *ARGS, "--resume", "--results-dir", str(run)], capture_output=True, text=True,
                          timeout=600)

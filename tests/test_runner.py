@@ -7,7 +7,9 @@ import pytest
 
 from robustbench_ext.records import (MISCLASSIFIED, ROBUST, Accuracy, read_flags,
                                      read_record)
-from robustbench_ext.runner import derive_seed, evaluate, union_flags
+from robustbench_ext.devutils import derive_seed
+from robustbench_ext.records import union_flags
+from robustbench_ext.runner import evaluate
 from robustbench_ext.stats import wilson_interval
 from robustbench_ext.suites import AttackSpec, ThreatSpec, load_suite
 from robustbench_ext.threat import ThreatModel

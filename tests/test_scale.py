@@ -17,7 +17,8 @@ from torch import nn
 from robustbench_ext.acceleration import SearchOptions
 from robustbench_ext.records import iter_records, read_flags, read_record
 from robustbench_ext.registry import DATASETS
-from robustbench_ext.runner import _merge_accs, evaluate
+from robustbench_ext.eval_state import StageTotals
+from robustbench_ext.runner import evaluate
 from robustbench_ext.streaming import list_shards, pack_shards
 from robustbench_ext.suites import AttackSpec, ThreatSpec
 from robustbench_ext.threat import ThreatModel
@@ -171,10 +172,11 @@ def test_bf16_search_runs_and_is_recorded(small_cnn):
     assert ev.record.threats[0].attacks[0].n_broken > 0
 
 
-def test_merge_accs_adds_counts_and_sorts_hits():
-    a = {"seconds": 2.0, "n_forward": 10, "n_backward": 8, "curve_sum": [1.0, 2.0], "curve_n": [4, 4], "broken": [7, 3]}
-    b = {"seconds": 3.0, "n_forward": 5, "n_backward": 4, "curve_sum": [1.0], "curve_n": [2], "broken": [5]}
-    m = _merge_accs([a, b])
-    assert m == {"seconds": 3.0, "n_forward": 15, "n_backward": 12, "curve_sum": [2.0, 2.0], "curve_n": [6, 4], "broken": [3, 5, 7]}
-    u = _merge_accs([{**a, "broken": [[1], []]}, {**b, "broken": [[0], [2]]}], n_union=2)
-    assert u["broken"] == [[0, 1], [2]]
+def test_merge_stage_totals_adds_counts_and_sorts_hits():
+    a = dict(seconds=2.0, n_forward=10, n_backward=8, curve_sum=[1.0, 2.0], curve_n=[4, 4])
+    b = dict(seconds=3.0, n_forward=5, n_backward=4, curve_sum=[1.0], curve_n=[2])
+    m = StageTotals.merge([StageTotals(**a, broken=[[7, 3]]), StageTotals(**b, broken=[[5]])])
+    assert m.to_dict() == {"seconds": 3.0, "n_forward": 15, "n_backward": 12, "curve_sum": [2.0, 2.0], "curve_n": [6, 4],
+                           "broken": [[3, 5, 7]]}
+    u = StageTotals.merge([StageTotals(**a, broken=[[1], []]), StageTotals(**b, broken=[[0], [2]])])  # a union stage
+    assert u.broken == [[0, 1], [2]]

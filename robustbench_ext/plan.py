@@ -1,0 +1,96 @@
+"""The stage plan: a run compiled into one flat, typed list of stages, walked with one index by the runner.
+
+Every main threat model's cascade (ensembles expanded into their parts), then the eps-sweep threat
+models' cascades, then the union-stage attacks. Each :class:`PlannedStage` names the flag columns it can
+break points in, the ``broken_by`` value it writes there, and the key of its attack calls' seeds: the
+runner needs nothing else to walk, checkpoint and resume a run (AutoAttack's flat loop over
+``robust_flags``, made explicit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .attack import Attack, MultiThreatAttack
+from .errors import RbxError
+from .suites import AttackSpec, ThreatSpec, build_union
+from .threat import ThreatModel
+
+#: Seed key of the union stage (threat models use their index).
+UNION_KEY = 1_000_003
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    """One stage of a compiled run: an attack and the flag columns it can break points in.
+
+    ``kind``: ``threat`` (a main threat model's cascade), ``sweep`` (an eps-sweep threat model's) or
+    ``union`` (a multi-threat attack on the points robust under every main threat model). ``marks``:
+    the ``broken_by`` value written per column (its position in that column's cascade; union stages
+    count on after each threat's own cascade). ``seed_key``: with the batch index, the attack call's seed.
+    """
+
+    kind: str
+    columns: tuple[int, ...]
+    label: str
+    attack: Attack | MultiThreatAttack
+    marks: tuple[int, ...]
+    seed_key: tuple[int, int]
+    threat: ThreatModel | None = None
+
+    @property
+    def what(self) -> str:
+        """How progress lines name the stage's threat model."""
+        return "union" if self.kind == "union" else self.threat.label  # type: ignore[union-attr]
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """The whole run as one flat list of stages, with the threat models that own the flag columns."""
+
+    threats: tuple[ThreatSpec, ...]  # main threat models, then eps-sweep ones: one flag column each
+    n_main: int
+    stages: tuple[PlannedStage, ...]
+
+    def column_stages(self, column: int) -> list[int]:
+        """Indices of the stages of ``column``'s own cascade (the union stage excluded)."""
+        return [i for i, s in enumerate(self.stages) if s.kind != "union" and s.columns == (column,)]
+
+
+def compile_plan(threats: Sequence[ThreatSpec], union: Sequence[AttackSpec] = (), eps_sweep: Sequence[float] = ()) -> StagePlan:
+    """Compile threat models (with cascades), eps-sweep factors and union attacks into a :class:`StagePlan`.
+
+    Every attack is built here, so bad names, parameters or norms fail before anything runs.
+    """
+    main = list(threats)
+    columns = main + _sweep_specs(main, eps_sweep)
+    stages: list[PlannedStage] = []
+    lengths = []
+    for ti, spec in enumerate(columns):
+        cascade = spec.build()
+        lengths.append(len(cascade))
+        kind = "threat" if ti < len(main) else "sweep"
+        stages += [PlannedStage(kind, (ti,), s.label, s.attack, (j,), (ti, j), spec.threat) for j, s in enumerate(cascade)]
+    for j, (label, attack) in enumerate(build_union(tuple(union))):
+        stages.append(PlannedStage("union", tuple(range(len(main))), label, attack,
+                                   tuple(lengths[ti] + j for ti in range(len(main))), (UNION_KEY, j)))
+    return StagePlan(tuple(columns), len(main), tuple(stages))
+
+
+def _sweep_specs(threats: Sequence[ThreatSpec], factors: Sequence[float]) -> list[ThreatSpec]:
+    """Each threat model's cascade at ``eps * factor`` (skipping radii the main threat models already cover)."""
+    bad = [f for f in factors if not (isinstance(f, (int, float)) and f > 0 and np.isfinite(f))]
+    if bad:
+        raise RbxError(f"--eps-sweep factors must be positive numbers, got {bad}")
+    main = {t.threat.label for t in threats}
+    out, seen = [], set()
+    for t in threats:
+        for f in sorted(set(float(f) for f in factors)):
+            tm = ThreatModel(t.threat.norm, t.threat.eps * f)
+            if f != 1.0 and tm.label not in main and tm.label not in seen:
+                seen.add(tm.label)
+                out.append(ThreatSpec(tm, t.attacks))
+    return out

@@ -1,0 +1,62 @@
+"""One run's report: its text table, and a Markdown page with its plots in the report's own folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import plots
+from .records import RunRecord, atomic_write_bytes, atomic_write_text, read_flags, read_record
+
+
+def format_table(record: RunRecord) -> str:
+    """The run as a small text table: clean, each threat model, union, with intervals and seconds."""
+    def row(label: str, acc, seconds: str = "", note: str = "") -> str:
+        lo, hi = acc.ci95
+        return f"{label:<14} {100 * acc.accuracy:6.2f}   [{100 * lo:5.1f}, {100 * hi:5.1f}]   {seconds:>8}  {note}".rstrip()
+
+    prov = record.provenance
+    lines = [
+        f"model    {record.model['name']} ({record.model['architecture']})",
+        f"dataset  {record.dataset['source']}, first {record.n}",
+        f"suite    {record.suite_label}",
+        f"device   {prov['device_name']}, seed {prov['seed']}",
+        "",
+        f"{'':<14} {'acc %':>6}   {'95% CI':^14}   {'seconds':>8}  attacks (points broken)",
+        row("clean", record.clean),
+    ]
+    for t in record.threats:
+        note = ", ".join(f"{a.attack} ({a.n_broken})" for a in t.attacks)
+        lines.append(row(t.threat, t.robust, f"{t.seconds:.1f}", note))
+    for a in record.union_attacks:
+        lines.append(f"{'+ ' + a.attack:<14} {'':>6}   {'':^14}   {a.seconds:>8.1f}  union stage: broke {a.n_broken} "
+                     f"of {a.n_attacked} union-robust points")
+    lines.append(row("union", record.union, f"{prov['wall_seconds']:.1f}", "all threat models"))
+    for sw in record.sweeps:
+        pts = ", ".join(f"{p['label'].split(':', 1)[1]}: {100 * p['robust']['accuracy']:.1f}" for p in sw["points"])
+        lines.append(f"eps sweep {sw['threat']}: {pts}")
+    return "\n".join(lines)
+
+
+def write_report(record_path: Path, out: Path | None = None) -> tuple[str, Path]:
+    """Write ``<out>/<run>_report.md`` and its PNGs (default ``out``: ``<records>/../reports/<run>``); return
+    the run's table and the report's path. The plots go with the report, never beside the records."""
+    record_path = Path(record_path)
+    rec = read_record(record_path)
+    flags = read_flags(record_path, rec)
+    out = Path(out) if out is not None else record_path.parent.parent / "reports" / record_path.stem
+    out.mkdir(parents=True, exist_ok=True)
+    table = format_table(rec)
+    lines = [f"# rbx report: {rec.model['name']} on {rec.dataset['source']}", "", "```", table, "```", ""]
+    figures = [("per_class", plots.per_class(rec, flags), "Per-class accuracy"),
+               ("attribution", plots.attribution(rec, flags), "Which attack broke how many points"),
+               ("loss", plots.loss_curves(rec), "Attack loss curves")]
+    figures += [(f"eps_{n}", plots.eps_sweep([rec], n), f"Robust accuracy vs eps ({n})") for n in sorted({t.norm for t in rec.threats})]
+    for key, png, caption in figures:
+        if png is None:
+            continue
+        name = f"{record_path.stem}_{key}.png"
+        atomic_write_bytes(out / name, png)
+        lines += [f"## {caption}", "", f"![{caption}]({name})", ""]
+    path = out / f"{record_path.stem}_report.md"
+    atomic_write_text(path, "\n".join(lines))
+    return table, path
