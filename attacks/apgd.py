@@ -23,6 +23,7 @@ target, on the targeted DLR loss; every run only sees points still robust.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -113,6 +114,12 @@ class APGD(IterativeAttack):
             state["k_min"] = max(int(0.06 * p.steps), 1)
             state["reduced_last"] = torch.ones(n, dtype=torch.bool, device=x0.device)
         return state
+
+    def fit(self, num_classes, input_shape, threat):
+        if self.loss == "dlr" and num_classes < 3:
+            raise RbxError(f"attack '{self.name}' (DLR loss) needs a model with at least 3 classes; the model has "
+                           f"{num_classes}: use loss=ce")
+        return self, None
 
     def objective(self, logits: Tensor, y: Tensor, step: int, state: dict, p: Segment) -> Tensor:
         if self.loss == "dlr" and logits.shape[1] < 3:
@@ -205,6 +212,17 @@ class APGDT(APGD):
 
     def _losses(self) -> tuple[str, ...]:
         return ("dlr-targeted",)
+
+    def fit(self, num_classes, input_shape, threat):
+        """Targeted DLR ranks the 4 largest logits: at least 4 classes; at most K - 1 targets exist."""
+        if num_classes < 4:
+            raise RbxError(f"attack '{self.name}' needs a model with at least 4 classes (targeted DLR ranks the four "
+                           f"largest logits); the model has {num_classes}: drop it from the cascade or use apgd-ce")
+        if self.n_targets > num_classes - 1:
+            return (dataclasses.replace(self, n_targets=num_classes - 1),
+                    f"{self.name}: n_targets={self.n_targets} asked, the model has {num_classes} classes: "
+                    f"ran with {num_classes - 1} (every other class)")
+        return self, None
 
     def segments(self) -> list[Segment]:
         return [p for t in range(self.n_targets) for r in range(self.restarts) for p in self._stages(restart=r, target_rank=t)]

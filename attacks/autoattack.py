@@ -19,6 +19,7 @@ Inputs are passed as contiguous float32 tensors (pyautoattack's L2 code fails on
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -75,12 +76,40 @@ class AAComponent(Attack):
     version: str = "standard"
     attacks: list[str] | None = None  # version custom: the full component list it was configured with
     budget: float = 1.0  # scales iterations (APGD, FAB: 100) and Square's queries (5,000); 1 = AutoAttack's
+    n_targets: int | None = None  # APGD-T / FAB-T target classes (None: the version's, 9); capped at K - 1 by fit()
 
     def __post_init__(self) -> None:
         _check_version(self.version, self.attacks)
         if not self.budget > 0:
             raise RbxError(f"attack '{self.name}': budget must be > 0, got {self.budget!r}")
+        if self.n_targets is not None and (isinstance(self.n_targets, bool) or not isinstance(self.n_targets, int)
+                                           or self.n_targets < 1):
+            raise RbxError(f"attack '{self.name}': n_targets must be a positive integer, got {self.n_targets!r}")
 
+    def fit(self, num_classes, input_shape, threat):
+        """pyautoattack's limits, checked before the run: what its code would crash on mid-run is refused here."""
+        c = self.component
+        if c in ("apgd-t", "apgd-dlr", "fab-t"):
+            need = {"apgd-t": 4, "apgd-dlr": 3, "fab-t": 2}[c]
+            if num_classes < need:
+                raise RbxError(f"attack '{self.name}' needs a model with at least {need} classes (its DLR loss ranks "
+                               f"{need - 1} other classes); the model has {num_classes}: drop it from the cascade "
+                               "(e.g. --attack autoattack:version=custom,attacks=[\"apgd-ce\",\"square\"])")
+        if c == "square" and len(input_shape) == 3:
+            h, w = int(input_shape[1]), int(input_shape[2])
+            if threat is not None and threat.norm in ("L2", "L1") and h != w:
+                raise RbxError(f"attack '{self.name}' (pyautoattack's Square) needs square images under {threat.norm}; "
+                               f"the data's are {h}x{w}: resize them, or use another black-box attack")
+            if min(h, w) < 8:
+                raise RbxError(f"attack '{self.name}' (pyautoattack's Square) needs images of at least 8x8 pixels; "
+                               f"the data's are {h}x{w}")
+        if c in ("apgd-t", "fab-t"):
+            want = self.n_targets or 9
+            if want > num_classes - 1:
+                fitted = dataclasses.replace(self, n_targets=num_classes - 1)
+                return fitted, (f"{self.name}: {want} target classes asked, the model has {num_classes} classes: "
+                                f"ran with {num_classes - 1} (every other class)")
+        return self, None
     def run(self, ctx: AttackContext, x: Tensor, y: Tensor) -> Tensor:
         seed = ctx.spawn_seed() % (2**31)
         attacks = (self.attacks or [self.component]) if self.version == "custom" else None
@@ -88,18 +117,24 @@ class AAComponent(Attack):
         aa.attacks_to_run = [self.component]
         if self.budget != 1.0:
             _scale_budget(aa, self.budget)
+        if self.n_targets is not None:
+            aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = self.n_targets
         cpu_state = torch.random.get_rng_state()  # pyautoattack reseeds torch's global RNG; leave it as it was
         try:
             x_adv, _ = aa.run_standard_evaluation(x.contiguous().float(), y.contiguous(), batch_size=max(x.shape[0], 1))
+        except RbxError:
+            raise  # the user's model failed (named by the model boundary): not pyautoattack's fault
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise AttackContractError(f"pyautoattack's {self.component} failed on inputs of shape {tuple(x.shape)} "
                                       f"({type(exc).__name__}: {first})") from exc
         finally:
             torch.random.set_rng_state(cpu_state)
-        # pyautoattack can return points a rounding error outside the box (seen: Square under L1); the
-        # projection puts them back, and the base class then re-checks and recomputes success honestly.
-        return ctx.geometry.project(x, x_adv.to(x.dtype), ctx.eps)
+        # pyautoattack can return points a rounding error outside the box (seen: Square under L1), and NaN
+        # where the model's gradient is not finite: the clean point stands in for NaN pixels, the projection
+        # puts the rest back, and the base class then re-checks and recomputes success honestly.
+        x_adv = x_adv.to(x.dtype)
+        return ctx.geometry.project(x, torch.where(torch.isfinite(x_adv), x_adv, x), ctx.eps)
 
 
 def _scale_budget(aa, budget: float) -> None:

@@ -42,13 +42,24 @@ class UnionWorst(MultiThreatAttack):
     def _inner(self):
         return ATTACKS.create(self.attack)
 
+    def fit(self, num_classes, input_shape, threat):
+        inner = self._inner()
+        _, note = inner.fit(num_classes, input_shape, threat)  # raises where the inner attack cannot run
+        if note:
+            raise RbxError(f"attack '{self.name}': its inner attack would have to change ({note}); give it explicitly, "
+                           f"e.g. {self.name}:attack=\"{inner.name}:n_targets={num_classes - 1}\"")
+        return self, None
+
     def run(self, ctx: AttackContext, x: Tensor, y: Tensor) -> list[Tensor]:
         inner = self._inner()
         for t in ctx.threats:
             inner.require(t)
-        n = len(ctx.threats)
-        return [inner(ctx.model, x, y, t, seed=ctx.spawn_seed(), progress=ctx.sub_progress(i / n, (i + 1) / n)).x_adv
-                for i, t in enumerate(ctx.threats)]
+        n, out = len(ctx.threats), []
+        for i, t in enumerate(ctx.threats):
+            res = inner(ctx.model, x, y, t, seed=ctx.spawn_seed(), progress=ctx.sub_progress(i / n, (i + 1) / n))
+            ctx.absorb(res)
+            out.append(res.x_adv)
+        return out
 
 
 @ATTACKS.register("msd", summary="multi-lp: multi steepest descent (Maini et al. 2020), one step per norm, keep the best; for training")

@@ -214,7 +214,7 @@ def _parse_mix(arg: str) -> tuple[str, str, dict[str, str]]:
 
 @MODELS.register("mix", takes_arg=True, arg_name="STD+ROB[,alpha=A|,nuts=FILE|,mixnet=DIR|,alpha=net]",
                  summary="adaptive smoothing / MixedNUTS composite of a standard and a robust model")
-def mix_model(arg: str, arch_override: str | None = None, num_classes: int = 10) -> LoadedModel:
+def mix_model(arg: str, arch_override: str | None = None, num_classes: int | None = None) -> LoadedModel:
     std_spec, rob_spec, o = _parse_mix(arg)
     std, rob = load_model(std_spec), load_model(rob_spec)
     kw: dict[str, Any] = {"s_std": float(o.get("s_std", 1.0)), "s_rob": float(o.get("s_rob", 1.0)),

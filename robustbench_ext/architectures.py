@@ -85,6 +85,26 @@ def resnet18(num_classes: int = 10) -> nn.Module:
     return resnet.ResNet(resnet.BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
 
 
+@ARCHITECTURES.register("torchvision", takes_arg=True, arg_name="NAME",
+                        summary="any torchvision classifier, untrained (file:PATH --arch torchvision:resnet50 --normalize imagenet)")
+def torchvision_arch(name: str, num_classes: int = 1000) -> nn.Module:
+    import torchvision.models as tvm
+
+    if name not in tvm.list_models(module=tvm):
+        raise RbxError(f"unknown torchvision model '{name}'; see torchvision.models.list_models()")
+    return tvm.get_model(name, weights=None, num_classes=num_classes)
+
+
+@ARCHITECTURES.register("timm", takes_arg=True, arg_name="NAME",
+                        summary="any timm model, untrained (file:PATH --arch timm:NAME --normalize ...)")
+def timm_arch(name: str, num_classes: int = 1000) -> nn.Module:
+    import timm
+
+    if not timm.is_model(name):
+        raise RbxError(f"unknown timm model '{name}'; see timm.list_models()")
+    return timm.create_model(name, pretrained=False, num_classes=num_classes)
+
+
 @ARCHITECTURES.register("preact-resnet18", summary="CIFAR PreAct ResNet-18 (robustbench's PreActResNet18)")
 def preact_resnet18(num_classes: int = 10) -> nn.Module:
     resnet = import_robustbench("model_zoo.architectures.resnet")

@@ -67,7 +67,8 @@ class AttackResult:
 
     ``x_adv``: ``[N, C, H, W]`` float32, inside ball ∩ box (checked). ``success``: ``[N]`` bool,
     ``model(x_adv).argmax(1) != y`` (recomputed by the base class). ``n_forward`` / ``n_backward``:
-    images passed forward / backward, the verification pass included. ``loss_sum`` / ``loss_count``:
+    images passed forward / backward, the verification pass included. ``n_nonfinite``: input-gradient
+    entries that were NaN or inf (zeroed, so that no attack returns NaN because of the model). ``loss_sum`` / ``loss_count``:
     per step (passes one after another), the summed loss over the points still being attacked
     and how many there were; ``loss_curve`` is their ratio.
     """
@@ -78,6 +79,7 @@ class AttackResult:
     n_backward: int = 0
     loss_sum: tuple[float, ...] = ()
     loss_count: tuple[int, ...] = ()
+    n_nonfinite: int = 0  # non-finite input-gradient entries the loop zeroed (the model's gradient, not the attack's)
 
     @property
     def loss_curve(self) -> tuple[float, ...]:
@@ -103,6 +105,7 @@ class AttackContext:
         self.progress = progress
         self._curve: list[tuple[Tensor, int]] = []
         self._seen: tuple[Tensor, Tensor] | None = None  # the last (inputs, logits) of :meth:`logits`
+        self._nonfinite: Tensor | int = 0  # zeroed gradient entries, kept on the device (no sync per step)
 
     @property
     def n_forward(self) -> int:
@@ -140,13 +143,29 @@ class AttackContext:
         return out
 
     def value_and_grad(self, x: Tensor, loss_fn: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """Logits ``[N, K]``, per-sample loss ``[N]`` and d(loss)/dx ``[N, ...]`` at ``x`` (all detached)."""
+        """Logits ``[N, K]``, per-sample loss ``[N]`` and d(loss)/dx ``[N, ...]`` at ``x`` (all detached).
+
+        Gradient entries that are NaN or inf (a model with ``sqrt`` at 0, say) are zeroed and counted:
+        the step then ignores those pixels instead of turning the whole iterate into NaN.
+        """
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             logits = self.model(xg)
             loss = loss_fn(logits)
             (grad,) = torch.autograd.grad(loss.sum(), xg)
-        return logits.detach(), loss.detach(), grad.detach()
+        grad = grad.detach()
+        bad = ~torch.isfinite(grad)
+        self._nonfinite = self._nonfinite + bad.sum()
+        return logits.detach(), loss.detach(), grad.masked_fill(bad, 0.0)
+
+    @property
+    def n_nonfinite(self) -> int:
+        """Non-finite gradient entries zeroed so far (one host sync)."""
+        return int(self._nonfinite)
+
+    def absorb(self, result: "AttackResult") -> None:
+        """Count a sub-attack's zeroed gradient entries as this attack's (ensembles, union attacks)."""
+        self._nonfinite = self._nonfinite + result.n_nonfinite
 
     def report(self, fraction: float) -> None:
         """Tell the caller's progress bar that ``fraction`` (0..1) of this attack's work is done."""
@@ -202,10 +221,23 @@ class AttackBase(ABC):
                 f"attack '{self.name}' does not support {threat.norm}; it supports: {', '.join(self.norms)}"
             )
 
-    def _context(self, model: nn.Module, x: Tensor, y: Tensor, seed: int, progress: StepReport | None,
-                 threat: ThreatModel | None = None, threats: Sequence[ThreatModel] = ()) -> AttackContext:
-        """The call preamble both kinds share: input checks and a context with a generator seeded by ``seed``."""
+    def fit(self, num_classes: int, input_shape: Sequence[int], threat: ThreatModel | None) -> tuple["AttackBase", str | None]:
+        """This attack as it runs on a ``num_classes``-way model with ``input_shape`` inputs ``[C, H, W]``.
+
+        Called before any attack of a run starts: an attack that cannot run there raises an
+        :class:`RbxError` naming itself (so nothing is lost mid-run); one that must adapt (fewer target
+        classes than asked) returns its adapted self and a note for the record. Default: runs as it is.
+        """
+        return self, None
+
+    def _prepare(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The call preamble both kinds share: input checks; ``x`` detached, labels cast to int64 at the boundary."""
         check_inputs(x, y)
+        return x.detach(), y.long()
+
+    def _context(self, model: nn.Module, x: Tensor, seed: int, progress: StepReport | None,
+                 threat: ThreatModel | None = None, threats: Sequence[ThreatModel] = ()) -> AttackContext:
+        """A context with a generator seeded by ``seed``."""
         return AttackContext(model, threat, torch.Generator(device=x.device).manual_seed(int(seed)), progress, threats)
 
 
@@ -224,14 +256,14 @@ class Attack(AttackBase):
         ``progress``, if given, is called with the fraction of the work done as the attack steps.
         """
         self.require(threat)
-        ctx = self._context(model, x, y, seed, progress, threat=threat)
+        x, y = self._prepare(x, y)
         if x.shape[0] == 0:
-            return AttackResult(x.detach().float().clone(), torch.zeros(0, dtype=torch.bool, device=x.device))
-        x = x.detach()
+            return AttackResult(x.float().clone(), torch.zeros(0, dtype=torch.bool, device=x.device))
+        ctx = self._context(model, x, seed, progress, threat=threat)
         x_adv = check_in_threat_model(self.name, x, self.run(ctx, x, y), threat)
         success = verified_success(ctx.verification_logits(x_adv), y)
         ctx.report(1.0)
-        return AttackResult(x_adv, success, ctx.n_forward, ctx.n_backward, *ctx.loss_trace())
+        return AttackResult(x_adv, success, ctx.n_forward, ctx.n_backward, *ctx.loss_trace(), n_nonfinite=ctx.n_nonfinite)
 
 
 def verified_success(logits: Tensor, y: Tensor) -> Tensor:
@@ -287,8 +319,8 @@ def check_inputs(x: Tensor, y: Tensor) -> None:
             f"inputs must lie in [0, 1], got range {x.min().item():.4g}..{x.max().item():.4g} "
             "(0..255 data? divide by 255; normalized data? move the normalization into the model)"
         )
-    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-        raise RbxError(f"labels must be integer class indices, got {y.dtype}")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise RbxError(f"labels must be integer class indices, got {y.dtype} (cast them with y.long())")
 
 
 # ---- several threat models at once -----------------------------------------------------------------
@@ -308,6 +340,7 @@ class MultiThreatResult:
     worst: Tensor
     n_forward: int = 0
     n_backward: int = 0
+    n_nonfinite: int = 0
 
     @property
     def union_success(self) -> Tensor:
@@ -337,8 +370,8 @@ class MultiThreatAttack(AttackBase):
         threats = list(threats)
         if not threats:
             raise RbxError(f"attack '{self.name}' needs at least one threat model")
-        ctx = self._context(model, x, y, seed, progress, threats=threats)
-        x = x.detach()
+        x, y = self._prepare(x, y)
+        ctx = self._context(model, x, seed, progress, threats=threats)
         cands = self.run(ctx, x, y) if x.shape[0] else [x.clone() for _ in threats]
         if len(cands) != len(threats):
             raise AttackContractError(f"attack '{self.name}' returned {len(cands)} candidates for {len(threats)} threat models")
@@ -355,4 +388,4 @@ class MultiThreatAttack(AttackBase):
         score = loss_t.masked_fill(success_t, math.inf)
         worst = score.argmax(1) if x.shape[0] else torch.zeros(0, dtype=torch.long, device=x.device)
         ctx.report(1.0)
-        return MultiThreatResult(x_adv, success_t, loss_t, worst, ctx.n_forward, ctx.n_backward)
+        return MultiThreatResult(x_adv, success_t, loss_t, worst, ctx.n_forward, ctx.n_backward, ctx.n_nonfinite)

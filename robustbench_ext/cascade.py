@@ -54,7 +54,7 @@ class Ensemble(Attack):
     def run(self, ctx: AttackContext, x: Tensor, y: Tensor) -> Tensor:
         stages = [Stage(a.name, a) for a in self.parts(ctx.threat)]
         return run_cascade(stages, ctx.model, x, y, ctx.threat, seeds=[ctx.spawn_seed() for _ in stages],
-                           progress=ctx.progress)[0]
+                           progress=ctx.progress, ctx=ctx)[0]
 
 
 def cascade_stages(label: str, attack: Attack, threat: ThreatModel) -> list[Stage]:
@@ -69,11 +69,12 @@ def cascade_stages(label: str, attack: Attack, threat: ThreatModel) -> list[Stag
 
 
 def run_cascade(stages: Sequence[Stage], model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *,
-                seeds: Sequence[int], robust: Tensor | None = None,
-                progress: StepReport | None = None) -> tuple[Tensor, Tensor]:
+                seeds: Sequence[int], robust: Tensor | None = None, progress: StepReport | None = None,
+                ctx: AttackContext | None = None) -> tuple[Tensor, Tensor]:
     """Run ``stages`` in order, each on the points still robust; return (x_adv ``[N, ...]``, robust ``[N]`` bool).
 
     ``robust`` (default: every point) marks the points to attack; points already broken keep ``x``.
+    ``ctx``: the calling attack's context, which takes on the stages' counters (zeroed gradient entries).
     """
     out = x.clone()
     robust = torch.ones(x.shape[0], dtype=torch.bool, device=x.device) if robust is None else robust.clone()
@@ -83,6 +84,8 @@ def run_cascade(stages: Sequence[Stage], model: nn.Module, x: Tensor, y: Tensor,
             break
         sub = None if progress is None else (lambda f, i=i: progress((i + f) / len(stages)))
         res = stage.attack(model, x[idx], y[idx], threat, seed=seed, progress=sub)
+        if ctx is not None:
+            ctx.absorb(res)
         out[idx] = res.x_adv
         robust[idx[res.success]] = False
     return out, robust

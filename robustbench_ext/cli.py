@@ -155,10 +155,17 @@ def list_cmd(kind: str) -> None:
               help="Precision of the attack search; successes are always re-verified in float32.")
 @click.option("--channels-last", is_flag=True, help="channels_last memory format for the search.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model for the search.")
+@click.option("--num-classes", type=int, default=None, help="Class count of a file: checkpoint [default: read from its last layer].")
+@click.option("--output", default=None, metavar="KEY|INDEX",
+              help="Which entry of a model's tuple/dict/object output holds the logits [default: the first tensor, or 'logits'].")
+@click.option("--allow-class-subset", is_flag=True,
+              help="Evaluate data whose classes are a subset of the model's (labels must be model class indices).")
+@click.option("--skip-stage", "skip_stages", multiple=True, metavar="'THREAT ATTACK'",
+              help="Resume a run without a stage that failed, as its error names it (the record says so).")
 @quiet_option
 def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs, attack_specs, union_specs, eps_sweep,
             n_examples, batch_size, device, seed, results_dir, as_json, progress, resume, shards, precision,
-            channels_last, compile_, quiet) -> None:
+            channels_last, compile_, num_classes, output, allow_class_subset, skip_stages, quiet) -> None:
     """Evaluate a model: clean accuracy, robust accuracy per threat model, and union robust accuracy.
 
     Under torchrun (WORLD_SIZE > 1) the work is split over the processes (see README, "Scaling").
@@ -170,6 +177,7 @@ def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs,
     from .models import parse_normalization
     from .records import ensure_writable
     from .registry import DATASETS, MODELS
+    from .model_sources import dataset_hint
     from .runner import evaluate
     from .suites import plan_benchmark
 
@@ -186,8 +194,10 @@ def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs,
     if normalize:
         parse_normalization(normalize)
     MODELS.get(model_spec)
+    if num_classes is not None and num_classes < 2:
+        raise RbxError(f"--num-classes must be an integer >= 2, got {num_classes}")
     bench = plan_benchmark(suite_spec, threat_specs, attack_specs, union_specs)  # the same plan evaluate() makes
-    dataset_name = dataset_spec or bench.dataset
+    dataset_name = dataset_spec or dataset_hint(model_spec) or bench.dataset  # a zoo model runs on its own dataset
     DATASETS.get(dataset_name)
     if shards:
         from .streaming import list_shards
@@ -201,7 +211,7 @@ def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs,
         from .models import load_model
         from .streaming import stream_evaluate
 
-        out = stream_evaluate(load_model(model_spec, arch=arch, normalize=normalize), shards, bench.threats,
+        out = stream_evaluate(load_model(model_spec, arch=arch, normalize=normalize, num_classes=num_classes), shards, bench.threats,
                               union_attacks=bench.union, suite=bench.suite, seed=seed, batch_size=batch_size,
                               device=device, results_dir=results_dir, progress=show, search=search, dist=dist)
         if out is None:  # not rank 0: rank 0 merges and reports
@@ -210,10 +220,11 @@ def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs,
     else:
         from .models import load_model
 
-        ev = evaluate(load_model(model_spec, arch=arch, normalize=normalize), dataset_name, threat_specs,
-                      suite=suite_spec, attacks=attack_specs, union_attacks=union_specs, n_examples=n_examples, seed=seed,
-                      batch_size=batch_size, device=device, progress=show, state_dir=results_dir / STATE_DIR,
-                      resume=resume, eps_sweep=factors, search=search, dist=dist)
+        ev = evaluate(load_model(model_spec, arch=arch, normalize=normalize, num_classes=num_classes), dataset_name,
+                      threat_specs, suite=suite_spec, attacks=attack_specs, union_attacks=union_specs, n_examples=n_examples,
+                      seed=seed, batch_size=batch_size, device=device, progress=show, state_dir=results_dir / STATE_DIR,
+                      resume=resume, eps_sweep=factors, search=search, dist=dist, output=output,
+                      allow_class_subset=allow_class_subset, skip_stages=skip_stages)
         if not dist.is_main:
             return
         path = ev.write(results_dir)
@@ -318,15 +329,15 @@ def train_cmd(defense_spec, arch, init_spec, dataset_spec, n_train, epochs, batc
 def check_cmd(model_spec, arch, normalize, dataset_spec, n_examples, threat_spec, attack_specs, black_box_spec,
               device, as_json, quiet) -> None:
     """Gradient-masking checks: exit 0 when every check passes, 1 when any flags a problem."""
+    from .boundary import ModelBoundary, check_agreement
     from .checks import full_checks, summarize
     from .data import check_n_examples
-    from .models import load_model, parse_normalization
-    from .registry import DATASETS, MODELS
     from .devutils import frozen, resolve_device
+    from .models import load_model, parse_normalization
+    from .progress import RunClock, fmt_seconds, log as progress_log
+    from .registry import DATASETS, MODELS
     from .suites import AttackSpec, ThreatSpec, plan_benchmark
     from .threat import ThreatModel
-
-    from .progress import RunClock, fmt_seconds, log as progress_log
 
     set_quiet(quiet)
     check_n_examples(n_examples, sys.maxsize, "the dataset")
@@ -340,7 +351,12 @@ def check_cmd(model_spec, arch, normalize, dataset_spec, n_examples, threat_spec
     black_box = ThreatSpec(threat, (AttackSpec.parse(black_box_spec),)).build()[0].attack
     model = load_model(model_spec, arch=arch, normalize=normalize)
     data = DATASETS.create(dataset_spec, n_examples=n_examples)
-    net = model.module.to(dev)
+    net = ModelBoundary(model.module.to(dev), model.name)
+    with frozen(net):
+        k = check_agreement(net, model, data, dev)
+    shape = tuple(data.x.shape[1:])  # every attack fitted to the model and data before any runs
+    attacks = [a.fit(k, shape, threat)[0] for a in attacks]
+    black_box = black_box.fit(k, shape, threat)[0]
     clock, done = RunClock(7), [0]
 
     def on_result(r, seconds):

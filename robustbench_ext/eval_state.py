@@ -34,6 +34,7 @@ class StageTotals:
     seconds: float = 0.0
     n_forward: int = 0
     n_backward: int = 0
+    n_nonfinite: int = 0
     curve_sum: list[float] = field(default_factory=list)
     curve_n: list[int] = field(default_factory=list)
     broken: list[list[int]] = field(default_factory=lambda: [[]])
@@ -63,6 +64,7 @@ class StageTotals:
             out.seconds = max(out.seconds, p.seconds)
             out.n_forward += p.n_forward
             out.n_backward += p.n_backward
+            out.n_nonfinite += p.n_nonfinite
             out.add_curve(p.curve_sum, p.curve_n)
             for c, b in enumerate(p.broken):
                 out.broken[c].extend(b)

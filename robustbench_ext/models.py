@@ -1,7 +1,12 @@
-"""Model sources: the reference models, ``robustbench:<ModelId>`` and ``file:PATH`` (with an architecture).
+"""Models: :class:`LoadedModel`, the inference wrappers, checkpoint reading, and what ``evaluate`` accepts.
 
-Every source returns a :class:`LoadedModel`: an ``nn.Module`` in eval mode that maps ``[N, C, H, W]``
-inputs in [0, 1] to logits ``[N, K]``, plus what the record needs to identify it.
+Every model source (:mod:`robustbench_ext.model_sources`) returns a :class:`LoadedModel`: an
+``nn.Module`` in eval mode that maps ``[N, C, H, W]`` inputs in [0, 1] to logits ``[N, K]``, plus what
+the record needs to identify it (name, architecture, source, sha256, class count, the dataset it was
+made for). Checkpoints are read with ``weights_only=True``; a file that is not a checkpoint (an empty
+file, an HTML page from a failed download, a truncated file) is one line naming the file and saying to
+delete it and download it again, never advice to unpickle it. The class count of a checkpoint is read
+from its last layer, so a 100-class or a 5-class net of a known architecture loads without flags.
 
 The reference models (``cifar10-resnet18-linf-at``, ``cifar10-smallcnn-linf-at``) are looked for,
 by file name, in ``$RBX_MODELS`` (``os.pathsep``-separated), ``./models``, ``<repo>/models``,
@@ -11,13 +16,9 @@ by file name, in ``$RBX_MODELS`` (``os.pathsep``-separated), ``./models``, ``<re
 
 from __future__ import annotations
 
-import contextlib
-import difflib
 import hashlib
 import logging
-import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,9 +26,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from ._compat import import_robustbench
-from .errors import ModelLoadError, RbxError, UnknownNameError
-from .paths import ASSETS, describe_search, download_guard, search_path
+from .errors import ModelLoadError, RbxError
+from .paths import ASSETS, describe_search, search_path
 from .registry import ARCHITECTURES, MODELS
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ class LoadedModel:
 
     ``module``: ``[N, C, H, W]`` in [0, 1] -> logits ``[N, K]``, in eval mode, on the CPU until the
     runner moves it. ``source``: where the weights came from; ``sha256``: of the checkpoint file.
+    ``num_classes``: K where known before a forward pass; ``dataset``: the dataset the model was made
+    for, where known (a RobustBench entry's, the reference models'), which a run uses when none is given.
     """
 
     module: nn.Module
@@ -54,6 +56,8 @@ class LoadedModel:
     sha256: str | None = None
     normalization: dict[str, list[float]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    num_classes: int | None = None
+    dataset: str | None = None
 
     def describe(self) -> dict[str, Any]:
         """The record's ``model`` block."""
@@ -64,6 +68,8 @@ class LoadedModel:
             "sha256": self.sha256,
             "normalization": self.normalization,
             "parameters": sum(p.numel() for p in self.module.parameters()),
+            **({"num_classes": self.num_classes} if self.num_classes is not None else {}),
+            **({"dataset": self.dataset} if self.dataset is not None else {}),
             **self.extra,
         }
 
@@ -138,24 +144,69 @@ def file_sha256(path: Path) -> str:
 
 # ---- checkpoints -----------------------------------------------------------------------------------
 def read_state_dict(path: Path) -> dict[str, Tensor]:
-    """Read a state dict (plain, or under ``state_dict``/``model_state_dict``/``model``), floats as float32."""
+    """Read a state dict (plain, or under ``state_dict``/``model_state_dict``/``model``), floats as float32.
+
+    Only tensors are unpickled (``weights_only``); a file that is not a checkpoint is a one-line error
+    that names it and what it looks like (:func:`checkpoint_error`).
+    """
+    path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"checkpoint not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot read checkpoint {path} (truncated, or not a PyTorch state dict?): {first}") from None
+    except BaseException as exc:  # EOFError (empty file) included: click would turn it into an "abort"
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise checkpoint_error(path) from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ModelLoadError(f"checkpoint {path} does not hold a state dict of tensors")
+        raise ModelLoadError(f"checkpoint {path} does not hold a state dict of tensors (a whole pickled model? "
+                             "save model.state_dict() instead)")
     return {
         (k[len("module."):] if k.startswith("module.") else k): (v.float() if v.is_floating_point() else v)
         for k, v in obj.items()
     }
+
+
+def checkpoint_error(path: Path) -> ModelLoadError:
+    """The one-line error for a file that is not a readable checkpoint: what it looks like, and to re-download it."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(512).lstrip().lower()
+    except OSError as exc:
+        return ModelLoadError(f"cannot read checkpoint {path} ({exc.strerror or exc})")
+    if size == 0:
+        what = "an empty file"
+    elif head.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<")):
+        what = "an HTML page, not a checkpoint (a failed or blocked download?)"
+    elif head.startswith(b"{") or head.startswith(b"["):
+        what = "a JSON/text file, not a checkpoint"
+    else:
+        what = f"truncated or corrupt ({size:,} bytes)"
+    return ModelLoadError(f"checkpoint {path} is {what}: delete it and download it again")
+
+
+def last_layer(module: nn.Module) -> str | None:
+    """The name of a classifier's output layer: its last ``nn.Linear`` (else its last ``nn.Conv2d``), or None."""
+    last_linear = last_conv = None
+    for name, m in module.named_modules():
+        if isinstance(m, nn.Linear):
+            last_linear = name
+        elif isinstance(m, nn.Conv2d):
+            last_conv = name
+    return last_linear if last_linear is not None else last_conv
+
+
+def checkpoint_classes(state: dict[str, Tensor], module: nn.Module) -> int | None:
+    """The class count a checkpoint was trained for: the output size of ``module``'s last layer in ``state``."""
+    head = last_layer(module)
+    weight = state.get(f"{head}.weight") if head is not None else None
+    return int(weight.shape[0]) if weight is not None and weight.ndim >= 2 else None
 
 
 def load_into(module: nn.Module, state: dict[str, Tensor], arch: str, path: Path) -> nn.Module:
@@ -200,134 +251,33 @@ def find_checkpoint(filename: str) -> Path:
         f"put it in ./models or set RBX_MODELS=DIR, or use the embedded model: --model {EMBEDDED_MODEL}")
 
 
-def build_architecture(arch: str, num_classes: int = 10) -> nn.Module:
-    return ARCHITECTURES.create(arch, num_classes=num_classes)
+def build_architecture(arch: str, num_classes: int | None = None) -> nn.Module:
+    return ARCHITECTURES.create(arch, **({"num_classes": num_classes} if num_classes is not None else {}))
 
 
-def from_file(path: Path, arch: str, name: str, num_classes: int = 10) -> LoadedModel:
-    """Build ``arch`` and load the checkpoint at ``path`` into it."""
-    module = build_architecture(arch, num_classes)  # validates the arch name first
+def from_file(path: Path, arch: str, name: str, num_classes: int | None = None) -> LoadedModel:
+    """Build ``arch`` with the checkpoint's class count (read from its last layer) and load the checkpoint.
+
+    ``num_classes`` overrides the inference; a checkpoint with another class count is then an error.
+    """
+    module = build_architecture(arch)  # validates the arch name first
     state = read_state_dict(path)
+    found = checkpoint_classes(state, module)
+    if num_classes is not None and found is not None and found != num_classes:
+        raise ModelLoadError(f"checkpoint {path} has {found} classes (its last layer), not --num-classes {num_classes}")
+    k = num_classes or found
+    if k is not None and k != checkpoint_classes(module.state_dict(), module):
+        module = build_architecture(arch, k)
     load_into(module, state, arch, path)
-    return LoadedModel(module, name, arch, str(path), file_sha256(path))
+    return LoadedModel(module, name, arch, str(path), file_sha256(path), num_classes=k)
 
 
-# ---- registered model sources ----------------------------------------------------------------------
-_REFERENCE = {
-    # name: (file in ../shared/models, architecture, what it is)
-    "cifar10-resnet18-linf-at": ("cifar10_resnet18_linf_at.pt", "resnet18",
-                                 "reference CIFAR-10 ResNet-18, PGD-2 Linf 8/255 adversarial training (15 epochs)"),
-    "cifar10-smallcnn-linf-at": ("cifar10_smallcnn_linf_at.pt", "smallcnn",
-                                 "reference CIFAR-10 small CNN, PGD-2 Linf 8/255 adversarial training; the CPU test subject"),
-}
-
-
-def _register_reference(name: str, filename: str, arch: str, summary: str) -> None:
-    def factory(arch_override: str | None = None, num_classes: int = 10) -> LoadedModel:
-        if arch_override not in (None, arch):
-            raise RbxError(f"model '{name}' is a {arch}; drop --arch (it is for file:PATH models)")
-        return from_file(find_checkpoint(filename), arch, name, num_classes)
-
-    factory.__doc__ = summary
-    MODELS.register(name, summary=summary, architecture=arch, filename=filename)(factory)
-
-
-for _name, (_file, _arch, _summary) in _REFERENCE.items():
-    _register_reference(_name, _file, _arch, _summary)
-
-
-@MODELS.register("file", takes_arg=True, arg_name="PATH", summary="a state-dict checkpoint; needs --arch")
-def file_model(path: str, arch_override: str | None = None, num_classes: int = 10) -> LoadedModel:
-    if arch_override is None:
-        raise RbxError(f"model 'file:{path}' needs --arch; known architectures: {', '.join(ARCHITECTURES.names())}")
-    return from_file(Path(path), arch_override, f"file:{Path(path).name}", num_classes)
-
-
-@MODELS.register("trained", takes_arg=True, arg_name="DIR",
-                 summary="a model trained with `rbx train` (its folder, or its model.pt), with its inference wrapper")
-def trained_model(path: str, arch_override: str | None = None, num_classes: int = 10) -> LoadedModel:
-    import json as _json
-
-    p = Path(path)
-    weights = p / "model.pt" if p.is_dir() else p
-    meta_path = weights.with_name("model.json")
-    if not meta_path.is_file():
-        raise ModelLoadError(f"{meta_path} not found: trained:DIR needs the folder `rbx train` wrote (model.pt + model.json)")
-    try:
-        meta = _json.loads(meta_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read {meta_path}: {exc}") from None
-    arch = meta.get("architecture")
-    if arch_override not in (None, arch):
-        raise RbxError(f"{weights} is a {arch}; drop --arch")
-    loaded = from_file(weights, arch, str(meta.get("name") or weights.parent.name), num_classes)
-    loaded.module = apply_wrapper(loaded.module, meta.get("wrapper")).eval()
-    loaded.extra = {"trained": {k: meta.get(k) for k in ("defense", "defense_params", "init", "epochs", "wrapper")}}
-    return loaded
-
-
-@MODELS.register("robustbench", takes_arg=True, arg_name="[DATASET/][THREAT/]MODEL_ID",
-                 summary="a RobustBench model zoo entry through robustbench.load_model (model dir: $RBX_ROBUSTBENCH_DIR or ./models)")
-def robustbench_model(spec: str, arch_override: str | None = None, num_classes: int = 10) -> LoadedModel:
-    parts = spec.split("/")
-    model_id = parts[-1]
-    dataset = parts[0] if len(parts) == 3 else "cifar10"
-    threat = parts[-2] if len(parts) >= 2 else "Linf"
-    model_dir = Path(os.environ.get("RBX_ROBUSTBENCH_DIR", "models"))
-    utils = import_robustbench("utils")
-    zoo = import_robustbench("model_zoo")
-    enums = import_robustbench("model_zoo.enums")
-    try:
-        ds_enum, tm_enum = enums.BenchmarkDataset(dataset), enums.ThreatModel(threat)
-        known = zoo.model_dicts[ds_enum][tm_enum]
-    except (ValueError, KeyError):
-        raise RbxError(f"robustbench has no {dataset}/{threat} board; write robustbench:[cifar10|cifar100|imagenet/][Linf|L2|corruptions/]MODEL_ID") from None
-    if model_id not in known:
-        close = difflib.get_close_matches(model_id, list(known), n=5)
-        hint = f"; did you mean {', '.join(close)}?" if close else f" ({len(known)} models; see robustbench's leaderboard)"
-        raise UnknownNameError(f"unknown robustbench model '{model_id}' for {dataset}/{threat}{hint}")
-    ckpt = model_dir / dataset / threat / f"{model_id}.pt"
-    try:
-        # robustbench prints download progress to stdout; a failed download leaves no empty folders behind
-        with contextlib.redirect_stdout(sys.stderr), download_guard(model_dir):
-            module = utils.load_model(model_name=model_id, model_dir=str(model_dir), dataset=dataset, threat_model=threat)
-    except (ConnectionError, OSError, RuntimeError, ValueError) as exc:
-        offline = _is_network_error(exc)
-        if offline or not ckpt.is_file():
-            raise ModelLoadError(
-                f"robustbench model '{model_id}' is not in {ckpt.parent} and could not be downloaded "
-                f"(offline? {type(exc).__name__}); put its checkpoint at {ckpt} or set RBX_ROBUSTBENCH_DIR"
-            ) from None
-        raise ModelLoadError(f"robustbench could not load '{model_id}' from {ckpt}: {str(exc).splitlines()[0]}") from None
-    except Exception as exc:  # gdown and requests raise their own types when offline
-        if _is_network_error(exc):
-            raise ModelLoadError(
-                f"robustbench model '{model_id}' is not in {ckpt.parent} and could not be downloaded "
-                f"(offline? {type(exc).__name__}); put its checkpoint at {ckpt} or set RBX_ROBUSTBENCH_DIR"
-            ) from None
-        raise
-    return LoadedModel(
-        module.eval(), f"robustbench:{model_id}", type(module).__name__, f"robustbench:{dataset}/{threat}/{model_id}",
-        file_sha256(ckpt) if ckpt.is_file() else None, extra={"robustbench": {"dataset": dataset, "threat_model": threat}},
-    )
-
-
-def _is_network_error(exc: BaseException) -> bool:
-    names = {type(e).__name__ for e in _chain(exc)}
-    return bool(names & {"ConnectionError", "MaxRetryError", "NewConnectionError", "Timeout", "ConnectTimeout",
-                         "gaierror", "FileURLRetrievalError", "ReadTimeout", "SSLError", "ProxyError"})
-
-
-def _chain(exc: BaseException | None):
-    while exc is not None:
-        yield exc
-        exc = exc.__cause__ or exc.__context__
-
-
-def load_model(spec: str, *, arch: str | None = None, normalize: str | None = None, num_classes: int = 10) -> LoadedModel:
+def load_model(spec: str, *, arch: str | None = None, normalize: str | None = None,
+               num_classes: int | None = None) -> LoadedModel:
     """Load the model named by ``spec`` (a registered name, ``file:PATH`` or ``robustbench:ID``).
 
-    ``arch`` is needed for ``file:PATH``; ``normalize`` wraps the model in :class:`Normalize`.
+    ``arch`` is needed for ``file:PATH``; ``normalize`` wraps the model in :class:`Normalize`;
+    ``num_classes`` overrides the class count read from a checkpoint.
     """
     loaded: LoadedModel = MODELS.create(spec, arch_override=arch, num_classes=num_classes)
     return with_normalization(loaded, normalize)
@@ -337,6 +287,8 @@ def with_normalization(loaded: LoadedModel, normalize: str | None) -> LoadedMode
     """``loaded`` with its module wrapped in :class:`Normalize` (``normalize``: a preset or ``MEAN/STD``), in eval mode."""
     norm = parse_normalization(normalize) if normalize else None
     if norm is not None:
+        if loaded.normalization is not None:
+            raise RbxError(f"model '{loaded.name}' already normalizes its inputs ({loaded.normalization}); drop --normalize")
         loaded.module = Normalize(loaded.module, *norm)
         loaded.normalization = {"mean": list(norm[0]), "std": list(norm[1])}
     loaded.module.eval()

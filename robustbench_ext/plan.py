@@ -9,6 +9,7 @@ runner needs nothing else to walk, checkpoint and resume a run (AutoAttack's fla
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -94,3 +95,24 @@ def _sweep_specs(threats: Sequence[ThreatSpec], factors: Sequence[float]) -> lis
                 seen.add(tm.label)
                 out.append(ThreatSpec(tm, t.attacks))
     return out
+
+
+def fit_plan(plan: StagePlan, num_classes: int, input_shape: Sequence[int]) -> tuple[StagePlan, tuple[str, ...]]:
+    """Every stage's attack fitted to the model and data, before any attack runs (:meth:`AttackBase.fit`).
+
+    An attack that cannot run on a ``num_classes``-way model or on ``input_shape`` inputs raises here,
+    naming itself; one that adapts (targeted attacks capped at K - 1 targets) is replaced, with a note for
+    the record. The result is deterministic, so a resumed run fits the same plan.
+    """
+    stages, notes = [], []
+    for s in plan.stages:
+        attack, note = s.attack.fit(num_classes, input_shape, s.threat)
+        stages.append(s if attack is s.attack else dataclasses.replace(s, attack=attack))
+        if note and note not in notes:
+            notes.append(note)
+    return dataclasses.replace(plan, stages=tuple(stages)), tuple(notes)
+
+
+def stage_names(plan: StagePlan) -> list[str]:
+    """How ``--skip-stage`` and failure messages name each stage: ``THREAT ATTACK`` (``union ATTACK``)."""
+    return [f"{s.what} {s.label}" for s in plan.stages]

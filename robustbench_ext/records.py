@@ -84,6 +84,8 @@ class StageResult:
     n_forward: int = 0
     n_backward: int = 0
     loss_curve: tuple[float, ...] = ()
+    nonfinite_grads: int = 0  # input-gradient entries that were NaN or inf, zeroed by the loop
+    skipped: bool = False  # not run (--skip-stage after a failure): the threat's accuracy is an upper bound without it
 
     @classmethod
     def from_dict(cls, d: dict) -> "StageResult":
@@ -242,13 +244,15 @@ class RunSettings:
     device: str = "cpu"
     search: dict[str, Any] = field(default_factory=dict)
     distributed: dict[str, Any] | None = None
+    notes: tuple[str, ...] = ()  # what the run had to adapt or leave out (capped targets, skipped stages)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def config(self) -> dict[str, Any]:
         return {"seed": self.seed, "batch_size": self.batch_size, "device": self.device,
                 "threats": [{"threat": t, "attacks": list(a)} for t, a in self.threats],
                 "union_attacks": list(self.union_attacks), "search": dict(self.search),
-                **({"distributed": dict(self.distributed)} if self.distributed else {}), **self.extra}
+                **({"distributed": dict(self.distributed)} if self.distributed else {}),
+                **({"notes": list(self.notes)} if self.notes else {}), **self.extra}
 
 
 def slug(text: str) -> str:

@@ -49,7 +49,7 @@ T = TypeVar("T")
 #: Modules whose import registers rbx's built-in plugins (imported on first use of any registry).
 _BUILTIN_MODULES = (
     "robustbench_ext.architectures",
-    "robustbench_ext.models",
+    "robustbench_ext.model_sources",
     "robustbench_ext.data",
     "robustbench_ext.suites",
     "robustbench_ext.attacks",

@@ -49,7 +49,8 @@ from .models import LoadedModel, as_loaded_model
 from .progress import PointBar, RunClock, log as progress_log, stage_line
 from .records import (MISCLASSIFIED, ROBUST, Accuracy, RunRecord, RunSettings, SampleFlags, StageResult, ThreatResult,
                       atomic_write_bytes, build_record, remove_if_empty, write_run)
-from .plan import StagePlan, PlannedStage, compile_plan
+from .boundary import ModelBoundary, check_agreement
+from .plan import PlannedStage, StagePlan, compile_plan, fit_plan, stage_names
 from .suites import AttackSpec, ThreatSpec, plan_benchmark
 from .threat import ThreatModel
 
@@ -96,6 +97,9 @@ def evaluate(
     eps_sweep: Sequence[float] = (),
     search: SearchOptions = SearchOptions(),
     dist: Dist | None = None,
+    output: str | int | None = None,
+    allow_class_subset: bool = False,
+    skip_stages: Sequence[str] = (),
 ) -> Evaluation:
     """Evaluate a model: clean accuracy, robust accuracy per threat model and union robust accuracy.
 
@@ -116,8 +120,17 @@ def evaluate(
     - ``eps_sweep`` (factors such as 0.25, 0.5, 2): also every threat model's cascade at ``eps * factor``
       on all clean-correct points, into the record's ``sweeps`` (never into the union).
 
+    Before anything runs, the model and data must agree (:func:`robustbench_ext.boundary.check_agreement`:
+    channels, input size, class count; ``allow_class_subset`` for data whose classes are a subset of the
+    model's) and every attack must be able to run on them (:func:`robustbench_ext.plan.fit_plan`: targeted
+    attacks capped at K - 1 targets with a note, impossible ones refused by name). ``output`` picks the
+    logits from a model that returns a tuple, dict or object (:mod:`robustbench_ext.boundary`).
+
     With ``state_dir``, the evaluation state is saved after every batch; ``resume`` None continues a
-    matching state if there is one, True requires one, False starts over. Nothing else is written.
+    matching state if there is one, True requires one, False starts over. Nothing else is written. A stage
+    that fails leaves the finished ones in the state, and the error names it: the same call resumes, and
+    ``skip_stages`` (``"THREAT ATTACK"`` as the error prints it) finishes the run without that stage (the
+    record says so).
     ``search``: engine switches for the attacks' own passes (bf16, channels_last, compile); with any of
     them on, every success is re-verified with the float32 model. ``dist`` (default: the initialized
     ``torch.distributed`` group, if any): every stage's batches are dealt round-robin to the ranks and
@@ -129,18 +142,23 @@ def evaluate(
     bench = plan_benchmark(suite, tuple(threats or ()), attacks, union_attacks)
     plan = compile_plan(bench.threats, bench.union, eps_sweep)
     loaded = as_loaded_model(model, normalize)
-    data = as_eval_data(data if data is not None else bench.dataset, n_examples)
+    data = as_eval_data(data if data is not None else (loaded.dataset or bench.dataset), n_examples)
     dev = resolve_device(device)
     dist = dist if dist is not None else Dist.current()
-    for t in plan.threats:
-        if t.threat.covers_box(data.x[0].numel()):
-            log.warning("%s: the ball contains the whole [0, 1] box, so every input can be turned into any "
-                        "other and the robust accuracy is meaningless", t.threat.label)
+    meaningless = _meaningless_threats(plan, data)
+    net = ModelBoundary(loaded.module.to(dev), loaded.name, output)
+    with frozen(net):
+        k = check_agreement(net, loaded, data, dev, allow_class_subset)
+    loaded.num_classes = loaded.num_classes or k
+    plan, notes = fit_plan(plan, k, tuple(data.x.shape[1:]))
+    skip = _check_skips(plan, skip_stages)
+    notes += tuple(f"stage '{name}' was skipped on request (--skip-stage): its threat model's robust accuracy is "
+                   "an upper bound without it" for name in skip)
     settings = RunSettings(
         suite=bench.suite, threats=tuple((t.threat.label, tuple(a.label for a in t.attacks)) for t in bench.threats),
         union_attacks=tuple(a.label for a in bench.union), seed=seed, batch_size=batch_size, device=str(dev),
-        search=search.describe(), distributed=dist.describe() if dist.world > 1 else None)
-    net = loaded.module.to(dev)
+        search=search.describe(), distributed=dist.describe() if dist.world > 1 else None, notes=notes,
+        extra={"meaningless": meaningless} if meaningless else {})
     state_path = None
     if state_dir is not None:
         desc = evaluation_desc(loaded, plan.threats, bench.union, seed, batch_size)
@@ -152,7 +170,7 @@ def evaluate(
         state = _start_or_resume(net, data, plan, state_path, resume, batch_size, dev, dist)
         save = _saver(state_path if dist.is_main else None, state, every_batch=dist.world == 1)
         runner = _Walk(plan, state, search_model(net, search, dev), None if search.plain else net, data, seed,
-                       batch_size, dev, progress and dist.is_main, save, dist)
+                       batch_size, dev, progress and dist.is_main, save, dist, skip, state_path)
         runner.walk()
     wall = state.elapsed + time.perf_counter() - t0
     ev = _finish(loaded, data, plan, state, settings, provenance.collect(dev, seed, state.started, wall))
@@ -160,6 +178,27 @@ def evaluate(
         state_path.unlink(missing_ok=True)
         remove_if_empty(state_path.parent)
     return ev
+
+
+def _meaningless_threats(plan: StagePlan, data: EvalData) -> list[str]:
+    """Threat models whose ball covers the whole [0, 1] box: warned about, and marked in the record."""
+    out = []
+    for t in plan.threats[:plan.n_main]:
+        if t.threat.covers_box(data.x[0].numel()):
+            hint = f" (did you mean {t.threat.norm}:{t.threat.eps:g}/255?)" if t.threat.norm == "Linf" and t.threat.eps >= 1 else ""
+            log.warning("%s: the ball contains the whole [0, 1] box, so every input can be turned into any other and "
+                        "the robust accuracy is meaningless%s; the record is marked so and leaderboards leave it out",
+                        t.threat.label, hint)
+            out.append(t.threat.label)
+    return out
+
+
+def _check_skips(plan: StagePlan, skip: Sequence[str]) -> tuple[str, ...]:
+    names = stage_names(plan)
+    bad = [s for s in skip if s not in names]
+    if bad:
+        raise RbxError(f"--skip-stage {bad[0]!r} names no stage of this run; its stages: {'; '.join(names)}")
+    return tuple(skip)
 
 
 def _start_or_resume(net: nn.Module, data: EvalData, plan: StagePlan, path: Path | None, resume: bool | None,
@@ -220,6 +259,8 @@ class _Walk:
     show_bar: bool
     save: Any
     dist: Dist
+    skip: tuple[str, ...] = ()
+    state_path: Path | None = None
 
     def walk(self) -> None:
         state, plan = self.state, self.plan
@@ -230,14 +271,34 @@ class _Walk:
             if state.stage_points is None:
                 state.stage_points = np.flatnonzero(state.robust[:, list(stage.columns)].all(1))
                 state.totals = StageTotals.fresh(len(stage.columns))
-            self._run_stage(stage, lambda: self.save(base + time.perf_counter() - t0))
-            result = self._close_stage(stage)
+            name = stage_names(plan)[state.stage]
+            if name in self.skip:
+                result = self._close_stage(stage, skipped=True)
+            else:
+                try:
+                    self._run_stage(stage, lambda: self.save(base + time.perf_counter() - t0))
+                except KeyboardInterrupt:
+                    raise
+                except Exception as exc:
+                    raise self._failed(name, exc) from exc
+                result = self._close_stage(stage)
             if self.dist.is_main:
                 robust_now = int(state.robust[:, list(stage.columns)].all(1).sum())
                 progress_log.info(stage_line(stage.what, stage.label, result.n_attacked, result.n_broken, robust_now,
                                              self.data.n, result.seconds, clock, self._units_done(state.stage)))
             state.stage, state.batch, state.stage_points, state.totals = state.stage + 1, 0, None, None
             self.save(base + time.perf_counter() - t0)
+
+    def _failed(self, name: str, exc: Exception) -> RbxError:
+        """The error for a stage that failed: which stage, that the finished ones are kept, how to go on."""
+        i, n = self.state.stage, len(self.plan.stages)
+        cause = str(exc) if isinstance(exc, RbxError) else f"internal error {type(exc).__name__}: {str(exc).strip()[:200]}"
+        kept = (f"the {i} finished stages are kept in {self.state_path}: fix the cause and run the same command "
+                f"again to resume, or finish without this stage with --skip-stage '{name}'"
+                if self.state_path is not None else "nothing was saved (no state folder)")
+        err = RbxError(f"stage {i + 1} of {n} ({name}) failed: {cause.splitlines()[0] if cause else ''}; {kept}")
+        err.exit_code = exc.exit_code if isinstance(exc, RbxError) else 1
+        return err
 
     def _units_done(self, index: int) -> float:
         """Threat models (then the union stage) finished once stage ``index`` is: for the ETA."""
@@ -263,6 +324,7 @@ class _Walk:
                 self._mark(stage, hits)
                 state.totals.n_forward += res.n_forward
                 state.totals.n_backward += res.n_backward
+                state.totals.n_nonfinite += res.n_nonfinite
                 state.totals.seconds += time.perf_counter() - t_batch
             state.batch = bi + 1
             bar.done_through(int(starts[bi + 1]))
@@ -300,13 +362,18 @@ class _Walk:
             self.state.robust[hit, c] = False
             self.state.broken_by[hit, c] = mark
 
-    def _close_stage(self, stage: PlannedStage) -> StageResult:
+    def _close_stage(self, stage: PlannedStage, skipped: bool = False) -> StageResult:
         state, totals = self.state, self.state.totals
         n_attacked = len(state.stage_points)
         robust_after = int(state.robust[state.stage_points][:, list(stage.columns)].all(1).sum()) if n_attacked else 0
+        if totals.n_nonfinite:
+            log.warning("%s %s: %d non-finite input-gradient entries (NaN or inf) were zeroed: the model's gradient is "
+                        "not finite everywhere (e.g. sqrt or log at 0); the count is in the record",
+                        stage.what, stage.label, totals.n_nonfinite)
         result = StageResult(attack=stage.label, params=stage.attack.params(), seconds=round(totals.seconds, 3),
                              n_attacked=n_attacked, n_broken=n_attacked - robust_after, robust_after=robust_after,
-                             n_forward=totals.n_forward, n_backward=totals.n_backward, loss_curve=totals.curve)
+                             n_forward=totals.n_forward, n_backward=totals.n_backward, loss_curve=totals.curve,
+                             nonfinite_grads=totals.n_nonfinite, skipped=skipped)
         state.results.append(dataclasses.asdict(result))
         return result
 

@@ -95,7 +95,7 @@ CASES = {
     "missing checkpoint": ("missing", "checkpoint not found"),
     "reference model not on this machine": ("no-resnet", "or use the embedded model: --model cifar10-smallcnn-linf-at"),
     "dataset neither local nor downloadable": ("offline", "or evaluate the embedded 1,000-image slice: --dataset cifar10-1k"),
-    "truncated checkpoint": ("truncated", "cannot read checkpoint"),
+    "truncated checkpoint": ("truncated", "is truncated or corrupt (1,000 bytes): delete it and download it again"),
     "wrong-architecture checkpoint": ("wrong-arch", "does not fit architecture 'resnet18'"),
     "unwritable results directory": ("unwritable", "cannot write to results directory"),
     "resume without a checkpoint": (["--resume"], "no checkpoint of this run"),

@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     # 4: plugins: attacks (they import layers <= 3 and the registry)
     ("attacks", "attacks.*"),
     # 5: data, architectures, models (with their inference wrappers)
-    ("data", "architectures"), ("models",),
+    ("data", "architectures"), ("models",), ("model_sources", "boundary"),
     # 6: records (the schema, the union rule, the one record builder) and what reads them
     ("records",), ("regress", "plots", "robustbench_export", "report"),
     # 7: suites (and the benchmark plan), then the stage plan compiled from them
