@@ -183,7 +183,7 @@ class CorruptionSet:
     clean: EvalData
     kind: str
     folder: str | None = None
-    rows: np.ndarray | None = None
+    rows: np.ndarray | None = field(default=None, compare=False)
     per_severity: int = 0
     seed: int = 0
     versions: dict[str, str | None] = field(default_factory=dict, compare=False, repr=False)
@@ -254,7 +254,7 @@ def _open_npy(path: Path, per_severity: int, hw: tuple[int, int]) -> np.ndarray:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as exc:
         raise DataError(f"cannot read {path} as .npy ({exc})") from None
-    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[0] != 5 * per_severity or tuple(arr.shape[1:3]) != hw:
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[0] != 5 * per_severity or tuple(arr.shape[1:]) != (*hw, 3):
         raise DataError(f"{path}: expected uint8 [{5 * per_severity}, {hw[0]}, {hw[1]}, 3] (5 severities x {per_severity} "
                         f"images), got {arr.dtype} {list(arr.shape)}")
     return arr
@@ -284,7 +284,7 @@ def _base(spec: _CSpec, base: str | None, n_examples: int | None) -> EvalData:
     except DataError as exc:
         if spec.fallback_base is None:
             raise DataError(f"{spec.title} needs the clean test images: {exc}") from None
-        log.warning("%s: %s; generating the corruptions from the embedded slice %s instead", spec.title, exc, spec.fallback_base)
+        log.warning("%s: %s; using the embedded slice %s as the base images instead", spec.title, exc, spec.fallback_base)
         return DATASETS.create(spec.fallback_base, n_examples=n_examples)
 
 
@@ -321,7 +321,8 @@ def load_corruption_set(spec: _CSpec, n_examples: int | None, base: str | None, 
             return CorruptionSet(spec.name, spec.title, clean, "published", str(folder), rows, per)
         log.info("%s: published files at %s do not match the base %s; generating instead", spec.title, folder, clean.name)
     import_imagecorruptions()  # a missing package fails here, before any work
-    return CorruptionSet(spec.name, spec.title, clean, "generated", seed=seed, versions=generator_versions())
+    title = spec.title if clean.name in spec.own_bases else "common corruptions"  # not "CIFAR-10-C" of other images
+    return CorruptionSet(spec.name, title, clean, "generated", seed=seed, versions=generator_versions())
 
 
 def generated_from(clean: EvalData, seed: int = 0) -> CorruptionSet:

@@ -492,9 +492,9 @@ def _imagenet_selection(root: Path, ids: str | None, n_examples: int | None) -> 
         entries = [line.strip() for line in text.splitlines() if line.strip()]
         if not entries:
             raise DataError(f"the ImageNet id list {id_file} is empty")
-        what = ("RobustBench's 5,000-image ImageNet evaluation subset" if not ids else "the ids listed in")
-        n = check_n_examples(n_examples, len(entries), f"{what} {id_file}")
-        selection = f"{what} ({id_file.name}, in its order)"
+        what = f"RobustBench's 5,000-image ImageNet evaluation subset ({id_file.name}" if not ids else f"the list {id_file} ("
+        n = check_n_examples(n_examples, len(entries), f"{what}{', ' if not ids else ''}{len(entries)} ids)")
+        selection = f"{what}{', ' if not ids else ''}in its order)"
         extra = {"subset_file": str(id_file), "subset_sha256": hashlib.sha256(text.encode()).hexdigest()}
         return entries[:n], selection, extra
     log.warning("robustbench's ImageNet subset list is not installed: taking the first images of %s by file name", root)

@@ -62,7 +62,7 @@ def _corruption_table(record: RunRecord) -> str:
         cells = [r for r in c.results if r.corruption == name]
         per = ", ".join(f"s{r.severity} {100 * r.accuracy.accuracy:.1f}" for r in cells)
         lines.append(row(name, mean.accuracy, mean.ci95, f"{sum(r.seconds for r in cells):.1f}", per))
-    what = "RobustBench's corruptions accuracy" if c.complete else f"{len(c.results)} of the 75 corruption/severity pairs"
+    what = "all 15 x 5: RobustBench's corruptions accuracy, by its definition" if c.complete else f"{len(c.results)} of the 75 corruption/severity pairs"
     lines.append(row("mean", c.mean.accuracy, c.mean.ci95, f"{prov['wall_seconds']:.1f}", what))
     if not c.source.get("comparable_to_published", True):
         lines.append(f"note: {c.source.get('note', source)}")
