@@ -196,6 +196,16 @@ def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs,
     MODELS.get(model_spec)
     if num_classes is not None and num_classes < 2:
         raise RbxError(f"--num-classes must be an integer >= 2, got {num_classes}")
+    corruption_suite = _corruption_suite(suite_spec)
+    if corruption_suite is not None:  # common corruptions instead of threat models: robustbench_ext.corruptions
+        unused = [flag for flag, given in (("--threat", threat_specs), ("--attack", attack_specs), ("--union-attack", union_specs),
+                                           ("--eps-sweep", factors), ("--shards", shards), ("--precision", precision != "fp32"),
+                                           ("--channels-last", channels_last), ("--compile", compile_), ("--resume", resume)) if given]
+        if unused:
+            raise RbxError(f"{', '.join(unused)} do not apply to the corruption suite '{corruption_suite.name}' (no attacks run)")
+        _run_corruptions(corruption_suite, model_spec, arch, normalize, dataset_spec, n_examples, batch_size, device, seed,
+                         results_dir, as_json, _show_bar(progress, quiet))
+        return
     bench = plan_benchmark(suite_spec, threat_specs, attack_specs, union_specs)  # the same plan evaluate() makes
     dataset_name = dataset_spec or dataset_hint(model_spec) or bench.dataset  # a zoo model runs on its own dataset
     DATASETS.get(dataset_name)
@@ -228,6 +238,46 @@ def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs,
         if not dist.is_main:
             return
         path = ev.write(results_dir)
+    if as_json:
+        click.echo(json.dumps(json.loads(path.read_text()), indent=2))
+    else:
+        click.echo(format_table(ev.record))
+        click.echo(f"record: {path}")
+
+
+def _corruption_suite(suite_spec: str | None):
+    """The suite ``suite_spec`` names if it is a corruption suite (``kind = "corruptions"``), else None."""
+    if not suite_spec:
+        return None
+    from .suites import load_suite
+
+    suite = load_suite(suite_spec)
+    return suite if suite.kind == "corruptions" else None
+
+
+def _run_corruptions(suite, model_spec, arch, normalize, dataset_spec, n_examples, batch_size, device, seed, results_dir,
+                     as_json, show) -> None:
+    """``rbx run --suite <corruption suite>``: accuracy per corruption and severity (robustbench_ext.corruptions).
+
+    ``--dataset`` may name another corruption set, or plain images to generate the suite's corruptions from.
+    """
+    from .corruptions import corruption_set, evaluate_corruptions, is_corruption_dataset
+    from .models import load_model
+    from .records import ensure_writable
+    from .registry import DATASETS
+
+    DATASETS.get(suite.dataset)
+    if dataset_spec:
+        DATASETS.get(dataset_spec)
+    results_dir = ensure_writable(results_dir)
+    if dataset_spec and not is_corruption_dataset(dataset_spec):
+        data_c = corruption_set(suite.dataset, n_examples, seed=seed, base=dataset_spec)
+    else:
+        data_c = corruption_set(dataset_spec or suite.dataset, n_examples, seed=seed)
+    ev = evaluate_corruptions(load_model(model_spec, arch=arch, normalize=normalize), data_c,
+                              corruptions=suite.corruptions or None, severities=suite.severities or None, suite=suite.name,
+                              seed=seed, batch_size=batch_size, device=device, progress=show)
+    path = ev.write(results_dir)
     if as_json:
         click.echo(json.dumps(json.loads(path.read_text()), indent=2))
     else:

@@ -1,4 +1,4 @@
-"""Evaluation data: CIFAR-10 (official or the offline JPEG copy), ``npz:PATH`` and ``imagefolder:PATH``.
+"""Evaluation data: CIFAR-10/100, MNIST, the ImageNet validation set, ``npz:PATH`` and ``imagefolder:PATH``.
 
 Every loader returns :class:`EvalData`: images ``[N, C, H, W]`` float32 in [0, 1] on the CPU,
 labels ``[N]`` int64, and where they came from. ``n_examples`` takes the first N.
@@ -17,6 +17,16 @@ class), decoded to uint8 once and shipped inside rbx, so a fresh install evaluat
 
 The JPEG copy is class-interleaved (image k has label k % 10) and not lossless; records label it
 "CIFAR-10 (JPEG copy)" so its numbers are never mistaken for numbers on the official test set.
+
+CIFAR-100 (``cifar100``, ``cifar100-train``; torchvision's ``cifar-100-python/`` or a packed
+``cifar100/{test,train}_jpeg.npz``) and MNIST (``mnist``, ``mnist-train``; torchvision's ``MNIST/raw/``)
+follow the same rule, without an embedded alternative.
+
+ImageNet (``imagenet``, ``imagenet:PATH``) cannot be downloaded (its licence requires registration):
+the ILSVRC2012 validation images are read from a torchvision ImageFolder layout (``val/<wnid>/*.JPEG``),
+found as ``imagenet/val`` in the data folders or given as PATH. See :func:`imagenet`.
+
+The common corruptions (``cifar10-c``, ``cifar100-c``) live in :mod:`robustbench_ext.corruption_data`.
 """
 
 from __future__ import annotations
@@ -24,14 +34,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import logging
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ._compat import robustbench_helper_file
 from .errors import DataError
 from .paths import ASSETS, describe_search, download_guard, search_path
 from .registry import DATASETS
@@ -59,6 +73,10 @@ class EvalData:
     location: str
     split: str | None = None
     classes: tuple[str, ...] | None = None
+    #: What "the first N" are the first N of, when that is not the dataset's own order (ImageNet's subset).
+    selection: str | None = None
+    #: Further fields of the record's ``dataset`` block (ImageNet's preprocessing and class index, say).
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -88,11 +106,12 @@ class EvalData:
             "location": self.location,
             "split": self.split,
             "n": self.n,
-            "selection": f"first {self.n}",
+            "selection": f"first {self.n}" + (f" of {self.selection}" if self.selection else ""),
             "shape": list(self.x.shape[1:]),
             "num_classes": self.num_classes,
             "classes": list(self.classes) if self.classes else None,
             "sha256": self.sha256(),
+            **dict(self.extra),
         }
 
 
@@ -197,7 +216,11 @@ def as_eval_data(data: "EvalData | tuple[Tensor, Tensor] | str", n_examples: int
     if isinstance(data, EvalData):
         return data.first(n_examples)
     if isinstance(data, str):
-        return DATASETS.create(data, n_examples=n_examples)
+        made = DATASETS.create(data, n_examples=n_examples)
+        if not isinstance(made, EvalData):
+            raise DataError(f"dataset '{data}' is a set of common corruptions, not one image set: evaluate it with a "
+                            "corruption suite (rbx run --suite cifar10-corruptions) or robustbench_ext.corruptions.evaluate_corruptions")
+        return made
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
         x, y = data
         if x.ndim != 4 or y.ndim != 1 or x.shape[0] != y.shape[0]:
@@ -225,37 +248,64 @@ def data_dirs() -> list[Path]:
     return search_path("RBX_DATA", "data")
 
 
-def _load_cifar10(split: str, n_examples: int | None, name: str) -> EvalData:
+@dataclass(frozen=True)
+class _TorchvisionSet:
+    """A dataset torchvision can download, and where rbx looks for a local copy first.
+
+    ``folder``: what torchvision finds under its root (``cifar-10-batches-py``); ``packed``: the folder of an
+    rbx npz copy (``cifar10`` -> ``cifar10/{split}_jpeg.npz``), if the dataset has one; ``embedded``: the
+    dataset named as what works offline instead (test split only).
+    """
+
+    title: str
+    torchvision_class: str
+    folder: str
+    packed: str | None = None
+    classes: tuple[str, ...] | None = None
+    embedded: str | None = None
+
+
+CIFAR10_SET = _TorchvisionSet("CIFAR-10", "CIFAR10", "cifar-10-batches-py", "cifar10", CIFAR10_CLASSES, EMBEDDED_DATASET)
+CIFAR100_SET = _TorchvisionSet("CIFAR-100", "CIFAR100", "cifar-100-python", "cifar100")
+MNIST_SET = _TorchvisionSet("MNIST", "MNIST", "MNIST/raw")
+
+
+def _load_torchvision_set(spec: _TorchvisionSet, split: str, n_examples: int | None, name: str) -> EvalData:
+    """The search rule of the module docstring for one torchvision dataset and split."""
     train = split == "train"
     for d in data_dirs():
-        if (d / "cifar-10-batches-py").is_dir():
-            return _torchvision_cifar10(d, train, n_examples, name, download=False)
-        packed = d / "cifar10" / f"{split}_jpeg.npz"
-        if packed.is_file():
-            data = read_npz(packed, n_examples, name, source=f"CIFAR-10 {split} (JPEG copy)")
-            return EvalData(name, data.x, data.y, data.source, data.location, split, CIFAR10_CLASSES)
-    log.info("CIFAR-10 %s not found locally (looked in %s); downloading it through torchvision into ./data",
-                split, describe_search("RBX_DATA", data_dirs()))
-    return _torchvision_cifar10(Path("data"), train, n_examples, name, download=True)
+        if (d / spec.folder).is_dir():
+            return _torchvision_set(spec, d, train, n_examples, name, download=False)
+        packed = d / spec.packed / f"{split}_jpeg.npz" if spec.packed else None
+        if packed is not None and packed.is_file():
+            data = read_npz(packed, n_examples, name, source=f"{spec.title} {split} (JPEG copy)")
+            return EvalData(name, data.x, data.y, data.source, data.location, split, spec.classes or data.classes)
+    log.info("%s %s not found locally (looked in %s); downloading it through torchvision into ./data",
+             spec.title, split, describe_search("RBX_DATA", data_dirs()))
+    return _torchvision_set(spec, Path("data"), train, n_examples, name, download=True)
 
 
-def _torchvision_cifar10(root: Path, train: bool, n_examples: int | None, name: str, download: bool) -> EvalData:
-    from torchvision.datasets import CIFAR10
+def _torchvision_set(spec: _TorchvisionSet, root: Path, train: bool, n_examples: int | None, name: str,
+                     download: bool) -> EvalData:
+    import torchvision.datasets as tvd
 
     split = "train" if train else "test"
     try:
         with download_guard(root):
-            ds = CIFAR10(str(root), train=train, download=download)
+            ds = getattr(tvd, spec.torchvision_class)(str(root), train=train, download=download)
     except Exception as exc:
+        where = f"{spec.folder}/" + (f" or {spec.packed}/{split}_jpeg.npz" if spec.packed else "")
+        instead = f", or evaluate the embedded 1,000-image slice: --dataset {spec.embedded}" if spec.embedded and not train else ""
         raise DataError(
-            f"CIFAR-10 {split} not found (looked in {describe_search('RBX_DATA', data_dirs())}) and the torchvision download "
-            f"failed ({type(exc).__name__}: {_first_line(exc)}); put cifar-10-batches-py/ or cifar10/{split}_jpeg.npz in "
-            f"./data or set RBX_DATA=DIR" + ("" if train else f", or evaluate the embedded 1,000-image slice: --dataset {EMBEDDED_DATASET}")
+            f"{spec.title} {split} not found (looked in {describe_search('RBX_DATA', data_dirs())}) and the torchvision download "
+            f"failed ({type(exc).__name__}: {_first_line(exc)}); put {where} in ./data or set RBX_DATA=DIR{instead}"
         ) from None
-    n = check_n_examples(n_examples, len(ds.targets), f"CIFAR-10 {split}")
-    x = _to_float_images(ds.data[:n], "CIFAR-10")
-    y = torch.as_tensor(ds.targets[:n], dtype=torch.int64)
-    return EvalData(name, x, y, f"CIFAR-10 {split} (official, torchvision)", str(root), split, CIFAR10_CLASSES)
+    n = check_n_examples(n_examples, len(ds.targets), f"{spec.title} {split}")
+    images = ds.data[:n]
+    x = _to_float_images(images.numpy() if isinstance(images, Tensor) else images, spec.title)
+    y = torch.as_tensor(np.asarray(ds.targets[:n]), dtype=torch.int64)
+    classes = spec.classes or (tuple(str(c) for c in ds.classes) if getattr(ds, "classes", None) else None)
+    return EvalData(name, x, y, f"{spec.title} {split} (official, torchvision)", str(root), split, classes)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -267,13 +317,37 @@ def _first_line(exc: BaseException) -> str:
 @DATASETS.register("cifar10", summary="CIFAR-10 test split (10,000 images): local copy or torchvision download")
 def cifar10(n_examples: int | None = None) -> EvalData:
     """CIFAR-10 test split."""
-    return _load_cifar10("test", n_examples, "cifar10")
+    return _load_torchvision_set(CIFAR10_SET, "test", n_examples, "cifar10")
 
 
 @DATASETS.register("cifar10-train", summary="CIFAR-10 train split (50,000 images): local copy or torchvision download")
 def cifar10_train(n_examples: int | None = None) -> EvalData:
     """CIFAR-10 training split."""
-    return _load_cifar10("train", n_examples, "cifar10-train")
+    return _load_torchvision_set(CIFAR10_SET, "train", n_examples, "cifar10-train")
+
+
+@DATASETS.register("cifar100", summary="CIFAR-100 test split (10,000 images, 100 classes): local copy or torchvision download")
+def cifar100(n_examples: int | None = None) -> EvalData:
+    """CIFAR-100 test split (fine labels)."""
+    return _load_torchvision_set(CIFAR100_SET, "test", n_examples, "cifar100")
+
+
+@DATASETS.register("cifar100-train", summary="CIFAR-100 train split (50,000 images): local copy or torchvision download")
+def cifar100_train(n_examples: int | None = None) -> EvalData:
+    """CIFAR-100 training split (fine labels)."""
+    return _load_torchvision_set(CIFAR100_SET, "train", n_examples, "cifar100-train")
+
+
+@DATASETS.register("mnist", summary="MNIST test split (10,000 images, 1x28x28): local copy or torchvision download")
+def mnist(n_examples: int | None = None) -> EvalData:
+    """MNIST test split."""
+    return _load_torchvision_set(MNIST_SET, "test", n_examples, "mnist")
+
+
+@DATASETS.register("mnist-train", summary="MNIST train split (60,000 images, 1x28x28): local copy or torchvision download")
+def mnist_train(n_examples: int | None = None) -> EvalData:
+    """MNIST training split."""
+    return _load_torchvision_set(MNIST_SET, "train", n_examples, "mnist-train")
 
 
 @DATASETS.register(EMBEDDED_DATASET, summary="CIFAR-10 test, the embedded 1,000-image class-balanced slice (ships with rbx; offline)")
@@ -307,3 +381,173 @@ def imagefolder(path: str, n_examples: int | None = None) -> EvalData:
     x = _stack_images([np.asarray(ds[k][0].convert("RGB")) for k in range(n)], str(root))
     y = torch.as_tensor([t for _, t in ds.samples[:n]], dtype=torch.int64)
     return EvalData(f"imagefolder:{path}", x, y, f"image folder ({root.name})", str(root), None, tuple(ds.classes))
+
+
+# ---- ImageNet --------------------------------------------------------------------------------------
+#: Preprocessings by name, as RobustBench names and defines them (``robustbench/data.py``, PREPROCESSINGS):
+#: the name -> (resize, interpolation, center crop). ``none``: the images as they are (all must share one size).
+IMAGENET_PREPROCESSINGS: dict[str, tuple[int | tuple[int, int] | None, str, int | None]] = {
+    "Res256Crop224": (256, "bilinear", 224),
+    "BicubicRes256Crop224": (256, "bicubic", 224),
+    "Crop288": (None, "bilinear", 288),
+    "Res224": ((224, 224), "bilinear", None),
+    "none": (None, "bilinear", None),
+}
+#: The preprocessing of RobustBench's ImageNet evaluation (and torchvision's reference evaluation).
+IMAGENET_DEFAULT_PREPROCESSING = "Res256Crop224"
+#: RobustBench's 5,000-image ImageNet evaluation subset (``wnid/file`` per line, in evaluation order) and its
+#: wnid -> class index map (the sorted ILSVRC2012 wnids), both shipped inside the robustbench package.
+IMAGENET_SUBSET_FILE = "imagenet_test_image_ids.txt"
+IMAGENET_CLASS_MAP_FILE = "imagenet_class_to_id_map.json"
+_IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".ppm", ".bmp", ".webp")
+
+
+def imagenet_transform(name: str):
+    """The torchvision transform (PIL image -> ``[3, H, W]`` float in [0, 1]) of a named preprocessing."""
+    from torchvision import transforms as T
+
+    if name not in IMAGENET_PREPROCESSINGS:
+        raise DataError(f"unknown ImageNet preprocessing '{name}'; known: {', '.join(IMAGENET_PREPROCESSINGS)}")
+    resize, interpolation, crop = IMAGENET_PREPROCESSINGS[name]
+    steps = []
+    if resize is not None:
+        steps.append(T.Resize(resize, interpolation=T.InterpolationMode(interpolation)))
+    if crop is not None:
+        steps.append(T.CenterCrop(crop))
+    return T.Compose([*steps, T.ToTensor()])
+
+
+def _split_arg(arg: str | None, what: str, allowed: tuple[str, ...]) -> tuple[str | None, dict[str, Any]]:
+    """``PATH,key=value,...`` (every part optional) -> (PATH or None, {key: value}); unknown keys are an error."""
+    from .specs import _split_outside_quotes
+
+    path, params = None, {}
+    for part in filter(None, (p.strip() for p in _split_outside_quotes(arg or ""))):
+        key, eq, value = part.partition("=")
+        if not eq:
+            if path is not None:
+                raise DataError(f"{what}: two paths given ('{path}' and '{part}'); quote a path that holds a comma")
+            path = part.strip("'\"")
+        elif key.strip() in allowed:
+            params[key.strip()] = value.strip().strip("'\"")
+        else:
+            raise DataError(f"{what}: unknown parameter '{key.strip()}'; parameters: {', '.join(allowed)}")
+    return path, params
+
+
+def _imagenet_root(path: str | None) -> Path:
+    """The validation folder (``<wnid>/<image>``): PATH (or PATH/val), else ``imagenet/val`` in the data folders."""
+    if path is not None:
+        root = Path(path).expanduser()
+        if (root / "val").is_dir():
+            root = root / "val"
+        if not root.is_dir():
+            raise DataError(f"no such folder: {root}; give the ILSVRC2012 validation folder (val/<wnid>/*.JPEG)")
+        return root
+    for d in data_dirs():
+        if (d / "imagenet" / "val").is_dir():
+            return d / "imagenet" / "val"
+    raise DataError(
+        f"ImageNet validation set not found (looked for imagenet/val/ in {describe_search('RBX_DATA', data_dirs())}); "
+        "it cannot be downloaded (its licence requires registration at image-net.org): put the ILSVRC2012 validation "
+        "images as imagenet/val/<wnid>/*.JPEG in ./data or set RBX_DATA=DIR, or pass --dataset imagenet:PATH")
+
+
+def _imagenet_classes(root: Path) -> tuple[dict[str, int], str]:
+    """wnid -> class index, and how it was obtained.
+
+    The standard index of ImageNet-1k models (torchvision, timm, RobustBench) is the position of the wnid
+    among the 1,000 sorted ILSVRC2012 wnids; RobustBench ships that map. Without it, the sorted wnid
+    folders present stand in, which agrees only when all 1,000 are there (a warning says when not).
+    """
+    mapping = robustbench_helper_file(IMAGENET_CLASS_MAP_FILE)
+    if mapping is not None:
+        try:
+            index = {str(k): int(v) for k, v in json.loads(mapping.read_text()).items()}
+        except (OSError, ValueError, AttributeError) as exc:
+            raise DataError(f"cannot read robustbench's ImageNet class map {mapping} ({exc})") from None
+        return index, f"sorted ILSVRC2012 wnids (robustbench/helper_files/{IMAGENET_CLASS_MAP_FILE})"
+    wnids = sorted(e.name for e in os.scandir(root) if e.is_dir())
+    if len(wnids) != 1000:
+        log.warning("%s holds %d class folders, not 1,000, and robustbench's class map is not installed: labels are "
+                    "the positions among the folders present and will not match ImageNet-1k models", root, len(wnids))
+    return {w: i for i, w in enumerate(wnids)}, f"sorted wnid folders of {root} ({len(wnids)})"
+
+
+def _imagenet_selection(root: Path, ids: str | None, n_examples: int | None) -> tuple[list[str], str, dict[str, Any]]:
+    """The first ``n_examples`` images (``wnid/file``) to read, what they are the first N of, and record fields.
+
+    With an id list (RobustBench's 5,000-image subset by default), its order; without one, every image sorted
+    by file name (the official validation order, ``ILSVRC2012_val_00000001`` first, classes mixed). Only
+    folder listings are read here, never images.
+    """
+    id_file = Path(ids).expanduser() if ids else robustbench_helper_file(IMAGENET_SUBSET_FILE)
+    if ids and not id_file.is_file():
+        raise DataError(f"no such id list: {id_file}")
+    if id_file is not None:
+        try:
+            text = id_file.read_text()
+        except OSError as exc:
+            raise DataError(f"cannot read the ImageNet id list {id_file} ({exc})") from None
+        entries = [line.strip() for line in text.splitlines() if line.strip()]
+        if not entries:
+            raise DataError(f"the ImageNet id list {id_file} is empty")
+        what = f"RobustBench's 5,000-image ImageNet evaluation subset ({id_file.name}" if not ids else f"the list {id_file} ("
+        n = check_n_examples(n_examples, len(entries), f"{what}{', ' if not ids else ''}{len(entries)} ids)")
+        selection = f"{what}{', ' if not ids else ''}in its order)"
+        extra = {"subset_file": str(id_file), "subset_sha256": hashlib.sha256(text.encode()).hexdigest()}
+        return entries[:n], selection, extra
+    log.warning("robustbench's ImageNet subset list is not installed: taking the first images of %s by file name", root)
+    entries = sorted((f"{d.name}/{f.name}" for d in os.scandir(root) if d.is_dir() for f in os.scandir(d)
+                      if f.is_file() and f.name.lower().endswith(_IMAGE_EXTENSIONS)), key=lambda e: (e.split("/", 1)[1], e))
+    if not entries:
+        raise DataError(f"{root} holds no images in <wnid>/<image> folders")
+    n = check_n_examples(n_examples, len(entries), str(root))
+    selection = "the validation images sorted by file name (RobustBench's 5,000-image subset list was not found)"
+    return entries[:n], selection, {"subset_file": None}
+
+
+@DATASETS.register("imagenet", takes_arg=True, arg_name="[PATH][,preprocessing=P][,ids=FILE]", optional_arg=True,
+                   summary="ImageNet (ILSVRC2012) val from imagenet/val or PATH: RobustBench's 5,000-image subset, Res256Crop224")
+def imagenet(arg: str | None = None, n_examples: int | None = None) -> EvalData:
+    """The ILSVRC2012 validation set, as RobustBench evaluates it.
+
+    ``arg``: ``[PATH][,preprocessing=NAME][,ids=FILE]``. PATH is the validation folder (``<wnid>/*.JPEG``,
+    torchvision's ImageFolder layout) or a folder holding ``val/``; without it ``imagenet/val`` is looked for
+    in the data folders. The images are RobustBench's 5,000-image evaluation subset in its order (the id list
+    inside the robustbench package; ``ids=FILE`` for another list), the first ``n_examples`` of them, each
+    preprocessed with ``preprocessing`` (default ``Res256Crop224``: resize the short side to 256, bilinear,
+    center-crop 224 -> ``[N, 3, 224, 224]``; see :data:`IMAGENET_PREPROCESSINGS`). Labels are the standard
+    ImageNet-1k class indices (sorted wnids). Only the selected images are opened.
+    """
+    from PIL import Image
+
+    path, params = _split_arg(arg, "imagenet", ("preprocessing", "ids"))
+    preprocessing = params.get("preprocessing", IMAGENET_DEFAULT_PREPROCESSING)
+    transform = imagenet_transform(preprocessing)
+    root = _imagenet_root(path)
+    entries, selection, extra = _imagenet_selection(root, params.get("ids"), n_examples)
+    class_index, index_source = _imagenet_classes(root)
+    images, labels = [], []
+    for entry in entries:
+        wnid = entry.split("/", 1)[0]
+        if wnid not in class_index:
+            raise DataError(f"{root}: '{wnid}' ({entry}) is not one of the ImageNet-1k class wnids ({index_source})")
+        file = root / entry
+        try:
+            with Image.open(file) as img:
+                images.append(transform(img.convert("RGB")))
+        except FileNotFoundError:
+            raise DataError(f"{root}: {entry} is missing (it is in {selection}); is {root} the complete ILSVRC2012 "
+                            "validation set?") from None
+        except Exception as exc:
+            raise DataError(f"{file} is not a readable image ({exc})") from None
+        labels.append(class_index[wnid])
+    shapes = sorted({tuple(t.shape) for t in images})
+    if len(shapes) > 1:
+        raise DataError(f"imagenet: images differ in size ({shapes[:3]}) with preprocessing '{preprocessing}': use "
+                        f"{IMAGENET_DEFAULT_PREPROCESSING} or another resizing preprocessing")
+    classes = tuple(sorted(class_index, key=class_index.get))
+    return EvalData("imagenet", torch.stack(images), torch.as_tensor(labels, dtype=torch.int64),
+                    f"ImageNet (ILSVRC2012) val, {preprocessing}", str(root), "val", classes, selection,
+                    {"preprocessing": preprocessing, "class_index": index_source, **extra})

@@ -4,7 +4,9 @@
 (a row per record, accuracies in percent). :func:`build_boards` keeps the newest record per
 (suite, model, image set) and makes one board per suite and image set (the dataset and exactly which
 images, by the hash of the evaluated slice), ranked by union accuracy: runs on different images or a
-different n are never ranked together, and a run never replaces one made on other images. :func:`write_all`
+different n are never ranked together, and a run never replaces one made on other images. Common-corruption
+runs (records with a ``corruptions`` block) get boards of their own: clean, each corruption's mean over its
+severities and the overall mean, ranked by that mean (RobustBench's corruptions accuracy). :func:`write_all`
 writes ``leaderboard.md``, ``leaderboard.csv``, a self-contained ``leaderboard.html`` (sortable
 columns, plots embedded; rendered from ``templates/leaderboard.html.j2``) and the PNG plots under
 ``plots/`` (linked from the Markdown).
@@ -31,7 +33,13 @@ def _pct(x: float) -> float:
 
 
 def record_row(path: Path, r: RunRecord) -> dict:
-    """One flat row for a record: identity, accuracies (%) with 95% intervals, cost and provenance."""
+    """One flat row for a record: identity, accuracies (%) with 95% intervals, cost and provenance.
+
+    A corruption run's row has, instead of threat models, a column per corruption (mean over its severities),
+    ``mean`` (over every corruption and severity) and its source under ``attacks``.
+    """
+    if r.corruptions is not None:
+        return _corruption_row(path, r)
     row = {
         "suite": r.suite_label,
         "model": r.model.get("name"),
@@ -55,6 +63,30 @@ def record_row(path: Path, r: RunRecord) -> dict:
         "date": str(r.provenance.get("started", ""))[:10],
         "started": r.provenance.get("started", ""),
         "record": str(path),
+        "kind": "threats",
+    })
+    return row
+
+
+def _corruption_row(path: Path, r: RunRecord) -> dict:
+    c = r.corruptions
+    assert c is not None
+    row: dict[str, Any] = {
+        "suite": r.suite_label, "model": r.model.get("name"), "architecture": r.model.get("architecture"),
+        "dataset": r.dataset.get("source"), "dataset_sha256": r.dataset.get("sha256"), "n": r.n,
+        "clean": _pct(r.clean.accuracy), "clean_ci": tuple(_pct(v) for v in r.clean.ci95),
+    }
+    for name, m in c.per_corruption.items():
+        row[name] = _pct(m.accuracy)
+        row[f"{name} ci"] = tuple(_pct(v) for v in m.ci95)
+    row.update({
+        "mean": _pct(c.mean.accuracy), "mean_ci": tuple(_pct(v) for v in c.mean.ci95),
+        "union": _pct(r.union.accuracy), "union_ci": tuple(_pct(v) for v in r.union.ci95),
+        "threats": list(c.corruptions), "attacks": str(c.source.get("description", "")),
+        "severities": ",".join(str(s) for s in c.severities), "complete": c.complete,
+        "seconds": r.provenance.get("wall_seconds"), "device": r.provenance.get("device_name"),
+        "date": str(r.provenance.get("started", ""))[:10], "started": r.provenance.get("started", ""),
+        "record": str(path), "kind": "corruptions",
     })
     return row
 
@@ -77,7 +109,10 @@ def latest_per_board(df: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass
 class Board:
-    """One board: a suite on one image set (dataset and slice), its threat models and rows, ranked by union accuracy."""
+    """One board: a suite on one image set (dataset and slice), its threat models and rows, ranked by union accuracy.
+
+    A corruption board (``kind == "corruptions"``): ``threats`` are its corruptions, ranked by the ``mean``.
+    """
 
     suite: str
     threats: list[str]
@@ -87,6 +122,12 @@ class Board:
     n: int = 0
     images: str = ""  # sha256 of the evaluated slice
     only_one: bool = True  # the suite's only board: its anchor (and plot names) need no n or image hash
+    kind: str = "threats"
+
+    @property
+    def rank_column(self) -> str:
+        """The column the board ranks by: ``union`` (threat models) or ``mean`` (corruptions)."""
+        return "mean" if self.kind == "corruptions" else "union"
 
     @property
     def title(self) -> str:
@@ -105,10 +146,12 @@ def build_boards(results_dir: Path) -> list[Board]:
     if df.empty:
         return boards
     for (suite, dataset, sha), rows in df.groupby(BOARD_KEY, sort=False, dropna=False):
-        rows = rows.sort_values(["union", "clean"], ascending=False).reset_index(drop=True)
+        kind = str(rows["kind"].iloc[0])
+        rank_by = "mean" if kind == "corruptions" else "union"
+        rows = rows.sort_values([rank_by, "clean"], ascending=False).reset_index(drop=True)
         rows.insert(0, "rank", range(1, len(rows) + 1))
         boards.append(Board(str(suite), list(rows["threats"].iloc[0]), rows, dataset=str(dataset),
-                            n=int(rows["n"].iloc[0]), images=str(sha)))
+                            n=int(rows["n"].iloc[0]), images=str(sha), kind=kind))
     boards.sort(key=lambda b: (b.suite, b.dataset, -b.n, b.images))
     for b in boards:
         b.only_one = sum(o.suite == b.suite for o in boards) == 1
@@ -122,6 +165,25 @@ def _fmt(acc: float, ci: tuple[float, float]) -> str:
 def board_markdown(board: Board, link_base: Path | None = None, plot_links: dict[str, list[tuple[str, str]]] | None = None) -> str:
     """One board as a Markdown table (plus links to its plots)."""
     rows = board.rows
+    if board.kind == "corruptions":
+        out = pd.DataFrame({
+            "rank": rows["rank"].values,
+            "model": rows["model"].values,
+            "architecture": rows["architecture"].values,
+            "clean": [_fmt(a, c) for a, c in zip(rows["clean"], rows["clean_ci"])],
+            **{t: [f"{a:.1f}" for a in rows[t]] for t in board.threats},
+            "mean": [_fmt(a, c) for a, c in zip(rows["mean"], rows["mean_ci"])],
+            "severities": rows["severities"].values,
+            "n": rows["n"].values,
+            "corruption suite": [board.suite] * len(rows),
+            "device": rows["device"].values,
+            "date": rows["date"].values,
+            "record": [_link(p, link_base) for p in rows["record"]],
+        })
+        lines = [out.to_markdown(index=False, disable_numparse=True)]  # keep "25.0" as written
+        for caption, target in (plot_links or {}).get(board.anchor, []):
+            lines.append(f"- [{caption}]({target})")
+        return "\n".join(lines) + "\n"
     out = pd.DataFrame({
         "rank": rows["rank"].values,
         "model": rows["model"].values,
@@ -149,6 +211,10 @@ def leaderboard_markdown(results_dir: Path, *, link_base: Path | None = None,
     lines = ["# rbx leaderboard", "",
              "Generated by `rbx leaderboard` from the records in this directory; do not edit by hand.",
              "Accuracies in %, with 95% Wilson intervals; union = correct and robust under every threat model.", ""]
+    if any(b.kind == "corruptions" for b in boards):
+        lines[-1:] = ["Corruption boards (common corruptions, not adversarial): accuracy under each corruption, averaged over "
+                      "its severities, and the mean over every corruption and severity, which ranks (with 95% intervals "
+                      "over the images); with all 15 corruptions x 5 severities it is RobustBench's corruptions accuracy.", ""]
     if not boards:
         lines.append("_No records yet: run `rbx run` first._")
         return "\n".join(lines) + "\n"
@@ -162,6 +228,9 @@ def leaderboard_csv(boards: list[Board]) -> str:
     frames = []
     for b in boards:
         r = b.rows
+        if b.kind == "corruptions":
+            frames.append(_corruption_csv(b))
+            continue
         cols: dict[str, Any] = {"suite": b.suite, "board": b.anchor, "rank": r["rank"], "model": r["model"], "architecture": r["architecture"],
                                 "clean": r["clean"], "clean_lo": [c[0] for c in r["clean_ci"]], "clean_hi": [c[1] for c in r["clean_ci"]]}
         for t in b.threats:
@@ -173,6 +242,21 @@ def leaderboard_csv(boards: list[Board]) -> str:
                      "device": r["device"], "date": r["date"], "seconds": r["seconds"], "record": r["record"]})
         frames.append(pd.DataFrame(cols))
     return pd.concat(frames, ignore_index=True).to_csv(index=False) if frames else "suite,rank,model\n"
+
+
+def _corruption_csv(b: Board) -> pd.DataFrame:
+    r = b.rows
+    cols: dict[str, Any] = {"suite": b.suite, "board": b.anchor, "rank": r["rank"], "model": r["model"], "architecture": r["architecture"],
+                            "clean": r["clean"], "clean_lo": [c[0] for c in r["clean_ci"]], "clean_hi": [c[1] for c in r["clean_ci"]]}
+    for t in b.threats:
+        cols[t] = r[t]
+        cols[f"{t}_lo"] = [c[0] for c in r[f"{t} ci"]]
+        cols[f"{t}_hi"] = [c[1] for c in r[f"{t} ci"]]
+    cols.update({"mean": r["mean"], "mean_lo": [c[0] for c in r["mean_ci"]], "mean_hi": [c[1] for c in r["mean_ci"]],
+                 "severities": r["severities"], "complete": r["complete"], "n": r["n"], "source": r["attacks"],
+                 "dataset": r["dataset"], "dataset_sha256": r["dataset_sha256"], "device": r["device"], "date": r["date"],
+                 "seconds": r["seconds"], "record": r["record"]})
+    return pd.DataFrame(cols)
 
 
 def _link(path: str, base: Path | None) -> str:
@@ -216,9 +300,14 @@ def write_all(results_dir: Path) -> list[Path]:
         row_plots = []
         for rec_path, model in zip(board.rows["record"], board.rows["model"]):
             rec = records[rec_path]
-            flags = read_flags(Path(rec_path), rec)
             mine: list[dict[str, Any]] = []
             stem = _stem(rec_path)
+            if board.kind == "corruptions":
+                save(f"{stem}_corruptions.png", plots.corruption_grid(rec), f"{model}: accuracy per corruption and severity",
+                     mine, board.anchor)
+                row_plots.append(mine)
+                continue
+            flags = read_flags(Path(rec_path), rec)
             save(f"{stem}_per_class.png", plots.per_class(rec, flags), f"{model}: per-class accuracy", mine, board.anchor)
             save(f"{stem}_attribution.png", plots.attribution(rec, flags), f"{model}: which attack broke how many points",
                  mine, board.anchor)
@@ -228,7 +317,7 @@ def write_all(results_dir: Path) -> list[Path]:
 
     # Plots of records no longer on a board are stale: derived files go when their source goes.
     keep = {p.name for p in written}
-    for pattern in ("*_per_class.png", "*_attribution.png", "*_loss.png", "*_eps_*.png"):
+    for pattern in ("*_per_class.png", "*_attribution.png", "*_loss.png", "*_eps_*.png", "*_corruptions.png"):
         for stale in plot_dir.glob(pattern) if plot_dir.is_dir() else []:
             if stale.name not in keep:
                 stale.unlink()
@@ -249,16 +338,19 @@ def render_html(boards: list[Board], n_records: int) -> str:
     view = []
     for b in boards:
         rows = []
+        rank = b.rank_column
         for _, r in b.rows.iterrows():
             rows.append({
                 "rank": int(r["rank"]), "model": r["model"], "architecture": r["architecture"],
                 "clean": r["clean"], "clean_ci": r["clean_ci"],
                 "acc": {t: r[t] for t in b.threats}, "ci": {t: r[f"{t} ci"] for t in b.threats},
-                "union": r["union"], "union_ci": r["union_ci"], "n": int(r["n"]), "attacks": r["attacks"],
+                "union": r[rank], "union_ci": r[f"{rank}_ci"], "n": int(r["n"]), "attacks": r["attacks"],
                 "dataset": r["dataset"], "device": r["device"], "date": r["date"], "record": Path(r["record"]).name,
                 "plots": r.get("plots", []) or [],
             })
-        view.append({"suite": b.suite, "title": b.title, "anchor": b.anchor, "threats": b.threats, "rows": rows, "plots": b.plots})
+        view.append({"suite": b.suite, "title": b.title, "anchor": b.anchor, "threats": b.threats, "rows": rows, "plots": b.plots,
+                     "rank_label": "mean" if b.kind == "corruptions" else "union",
+                     "attacks_label": "corruption source" if b.kind == "corruptions" else "attack suite"})
     return env.get_template("leaderboard.html.j2").render(boards=view, n_records=n_records, generated=utc_now())
 
 

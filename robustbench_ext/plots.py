@@ -1,6 +1,6 @@
 """Plots derived from records (matplotlib, PNG): robust accuracy vs eps, per-class robust accuracy,
-which attack broke how many points, and attack loss curves. Every function takes records/flags and
-returns PNG bytes; nothing here is typed by hand.
+which attack broke how many points, attack loss curves, and accuracy per corruption and severity. Every
+function takes records/flags and returns PNG bytes; nothing here is typed by hand.
 """
 
 from __future__ import annotations
@@ -129,4 +129,27 @@ def loss_curves(record: RunRecord) -> bytes | None:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("mean loss")
+    return png_bytes(fig)
+
+
+def corruption_grid(record: RunRecord) -> bytes | None:
+    """A corruption run's accuracy per corruption (rows) and severity (columns) as an annotated heatmap."""
+    c = record.corruptions
+    if c is None or not c.results:
+        return None
+    names, levels = list(c.corruptions), list(c.severities)
+    grid = np.full((len(names), len(levels)), np.nan)
+    for r in c.results:
+        grid[names.index(r.corruption), levels.index(r.severity)] = 100 * r.accuracy.accuracy
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.8 * len(levels) + 3.2), 0.32 * len(names) + 1.6))
+    im = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis", aspect="auto")
+    for i in range(len(names)):
+        for j in range(len(levels)):
+            ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                    color="white" if grid[i, j] < 60 else "black")
+    ax.set_xticks(range(len(levels)), [f"s{s}" for s in levels], fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_title(f"Accuracy (%) under corruption: {record.model['name']}\n(n={record.n}; clean "
+                 f"{100 * record.clean.accuracy:.1f}, mean {100 * c.mean.accuracy:.1f})", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.05)
     return png_bytes(fig)

@@ -11,13 +11,19 @@ Record (``schema = "rbx.record/1"``), a :class:`RunRecord`:
 - ``union_attacks``: the union stage (multi-threat attacks run last on union-robust points), if any;
 - ``config`` (seed, batch size, device) and ``provenance`` (rbx version, git commit, torch/CUDA
   versions, device name, start time, wall seconds, ...);
-- ``flags_file`` and ``flags_sha256``: the companion npz (:class:`SampleFlags`).
+- ``flags_file`` and ``flags_sha256``: the companion npz (:class:`SampleFlags`);
+- ``corruptions`` (only in a common-corruption run, :class:`CorruptionsResult`; absent otherwise, so older
+  records read unchanged): the source of the corrupted images, the accuracy per corruption and severity,
+  per corruption the mean over its severities, and the mean over all (RobustBench's corruptions accuracy
+  when ``complete``: all 15 corruptions x 5 severities). Such a run has no threat models; its ``union``
+  is its clean accuracy.
 
 Flags npz arrays: ``index`` [N] (position in the dataset), ``y`` [N], ``clean_correct`` [N] bool,
 ``robust`` [N, T] bool (T threat models, in the record's order), ``union`` [N] bool,
 ``broken_by`` [N, T] int16 (index of the attack in that threat's cascade that broke the point;
 :data:`ROBUST` = -1 if none did, :data:`MISCLASSIFIED` = -2 if the clean input was already wrong),
-``threats`` [T] str.
+``threats`` [T] str; in a corruption run also ``corruption_correct`` [N, K] bool (correct on the image
+under corruption/severity k) and ``corruption_keys`` [K] str (``"<corruption>/<severity>"``).
 
 Both files are written atomically (temp file, fsync, rename), flags first, so a record that exists
 always has its flags, and an interrupted run leaves nothing behind.
@@ -112,6 +118,97 @@ class ThreatResult:
 
 
 @dataclass(frozen=True)
+class MeanAccuracy:
+    """The mean of K accuracies measured on the same ``n_images`` images (K = ``n_cells``).
+
+    ``ci95`` is a Wilson interval over the images on each image's mean correctness: conservative, since a
+    mean of correlated outcomes varies no more than one outcome does, and (unlike pooling the N x K
+    outcomes as if independent) not too narrow.
+    """
+
+    accuracy: float
+    n_images: int
+    n_cells: int
+    ci95: tuple[float, float]
+
+    @classmethod
+    def from_flags(cls, flags: np.ndarray) -> "MeanAccuracy":
+        """``flags`` [N, K] bool -> the mean over all N x K with its interval over the N images."""
+        flags = np.asarray(flags, dtype=bool)
+        n, k = flags.shape
+        per_image = flags.mean(axis=1) if k else np.zeros(n)
+        total = float(per_image.sum())
+        return cls(total / n if n else 0.0, int(n), int(k), wilson_interval(min(total, n), n))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MeanAccuracy":
+        return cls(float(d["accuracy"]), int(d["n_images"]), int(d["n_cells"]), tuple(d["ci95"]))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class CorruptionAccuracy:
+    """Accuracy on the images under one corruption at one severity (1-5)."""
+
+    corruption: str
+    severity: int
+    accuracy: Accuracy
+    seconds: float = 0.0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CorruptionAccuracy":
+        return cls(str(d["corruption"]), int(d["severity"]), Accuracy.from_dict(d["accuracy"]), float(d.get("seconds", 0.0)))
+
+
+@dataclass(frozen=True)
+class CorruptionsResult:
+    """A common-corruption run: its source, every (corruption, severity) accuracy, and their means.
+
+    ``per_corruption``: corruption -> mean over its severities, in evaluation order; ``mean``: over every
+    (corruption, severity) evaluated; ``complete``: all 15 corruptions at all 5 severities were evaluated, so
+    ``mean`` is RobustBench's corruptions accuracy (on these images, from this source).
+    """
+
+    source: dict[str, Any]
+    results: tuple[CorruptionAccuracy, ...]
+    per_corruption: dict[str, MeanAccuracy]
+    mean: MeanAccuracy
+    complete: bool
+
+    @property
+    def corruptions(self) -> tuple[str, ...]:
+        return tuple(self.per_corruption)
+
+    @property
+    def severities(self) -> tuple[int, ...]:
+        return tuple(sorted({r.severity for r in self.results}))
+
+    def accuracy(self, corruption: str, severity: int) -> Accuracy:
+        for r in self.results:
+            if r.corruption == corruption and r.severity == severity:
+                return r.accuracy
+        raise KeyError((corruption, severity))
+
+    @classmethod
+    def from_flags(cls, correct: np.ndarray, keys: Sequence[str], source: dict[str, Any],
+                   seconds: Sequence[float] = (), complete: bool = False) -> "CorruptionsResult":
+        """Accuracies from ``correct`` [N, K] and ``keys`` [K] (``"<corruption>/<severity>"``)."""
+        correct = np.asarray(correct, dtype=bool)
+        pairs = [(k.rsplit("/", 1)[0], int(k.rsplit("/", 1)[1])) for k in keys]
+        secs = list(seconds) or [0.0] * len(pairs)
+        results = tuple(CorruptionAccuracy(c, s, Accuracy.from_flags(correct[:, i]), round(float(secs[i]), 3))
+                        for i, (c, s) in enumerate(pairs))
+        order = list(dict.fromkeys(c for c, _ in pairs))
+        per = {c: MeanAccuracy.from_flags(correct[:, [i for i, (ci, _) in enumerate(pairs) if ci == c]]) for c in order}
+        return cls(dict(source), results, per, MeanAccuracy.from_flags(correct), bool(complete))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CorruptionsResult":
+        return cls(dict(d["source"]), tuple(CorruptionAccuracy.from_dict(r) for r in d["results"]),
+                   {str(c): MeanAccuracy.from_dict(m) for c, m in d["per_corruption"].items()},
+                   MeanAccuracy.from_dict(d["mean"]), bool(d["complete"]))
+
+
+@dataclass(frozen=True)
 class RunRecord:
     """One evaluation of one model on one dataset slice under one or more threat models."""
 
@@ -130,12 +227,15 @@ class RunRecord:
     checks: dict[str, Any] = field(default_factory=dict)
     union_attacks: tuple[StageResult, ...] = ()
     sweeps: tuple[dict[str, Any], ...] = ()
+    corruptions: CorruptionsResult | None = None
     schema: str = SCHEMA
 
     @property
     def suite_label(self) -> str:
-        """The suite name, or ``custom: <threats>`` for runs given threat models directly."""
-        return self.suite or "custom: " + " + ".join(t.threat for t in self.threats)
+        """The suite name, or ``custom: <threats>`` for runs given threat models directly (``custom: corruptions``)."""
+        if self.suite:
+            return self.suite
+        return "custom: " + ("corruptions" if self.corruptions is not None else " + ".join(t.threat for t in self.threats))
 
     def threat(self, label: str) -> ThreatResult:
         for t in self.threats:
@@ -145,6 +245,8 @@ class RunRecord:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        if d["corruptions"] is None:
+            del d["corruptions"]  # only corruption runs carry the block: other records keep their exact shape
         return {"schema": d.pop("schema"), **d}
 
     def to_json(self) -> str:
@@ -167,6 +269,7 @@ class RunRecord:
                 checks=d.get("checks", {}), schema=schema,
                 union_attacks=tuple(StageResult.from_dict(a) for a in d.get("union_attacks", ())),
                 sweeps=tuple(d.get("sweeps", ())),
+                corruptions=CorruptionsResult.from_dict(d["corruptions"]) if d.get("corruptions") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ResultsError(f"malformed rbx record: {type(exc).__name__}: {exc}") from None
@@ -196,6 +299,8 @@ class SampleFlags:
     threats: tuple[str, ...]
     sweep_robust: np.ndarray | None = None
     sweep_threats: tuple[str, ...] = ()
+    corruption_correct: np.ndarray | None = None
+    corruption_keys: tuple[str, ...] = ()
 
     @property
     def union(self) -> np.ndarray:
@@ -213,6 +318,8 @@ class SampleFlags:
             "sweep_robust": (self.sweep_robust if self.sweep_robust is not None
                              else np.zeros((len(self.y), 0), bool)).astype(bool),
             "sweep_threats": np.array(self.sweep_threats, dtype=str),
+            **({"corruption_correct": self.corruption_correct.astype(bool),
+                "corruption_keys": np.array(self.corruption_keys, dtype=str)} if self.corruption_correct is not None else {}),
         }
 
     @classmethod
@@ -222,7 +329,9 @@ class SampleFlags:
                 return cls(z["index"], z["y"], z["clean_correct"], z["robust"], z["broken_by"],
                            tuple(str(t) for t in z["threats"]),
                            z["sweep_robust"] if "sweep_robust" in z.files else None,
-                           tuple(str(t) for t in z["sweep_threats"]) if "sweep_threats" in z.files else ())
+                           tuple(str(t) for t in z["sweep_threats"]) if "sweep_threats" in z.files else (),
+                           z["corruption_correct"] if "corruption_correct" in z.files else None,
+                           tuple(str(t) for t in z["corruption_keys"]) if "corruption_keys" in z.files else ())
         except Exception as exc:
             raise ResultsError(f"cannot read flags file {path}: {exc}") from None
 
@@ -268,15 +377,26 @@ def run_stem(started: str, model_name: str, suite: str | None, n: int) -> str:
 
 def build_record(settings: RunSettings, *, model: dict[str, Any], dataset: dict[str, Any], flags: SampleFlags,
                  threats: Sequence[ThreatResult], provenance: dict[str, Any], checks: dict[str, Any] | None = None,
-                 union_attacks: Sequence[StageResult] = (), sweeps: Sequence[dict[str, Any]] = ()) -> RunRecord:
-    """The one record builder: accuracies (with intervals) recomputed from the flags, config from the settings."""
+                 union_attacks: Sequence[StageResult] = (), sweeps: Sequence[dict[str, Any]] = (),
+                 corruption_source: dict[str, Any] | None = None, corruption_seconds: Sequence[float] = (),
+                 corruptions_complete: bool = False) -> RunRecord:
+    """The one record builder: accuracies (with intervals) recomputed from the flags, config from the settings.
+
+    A corruption run passes flags with ``corruption_correct`` and the ``corruption_source`` block (plus the
+    seconds per (corruption, severity) and whether all 15 x 5 were evaluated); its ``corruptions`` block is
+    computed here from the flags like every other accuracy.
+    """
     n = int(len(flags.y))
+    corruptions = None
+    if flags.corruption_correct is not None:
+        corruptions = CorruptionsResult.from_flags(flags.corruption_correct, flags.corruption_keys, corruption_source or {},
+                                                   corruption_seconds, corruptions_complete)
     return RunRecord(
         run_id=run_stem(provenance["started"], model["name"], settings.suite, n),
         suite=settings.suite, model=model, dataset=dataset, n=n,
         clean=Accuracy.from_flags(flags.clean_correct), threats=tuple(threats),
         union=Accuracy.from_flags(flags.union), config=settings.config(), provenance=provenance,
-        checks=dict(checks or {}), union_attacks=tuple(union_attacks), sweeps=tuple(sweeps),
+        checks=dict(checks or {}), union_attacks=tuple(union_attacks), sweeps=tuple(sweeps), corruptions=corruptions,
     )
 
 

@@ -15,7 +15,8 @@ registry                  entry-point group    what ``create(spec, ...)`` return
 
 A spec (:mod:`robustbench_ext.specs`, the one grammar) is a name (``pgd``), a name with parameters
 (``pgd:steps=50,restarts=2``) or, for entries registered with ``takes_arg=True``, ``name:ARG``
-(``npz:/data/x.npz``, ``robustbench:Carmon2019Unlabeled``, ``file:ckpt.pt``). :meth:`Registry.create`
+(``npz:/data/x.npz``, ``robustbench:Carmon2019Unlabeled``, ``file:ckpt.pt``); with ``optional_arg=True`` as
+well, the bare name is accepted too and the factory gets ``None`` (``imagenet``, ``imagenet:PATH``). :meth:`Registry.create`
 is the single factory: it parses the spec, checks its parameters against the factory's signature (a bad
 key is an error listing the valid ones) and calls the factory.
 
@@ -51,6 +52,7 @@ _BUILTIN_MODULES = (
     "robustbench_ext.architectures",
     "robustbench_ext.model_sources",
     "robustbench_ext.data",
+    "robustbench_ext.corruption_data",
     "robustbench_ext.suites",
     "robustbench_ext.attacks",
     "robustbench_ext.defenses",
@@ -152,7 +154,7 @@ class Registry(Generic[T]):
                 parsed = Spec.parse(text, takes_arg=entry.takes_arg)
             except RbxError as exc:
                 raise UnknownNameError(f"{self.kind} '{head}' takes no argument, only KEY=VALUE parameters: {exc}") from None
-        if entry.takes_arg and not parsed.arg:
+        if entry.takes_arg and not parsed.arg and not entry.tags.get("optional_arg"):
             raise UnknownNameError(f"{self.kind} '{parsed.name}' needs an argument: write {entry.display}")
         return parsed
 

@@ -15,6 +15,8 @@ def format_table(record: RunRecord) -> str:
         return f"{label:<14} {100 * acc.accuracy:6.2f}   [{100 * lo:5.1f}, {100 * hi:5.1f}]   {seconds:>8}  {note}".rstrip()
 
     prov = record.provenance
+    if record.corruptions is not None:
+        return _corruption_table(record)
     lines = [
         f"model    {record.model['name']} ({record.model['architecture']})",
         f"dataset  {record.dataset['source']}, first {record.n}",
@@ -37,6 +39,36 @@ def format_table(record: RunRecord) -> str:
     return "\n".join(lines)
 
 
+def _corruption_table(record: RunRecord) -> str:
+    """A corruption run: clean, per corruption the mean over severities (and each severity), the overall mean."""
+    c = record.corruptions
+    assert c is not None
+    prov = record.provenance
+
+    def row(label: str, acc: float, ci: tuple[float, float], seconds: str = "", note: str = "") -> str:
+        return f"{label:<17} {100 * acc:6.2f}   [{100 * ci[0]:5.1f}, {100 * ci[1]:5.1f}]   {seconds:>8}  {note}".rstrip()
+
+    source = c.source.get("description", "")
+    lines = [
+        f"model    {record.model['name']} ({record.model['architecture']})",
+        f"dataset  {record.dataset['source']}, first {record.n}",
+        f"suite    {record.suite_label}",
+        f"device   {prov['device_name']}, seed {prov['seed']}",
+        "",
+        f"{'':<17} {'acc %':>6}   {'95% CI':^14}   {'seconds':>8}  per severity (acc %)",
+        row("clean", record.clean.accuracy, record.clean.ci95),
+    ]
+    for name, mean in c.per_corruption.items():
+        cells = [r for r in c.results if r.corruption == name]
+        per = ", ".join(f"s{r.severity} {100 * r.accuracy.accuracy:.1f}" for r in cells)
+        lines.append(row(name, mean.accuracy, mean.ci95, f"{sum(r.seconds for r in cells):.1f}", per))
+    what = "all 15 x 5: RobustBench's corruptions accuracy, by its definition" if c.complete else f"{len(c.results)} of the 75 corruption/severity pairs"
+    lines.append(row("mean", c.mean.accuracy, c.mean.ci95, f"{prov['wall_seconds']:.1f}", what))
+    if not c.source.get("comparable_to_published", True):
+        lines.append(f"note: {c.source.get('note', source)}")
+    return "\n".join(lines)
+
+
 def write_report(record_path: Path, out: Path | None = None) -> tuple[str, Path]:
     """Write ``<out>/<run>_report.md`` and its PNGs (default ``out``: ``<records>/../reports/<run>``); return
     the run's table and the report's path. The plots go with the report, never beside the records."""
@@ -47,9 +79,12 @@ def write_report(record_path: Path, out: Path | None = None) -> tuple[str, Path]
     out.mkdir(parents=True, exist_ok=True)
     table = format_table(rec)
     lines = [f"# rbx report: {rec.model['name']} on {rec.dataset['source']}", "", "```", table, "```", ""]
-    figures = [("per_class", plots.per_class(rec, flags), "Per-class accuracy"),
-               ("attribution", plots.attribution(rec, flags), "Which attack broke how many points"),
-               ("loss", plots.loss_curves(rec), "Attack loss curves")]
+    if rec.corruptions is not None:  # no attacks: one heatmap of the accuracies
+        figures = [("corruptions", plots.corruption_grid(rec), "Accuracy per corruption and severity")]
+    else:
+        figures = [("per_class", plots.per_class(rec, flags), "Per-class accuracy"),
+                   ("attribution", plots.attribution(rec, flags), "Which attack broke how many points"),
+                   ("loss", plots.loss_curves(rec), "Attack loss curves")]
     figures += [(f"eps_{n}", plots.eps_sweep([rec], n), f"Robust accuracy vs eps ({n})") for n in sorted({t.norm for t in rec.threats})]
     for key, png, caption in figures:
         if png is None:

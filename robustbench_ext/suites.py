@@ -13,6 +13,16 @@ A suite file (``benchmarks/<name>.toml``)::
     [union]                      # optional: multi-threat attacks run last, on points still union-robust
     attacks = ["union-worst:attack=apgd-ce"]
 
+A corruption suite (``kind = "corruptions"``) evaluates common corruptions instead of threat models
+(:mod:`robustbench_ext.corruptions`): a corruption dataset and, optionally, which corruptions and severities
+(default: the 15 x 5 of RobustBench's corruptions threat model)::
+
+    name = "cifar10-corruptions"
+    kind = "corruptions"
+    dataset = "cifar10-c"
+    corruptions = ["gaussian_noise", "fog"]   # optional
+    severities = [1, 3, 5]                    # optional
+
 Suites are found in ``$RBX_SUITES`` (``os.pathsep``-separated), ``./benchmarks``, ``<repo>/benchmarks``
 and ``<prefix>/share/rbx/benchmarks`` (where ``pip install`` puts the built-in ones); the first file
 defining a name wins. ``--suite`` also takes a path to a ``.toml`` file.
@@ -30,6 +40,7 @@ from typing import Any, Sequence
 
 from .attack import Attack, MultiThreatAttack
 from .cascade import Stage, cascade_stages
+from .corruption_data import check_selection
 from .errors import RbxError
 from .paths import search_path
 from .registry import ATTACKS, SUITES
@@ -89,7 +100,11 @@ def build_union(specs: tuple[AttackSpec, ...]) -> list[tuple[str, MultiThreatAtt
 
 @dataclass(frozen=True)
 class Suite:
-    """A named benchmark: a dataset and threat models with their attack cascades."""
+    """A named benchmark: a dataset and threat models with their attack cascades.
+
+    A corruption suite (``kind == "corruptions"``) has no threat models; ``corruptions`` and ``severities``
+    (empty: all) choose what :func:`robustbench_ext.corruptions.evaluate_corruptions` measures.
+    """
 
     name: str
     dataset: str
@@ -97,6 +112,9 @@ class Suite:
     description: str = ""
     path: str | None = None
     union: tuple[AttackSpec, ...] = ()
+    kind: str = "threats"
+    corruptions: tuple[str, ...] = ()
+    severities: tuple[int, ...] = ()
 
     def attacks_for(self, norm: str) -> tuple[AttackSpec, ...] | None:
         """The attack list this suite uses for ``norm`` (the first threat of that norm), if any."""
@@ -146,6 +164,9 @@ def plan_benchmark(suite: "str | Suite | None" = None, threats: Sequence["str | 
         bench = Benchmark(suite if isinstance(suite, str) else None, "cifar10", specs, union)
     else:
         loaded = suite if isinstance(suite, Suite) else (load_suite(suite or DEFAULT_SUITE) if (suite or not threats) else None)
+        if loaded is not None and loaded.kind == "corruptions":
+            raise RbxError(f"suite '{loaded.name}' evaluates common corruptions, not threat models: run it alone "
+                           f"(rbx run --suite {loaded.name}) or with robustbench_ext.corruptions.evaluate_corruptions")
         cascade = tuple(AttackSpec.parse(a) for a in attacks)
         if threats:
             specs_l = []
@@ -182,6 +203,11 @@ def read_suite(path: Path) -> Suite:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise RbxError(f"cannot read suite file {path}: {exc}") from None
     where = str(path)
+    kind = raw.get("kind", "threats")
+    if kind == "corruptions":
+        return _read_corruption_suite(raw, path)
+    if kind != "threats":
+        raise RbxError(f"{where}: kind must be \"threats\" (the default) or \"corruptions\", got {kind!r}")
     threats_raw = raw.get("threats")
     if not isinstance(threats_raw, list) or not threats_raw:
         raise RbxError(f"{where}: a suite needs at least one [[threats]] table")
@@ -204,6 +230,26 @@ def read_suite(path: Path) -> Suite:
         path=str(path),
         union=union,
     )
+
+
+def _read_corruption_suite(raw: dict[str, Any], path: Path) -> Suite:
+    """A ``kind = "corruptions"`` suite: a corruption dataset, optional corruptions and severities, no threats."""
+    where = str(path)
+    if "threats" in raw or "union" in raw:
+        raise RbxError(f"{where}: a corruption suite has no [[threats]] or [union]; it lists corruptions and severities")
+    dataset = raw.get("dataset")
+    if not isinstance(dataset, str) or not dataset:
+        raise RbxError(f"{where}: a corruption suite needs dataset = \"cifar10-c\" (or another corruption dataset)")
+    corruptions, severities = raw.get("corruptions", []), raw.get("severities", [])
+    if not isinstance(corruptions, list) or not isinstance(severities, list):
+        raise RbxError(f"{where}: corruptions and severities must be lists, e.g. corruptions = [\"fog\"], severities = [3]")
+    try:
+        chosen, levels = check_selection(corruptions, severities)
+    except RbxError as exc:
+        raise RbxError(f"{where}: {exc}") from None
+    return Suite(name=str(raw.get("name") or Path(path).stem), dataset=dataset, threats=(),
+                 description=str(raw.get("description", "")), path=str(path), kind="corruptions",
+                 corruptions=tuple(corruptions) and chosen, severities=tuple(severities) and levels)
 
 
 def suite_dirs() -> list[Path]:

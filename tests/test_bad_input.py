@@ -99,6 +99,10 @@ CASES = {
     "wrong-architecture checkpoint": ("wrong-arch", "does not fit architecture 'resnet18'"),
     "unwritable results directory": ("unwritable", "cannot write to results directory"),
     "resume without a checkpoint": (["--resume"], "no checkpoint of this run"),
+    "CIFAR-100 neither local nor downloadable": ("offline-cifar100", "put cifar-100-python/ or cifar100/test_jpeg.npz in ./data or set RBX_DATA=DIR"),
+    "ImageNet not on this machine": ("no-imagenet", "it cannot be downloaded (its licence requires registration at image-net.org)"),
+    "corruption set given as plain images": (["--dataset", "cifar10-c:base=cifar10-1k"], "is a set of common corruptions, not one image set"),
+    "attack options with a corruption suite": (["--suite", "cifar10-corruptions-s3"], "--threat, --attack do not apply to the corruption suite"),
 }
 
 
@@ -123,6 +127,23 @@ def _args(case, tmp: Path, small_cnn, monkeypatch):
         monkeypatch.setattr(data_mod, "data_dirs", lambda: [tmp / "nowhere"])
         monkeypatch.setattr(tvd, "CIFAR10", no_network)
         return ["--dataset", "cifar10"]
+    if extra == "offline-cifar100":
+        import torchvision.datasets as tvd
+
+        import robustbench_ext.data as data_mod
+
+        def no_network_100(root, train, download):
+            Path(root).mkdir(parents=True, exist_ok=True)
+            raise RuntimeError("Failed to download (no network)")
+
+        monkeypatch.setattr(data_mod, "data_dirs", lambda: [tmp / "nowhere"])
+        monkeypatch.setattr(tvd, "CIFAR100", no_network_100)
+        return ["--dataset", "cifar100"]
+    if extra == "no-imagenet":
+        import robustbench_ext.data as data_mod
+
+        monkeypatch.setattr(data_mod, "data_dirs", lambda: [tmp / "nowhere"])
+        return ["--dataset", "imagenet"]
     ckpt = tmp / "model.pt"
     torch.save(small_cnn.module.state_dict(), ckpt)
     if extra == "0..255":

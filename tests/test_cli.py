@@ -58,8 +58,8 @@ def test_run_suite_json_and_leaderboard(in_tmp):
 BAD_INPUTS = [
     (["--attack", "pgdd"], "unknown attack 'pgdd'; known: aa-apgd-ce"),
     (["--model", "resnet9000"], "unknown model 'resnet9000'; known:"),
-    (["--dataset", "mnist"], "unknown dataset 'mnist'; known:"),
-    (["--suite", "imagenet-union"], "unknown suite 'imagenet-union'; known:"),
+    (["--dataset", "svhn"], "unknown dataset 'svhn'; known:"),
+    (["--suite", "imagenet-l0"], "unknown suite 'imagenet-l0'; known:"),
     (["--threat", "Linf:0"], "eps must be > 0"),
     (["--threat", "L2:-1"], "eps must be > 0"),
     (["--threat", "L2:nan"], "eps must be finite"),

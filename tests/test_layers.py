@@ -26,10 +26,11 @@ LAYERS: list[tuple[str, ...]] = [
     ("attack",), ("cascade", "loop"), ("checks",),
     # 4: plugins: attacks (they import layers <= 3 and the registry)
     ("attacks", "attacks.*"),
-    # 5: data, architectures, models (with their inference wrappers)
-    ("data", "architectures"), ("models",), ("model_sources", "boundary"),
-    # 6: records (the schema, the union rule, the one record builder) and what reads them
-    ("records",), ("regress", "plots", "robustbench_export", "report"),
+    # 5: data, architectures, the common-corruption image sets, models (with their inference wrappers)
+    ("data", "architectures"), ("corruption_data",), ("models",), ("model_sources", "boundary"),
+    # 6: records (the schema, the union rule, the one record builder) and what reads them; the corruption
+    #    evaluation (records, data, models; never the runner)
+    ("records",), ("corruptions", "regress", "plots", "robustbench_export", "report"),
     # 7: suites (and the benchmark plan), then the stage plan compiled from them
     ("suites",), ("plan",),
     # 8: the runner: evaluation state, the runner, streaming

@@ -5,7 +5,6 @@ import hashlib
 import pytest
 import torch
 
-import robustbench_ext.models as models_mod
 from robustbench_ext._compat import import_robustbench
 from robustbench_ext.errors import ModelLoadError, RbxError, UnknownNameError
 from robustbench_ext.models import file_sha256, find_checkpoint, load_model

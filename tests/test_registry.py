@@ -83,3 +83,13 @@ def test_entry_point_groups_are_documented():
     doc = reg.__doc__
     for r in REGISTRIES.values():
         assert r.group in doc
+
+
+def test_optional_argument_specs():
+    """``imagenet`` takes an optional argument: bare (found in the data folders) or ``imagenet:PATH[,k=v]``."""
+    entry, arg = DATASETS.split("imagenet")
+    assert entry.name == "imagenet" and arg is None
+    assert DATASETS.split("imagenet:/data/val,preprocessing=Crop288")[1] == "/data/val,preprocessing=Crop288"
+    assert "imagenet:[PATH][,preprocessing=P][,ids=FILE]" in DATASETS.names(display=True)
+    with pytest.raises(UnknownNameError, match="needs an argument"):
+        DATASETS.split("npz")  # a required argument stays required
