@@ -110,29 +110,36 @@ def _tightness(net, x, y, res):
         return (net(x + 0.9 * (res.x_adv - x)).argmax(1) != y).float().mean().item()
 
 
-def test_fmn_and_deepfool_find_the_points_pgd_breaks_at_small_norms(cnn_points):
+@pytest.fixture(scope="module")
+def l2_searches(cnn_points):
+    """PGD-10's successes at L2 0.5, and FMN's and DeepFool's closest points under a radius that holds them all."""
     net, x, y = cnn_points
-    pgd = attack(net, "pgd:steps=10", "L2:0.5", x, y).success
+    return {"pgd": attack(net, "pgd:steps=10", "L2:0.5", x, y).success,
+            "fmn": attack(net, "fmn:steps=30", "L2:100", x, y),  # with eps = 100, x_adv is the closest point itself
+            "deepfool": attack(net, "deepfool", "L2:100", x, y)}
+
+
+def test_fmn_and_deepfool_find_the_points_pgd_breaks_at_small_norms(cnn_points, l2_searches):
+    net, x, y = cnn_points
+    pgd = l2_searches["pgd"]
     assert pgd.any()
-    norms = {}
-    for spec in ("fmn:steps=30", "deepfool"):
-        res = attack(net, spec, "L2:100", x, y)  # a radius that holds every closest point: x_adv is it
+    for name in ("fmn", "deepfool"):
+        res = l2_searches[name]
         m = res.min_norm
         assert m.dtype == torch.float64 and m.shape == (len(y),)
         assert torch.isfinite(m).float().mean() >= 0.95  # an unbounded search breaks (almost) every point
-        assert (m[pgd] <= 0.5).sum() >= pgd.sum() - 1, (spec, m[pgd])  # what PGD breaks within 0.5 is found within 0.5
+        assert (m[pgd] <= 0.5).sum() >= pgd.sum() - 1, (name, m[pgd])  # what PGD breaks within 0.5 is found within 0.5
         assert _tightness(net, x, y, res) <= 0.2  # the points sit at the boundary, not past it
         assert torch.allclose(m, (res.x_adv.double() - x.double()).flatten(1).norm(dim=1))
-        norms[spec] = m
     # FMN's adaptive radius beats one-shot linearization on most points (not all: it follows the runner-up class).
-    assert (norms["fmn:steps=30"] <= norms["deepfool"]).float().mean() >= 0.5
+    assert (l2_searches["fmn"].min_norm <= l2_searches["deepfool"].min_norm).float().mean() >= 0.5
 
 
-def test_cw_finds_norms_comparable_to_fmn(cnn_points):
+def test_cw_finds_norms_comparable_to_fmn(cnn_points, l2_searches):
     net, x, y = cnn_points
     x, y = x[:10], y[:10]
     cw = attack(net, "cw:binary_search_steps=4,steps=25,initial_const=0.1", "L2:100", x, y)
-    fmn = attack(net, "fmn:steps=30", "L2:100", x, y).min_norm
+    fmn = l2_searches["fmn"].min_norm[:10]
     finite = torch.isfinite(cw.min_norm)
     assert finite.float().mean() >= 0.8
     ratio = (cw.min_norm[finite] / fmn[finite]).median().item()
