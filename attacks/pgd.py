@@ -11,10 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
 from torch import Tensor
 
 from robustbench_ext.errors import RbxError
 from robustbench_ext.losses import LOSSES
+from robustbench_ext.attack import AttackContext
 from robustbench_ext.loop import IterativeAttack, Segment, madry_step
 from robustbench_ext.registry import ATTACKS
 
@@ -30,6 +32,9 @@ class PGD(IterativeAttack):
     steps: int = 20
     loss: str = "ce"
     rel_step_size: float | None = None  # None: 2.5 / steps (Madry et al. 2018)
+    #: None: the random start is uniform in ball ∩ box; a number s: x + s * N(0, I), projected onto ball ∩ box
+    #: (the small Gaussian start of TRADES, RSLAD and MTARD's training attacks: 0.001).
+    start_std: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -37,6 +42,14 @@ class PGD(IterativeAttack):
             raise RbxError(f"attack 'pgd': unknown loss '{self.loss}'; known: {', '.join(LOSSES)}")
         if self.rel_step_size is not None and not self.rel_step_size > 0:
             raise RbxError(f"attack 'pgd': rel_step_size must be > 0, got {self.rel_step_size!r}")
+        if self.start_std is not None and not self.start_std > 0:
+            raise RbxError(f"attack 'pgd': start_std must be > 0, got {self.start_std!r}")
+
+    def start(self, ctx: AttackContext, x0: Tensor, eps: float, p: Segment) -> Tensor:
+        if not self.random_start or self.start_std is None:
+            return super().start(ctx, x0, eps, p)
+        noise = torch.randn(x0.shape, generator=ctx.generator, device=x0.device, dtype=x0.dtype)
+        return ctx.geometry.project(x0, x0 + self.start_std * noise, eps)
 
     def objective(self, logits: Tensor, y: Tensor, step: int, state: dict, p: Segment) -> Tensor:
         return LOSSES[self.loss](logits, y)

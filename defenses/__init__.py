@@ -3,4 +3,4 @@
 Importing this package registers them in :data:`robustbench_ext.registry.DEFENSES`.
 """
 
-from . import baselines, ltd, ramp, smoothing_mixer, sovr  # noqa: F401
+from . import baselines, ltd, mtard, ramp, randomized, smoothing_mixer, sovr  # noqa: F401

@@ -71,6 +71,12 @@ class AttackResult:
     entries that were NaN or inf (zeroed, so that no attack returns NaN because of the model). ``loss_sum`` / ``loss_count``:
     per step (passes one after another), the summed loss over the points still being attacked
     and how many there were; ``loss_curve`` is their ratio.
+
+    ``min_norm`` (minimum-norm attacks only, else None): ``[N]`` float64, per sample the norm, in the
+    threat model's norm, of the closest misclassified point the search found, whatever eps is; the
+    base class recomputes it from that point and the model's own prediction there. ``inf``: no
+    misclassified point found; 0: the clean input is already misclassified.
+    :func:`robustbench_ext.curves.robust_accuracy_curve` turns it into robust accuracy at every eps.
     """
 
     x_adv: Tensor
@@ -80,6 +86,7 @@ class AttackResult:
     loss_sum: tuple[float, ...] = ()
     loss_count: tuple[int, ...] = ()
     n_nonfinite: int = 0  # non-finite input-gradient entries the loop zeroed (the model's gradient, not the attack's)
+    min_norm: Tensor | None = None
 
     @property
     def loss_curve(self) -> tuple[float, ...]:
@@ -106,6 +113,9 @@ class AttackContext:
         self._curve: list[tuple[Tensor, int]] = []
         self._seen: tuple[Tensor, Tensor] | None = None  # the last (inputs, logits) of :meth:`logits`
         self._nonfinite: Tensor | int = 0  # zeroed gradient entries, kept on the device (no sync per step)
+        #: Minimum-norm attacks put here their closest adversarial points ``[N, ...]`` (any eps; in the
+        #: box), the clean point where they found none; the base class verifies them into ``min_norm``.
+        self.min_norm_points: Tensor | None = None
 
     @property
     def n_forward(self) -> int:
@@ -167,6 +177,23 @@ class AttackContext:
         """Count a sub-attack's zeroed gradient entries as this attack's (ensembles, union attacks)."""
         self._nonfinite = self._nonfinite + result.n_nonfinite
 
+    def value_and_grads(self, x: Tensor, loss_fn: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """A vector objective and each component's input gradient, from one forward pass.
+
+        ``loss_fn`` maps logits ``[N, K]`` to ``[N, M]``; returns logits ``[N, K]``, losses ``[N, M]`` and
+        gradients ``[M, N, ...]`` (gradient m of sample i is d loss[i, m] / d x[i]); M backward passes.
+        """
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            logits = self.model(xg)
+            loss = loss_fn(logits)
+            m = loss.shape[1]
+            grads = [torch.autograd.grad(loss[:, j].sum(), xg, retain_graph=j + 1 < m)[0] for j in range(m)]
+        g = torch.stack(grads).detach() if grads else x.new_zeros((0, *x.shape))
+        bad = ~torch.isfinite(g)  # zeroed and counted, as in value_and_grad
+        self._nonfinite = self._nonfinite + bad.sum()
+        return logits.detach(), loss.detach(), g.masked_fill(bad, 0.0)
+
     def report(self, fraction: float) -> None:
         """Tell the caller's progress bar that ``fraction`` (0..1) of this attack's work is done."""
         if self.progress is not None:
@@ -206,6 +233,9 @@ class AttackBase(ABC):
     name: ClassVar[str] = "attack"
     norms: ClassVar[tuple[str, ...]] = NORMS
     smoke_params: ClassVar[dict[str, Any]] = {}
+    #: Whether the attack searches for the smallest adversarial perturbation and reports ``min_norm``
+    #: (it must then set ``ctx.min_norm_points`` in :meth:`run`; see :mod:`robustbench_ext.min_norm`).
+    minimum_norm: ClassVar[bool] = False
 
     def params(self) -> dict[str, Any]:
         """The attack's parameters, as written to result records."""
@@ -258,12 +288,19 @@ class Attack(AttackBase):
         self.require(threat)
         x, y = self._prepare(x, y)
         if x.shape[0] == 0:
-            return AttackResult(x.float().clone(), torch.zeros(0, dtype=torch.bool, device=x.device))
+            empty = torch.zeros(0, dtype=torch.float64, device=x.device) if self.minimum_norm else None
+            return AttackResult(x.float().clone(), torch.zeros(0, dtype=torch.bool, device=x.device), min_norm=empty)
         ctx = self._context(model, x, seed, progress, threat=threat)
         x_adv = check_in_threat_model(self.name, x, self.run(ctx, x, y), threat)
+        min_norm = None
+        if self.minimum_norm:
+            if ctx.min_norm_points is None:
+                raise AttackContractError(f"attack '{self.name}' is a minimum-norm attack but reported no points")
+            min_norm = verified_min_norm(self.name, ctx, x, y, ctx.min_norm_points)
         success = verified_success(ctx.verification_logits(x_adv), y)
         ctx.report(1.0)
-        return AttackResult(x_adv, success, ctx.n_forward, ctx.n_backward, *ctx.loss_trace(), n_nonfinite=ctx.n_nonfinite)
+        return AttackResult(x_adv, success, ctx.n_forward, ctx.n_backward, *ctx.loss_trace(), n_nonfinite=ctx.n_nonfinite,
+                            min_norm=min_norm)
 
 
 def verified_success(logits: Tensor, y: Tensor) -> Tensor:
@@ -272,6 +309,24 @@ def verified_success(logits: Tensor, y: Tensor) -> Tensor:
         raise RbxError("the model returned NaN or inf logits on adversarial inputs: its outputs are not usable "
                        "for a robustness evaluation (check its numerics, e.g. a log of zero)")
     return logits.argmax(1) != y
+
+
+def verified_min_norm(name: str, ctx: AttackContext, x: Tensor, y: Tensor, x_min: Tensor) -> Tensor:
+    """``[N]`` float64: ``||x_min - x||`` (the threat model's norm) where the model misclassifies ``x_min``, else inf.
+
+    ``x_min`` must be finite and in the [0, 1] box (it may lie outside the eps-ball: it is the closest
+    adversarial point found at any radius). Its logits go through ``ctx.logits``, so the verification
+    of returned points identical to ``x_min`` (those inside the ball) reuses this forward pass.
+    """
+    if not isinstance(x_min, Tensor) or x_min.shape != x.shape:
+        raise AttackContractError(f"attack '{name}' reported minimum-norm points of shape {getattr(x_min, 'shape', None)} "
+                                  f"for input {tuple(x.shape)}")
+    x_min = x_min.detach().to(torch.float32)
+    if not torch.isfinite(x_min).all() or (x_min.numel() and (x_min.min() < 0 or x_min.max() > 1)):
+        raise AttackContractError(f"attack '{name}' reported minimum-norm points that are not finite or leave the [0, 1] box")
+    fooled = verified_success(ctx.logits(x_min), y)
+    norms = ctx.geometry.norm_of(x_min.double() - x.double())
+    return torch.where(fooled, norms, torch.full_like(norms, math.inf))
 
 
 def require_positive_ints(attack: Any, *fields: str) -> None:

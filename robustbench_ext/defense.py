@@ -93,6 +93,15 @@ class Defense(ABC):
     def epoch_end(self, trainer: Trainer, epoch: int) -> None:
         """After each epoch's batches (before the checkpoint)."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """State the defense carries from batch to batch (MTARD's loss weights), saved in the training
+        checkpoint so that a resumed run continues exactly; default: none. Values must be what
+        ``torch.load(weights_only=True)`` reads back: numbers, strings, None, tensors, lists and dicts."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (called before :meth:`setup` when training resumes)."""
+
     def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         """The parameters this defense trains (default: all of them)."""
         return list(model.parameters())

@@ -3,6 +3,8 @@
 Every attack is written once against the :class:`Geometry` interface (Foolbox-style hooks):
 
 - :meth:`Geometry.norm_of` -- the norm of a perturbation, per sample;
+- :meth:`Geometry.dual_norm_of` -- the dual norm of a gradient, per sample (distances to a linearized
+  decision boundary: DeepFool, FMN);
 - :meth:`Geometry.project` -- the Euclidean projection onto the eps-ball intersected with the [0, 1] box;
 - :meth:`Geometry.step_direction` -- the steepest-ascent direction of unit norm;
 - :meth:`Geometry.random_init` -- a random point inside ball and box;
@@ -62,6 +64,14 @@ class Geometry(ABC):
     def norm_of(self, delta: Tensor) -> Tensor:
         """Per-sample norm of ``delta`` ``[N, ...]`` -> ``[N]``."""
 
+    @abstractmethod
+    def dual_norm_of(self, grad: Tensor) -> Tensor:
+        """Per-sample dual norm of ``grad`` ``[N, ...]`` -> ``[N]``: ``max <grad, u>`` over ``||u|| <= 1``.
+
+        For a function linearized as ``f(x) + <grad, d>``, ``|f(x)| / dual_norm_of(grad)`` is the norm of
+        the smallest ``d`` that reaches ``f = 0`` (box ignored).
+        """
+
     def tolerance(self, eps: Eps, n_features: int) -> Tensor | float:
         """Largest norm a correctly projected float32 point may show: eps plus rounding slack.
 
@@ -111,6 +121,9 @@ class LinfGeometry(Geometry):
     def norm_of(self, delta: Tensor) -> Tensor:
         return _flat(delta).abs().amax(dim=1)
 
+    def dual_norm_of(self, grad: Tensor) -> Tensor:
+        return _flat(grad).abs().sum(dim=1)  # L1
+
     def _rounding_slack(self, n_features: int) -> float:
         return 1e-6
 
@@ -136,6 +149,9 @@ class L2Geometry(Geometry):
 
     def norm_of(self, delta: Tensor) -> Tensor:
         return _flat(delta).norm(p=2, dim=1)
+
+    def dual_norm_of(self, grad: Tensor) -> Tensor:
+        return _flat(grad).norm(p=2, dim=1)  # L2 is self-dual
 
     def _rounding_slack(self, n_features: int) -> float:
         return 1e-7 * math.sqrt(n_features)
@@ -183,6 +199,9 @@ class L1Geometry(Geometry):
 
     def norm_of(self, delta: Tensor) -> Tensor:
         return _flat(delta).abs().sum(dim=1)
+
+    def dual_norm_of(self, grad: Tensor) -> Tensor:
+        return _flat(grad).abs().amax(dim=1)  # Linf
 
     def _rounding_slack(self, n_features: int) -> float:
         return 1e-7 * n_features

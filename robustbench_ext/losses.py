@@ -32,6 +32,15 @@ def logit_margin(logits: Tensor, y: Tensor) -> Tensor:
     return z_other - z_y
 
 
+def cw_margin(logits: Tensor, y: Tensor, kappa: float = 0.0) -> Tensor:
+    """Carlini & Wagner's (2017) margin, capped at the confidence ``kappa``: ``min(max_{j!=y} z_j - z_y, kappa)``.
+
+    The attacker maximizes it; C&W minimize its negative, ``max(z_y - max_{j!=y} z_j, -kappa)``: once the
+    point is misclassified by a margin ``kappa``, the term stops pulling and only the distance counts.
+    """
+    return logit_margin(logits, y).clamp_max(kappa)
+
+
 def dlr(logits: Tensor, y: Tensor) -> Tensor:
     """Difference of logits ratio (Croce & Hein 2020): ``-(z_y - max_{j!=y} z_j) / (z_pi1 - z_pi3)``.
 

@@ -5,7 +5,7 @@ horizontal flip, drawn from the epoch's generator), the defense's loss per batch
 the batch's position), SGD with momentum (no weight decay on biases and norm layers) under a one-cycle,
 piecewise or constant schedule stepped per batch, bf16 autocast on CUDA. After each epoch: a log line
 (loss, clean and adversarial training accuracy, lr, seconds, the defense's statistics) and an atomic
-checkpoint (weights, optimizer, schedule, log); ``resume`` continues from it, and because every random
+checkpoint (weights, optimizer, schedule, log, the defense's own state); ``resume`` continues from it, and because every random
 draw is derived from (seed, epoch, batch), the resumed epochs equal an uninterrupted run's on CPU.
 
 At the end the model (fp16 state dict + ``model.json``: architecture and inference wrapper) is saved,
@@ -255,7 +255,8 @@ class Trainer:
     def _save_checkpoint(self, path: Path) -> None:
         buf = io.BytesIO()
         torch.save({"model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
-                    "epoch": self.epoch, "log": self.log, "config": json.dumps(self._config_dict())}, buf)
+                    "epoch": self.epoch, "log": self.log, "config": json.dumps(self._config_dict()),
+                    "defense": self.defense.state_dict()}, buf)
         atomic_write_bytes(path, buf.getvalue())
 
     def _load_checkpoint(self, path: Path) -> None:
@@ -274,6 +275,7 @@ class Trainer:
         self.opt.load_state_dict(ck["opt"])
         self.sched.load_state_dict(ck["sched"])
         self.epoch, self.log = int(ck["epoch"]), list(ck["log"])
+        self.defense.load_state_dict(ck.get("defense") or {})
 
     def _save_model(self) -> Path:
         state = {k: (v.half() if v.is_floating_point() else v) for k, v in self.model.state_dict().items()}

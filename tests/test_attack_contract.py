@@ -172,3 +172,51 @@ def test_verification_reuses_only_identical_points():
         truth = model(res.x_adv).argmax(1) != y
     assert truth.any()  # the moved points do fool the model: a stale (clean) verdict would say they do not
     assert torch.equal(res.success, truth)
+
+
+MIN_NORM = [(n, norm) for n in SINGLE for norm in NORMS
+            if ATTACKS.get(n).factory.minimum_norm and norm in ATTACKS.get(n).factory.norms]
+
+
+@pytest.mark.parametrize("name, norm", MIN_NORM)
+def test_minimum_norm_contract(name, norm):
+    """Minimal norms are the model's verdict, ignore eps, and agree with the fixed-eps candidates."""
+    attack = _attack(name)
+    model, x = tiny_model(), tiny_batch()
+    y = model(x).argmax(1)
+    y[:2] = (y[:2] + 1) % 10  # two points misclassified from the start: norm 0
+    geom = ThreatModel(norm, 1.0).geometry
+    results = {eps: attack(model, x, y, ThreatModel(norm, eps), seed=0) for eps in EPS[norm]}
+    m = results[EPS[norm][0]].min_norm
+    assert m.dtype == torch.float64 and m.shape == (len(y),) and (m >= 0).all()
+    assert (m[:2] == 0).all() and (m[2:] > 0).all()
+    for eps, res in results.items():
+        assert torch.equal(res.min_norm, m)  # the search does not read eps
+        inside = m <= eps
+        assert res.success[inside].all()  # the closest point found is returned when it fits the ball
+        d = geom.norm_of(res.x_adv.double() - x.double())
+        assert torch.allclose(d[inside], m[inside])
+        far = ~inside & torch.isfinite(m)
+        assert (d[far] >= eps * (1 - 1e-4)).all()  # farther adversarial points are projected onto the sphere
+    assert torch.isfinite(m).float().mean() >= 0.5  # on this weak model most points break at some radius
+    non_min = next(n for n in SINGLE if not ATTACKS.get(n).factory.minimum_norm)
+    assert _attack(non_min)(model, x, y, ThreatModel(norm, EPS[norm][0])).min_norm is None
+    empty = attack(model, x[:0], y[:0], ThreatModel(norm, EPS[norm][0]))
+    assert empty.min_norm is not None and empty.min_norm.numel() == 0
+
+
+@dataclass(eq=False)
+class _SilentMinNorm(Attack):
+    """Claims to be a minimum-norm attack but reports no points: the base class must refuse it."""
+
+    name: ClassVar[str] = "silent-min-norm"
+    minimum_norm: ClassVar[bool] = True
+
+    def run(self, ctx, x, y):
+        return x.clone()
+
+
+def test_minimum_norm_attack_must_report_its_points():
+    model, x = tiny_model(), tiny_batch()
+    with pytest.raises(AttackContractError, match="reported no points"):
+        _SilentMinNorm()(model, x, model(x).argmax(1), ThreatModel("L2", 0.5))

@@ -172,8 +172,12 @@ def _cfg(tmp_path, **kw):
     return TrainConfig(**base)
 
 
-def test_resume_reproduces_the_next_epoch_exactly(tmp_path, monkeypatch):
-    spec = "ramp:attack=apgd-ce:steps=2,gp=true"  # per-epoch hooks (gradient projection) included
+@pytest.mark.parametrize("spec", [
+    "ramp:attack=apgd-ce:steps=2,gp=true",  # per-epoch hooks (gradient projection) included
+    # state carried from batch to batch and across epochs (MTARD's loss weights and first-batch losses)
+    "mtard:attack=pgd:steps=2,nat_teacher=cifar10-smallcnn-linf-at,adv_teacher=cifar10-smallcnn-linf-at,balance_temperature=true",
+], ids=["ramp", "mtard"])
+def test_resume_reproduces_the_next_epoch_exactly(tmp_path, monkeypatch, spec):
     straight = Trainer(_cfg(tmp_path / "a", defense=spec))
     straight.run()
 
@@ -196,6 +200,7 @@ def test_resume_reproduces_the_next_epoch_exactly(tmp_path, monkeypatch):
     for (k, v1), v2 in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(v1, v2), k
     assert resumed.log[1]["loss"] == straight.log[1]["loss"]
+    assert resumed.defense.state_dict() == straight.defense.state_dict()
 
 
 @pytest.mark.parametrize("name", DEFENSES.names())

@@ -152,3 +152,21 @@ def test_per_sample_eps(norm):
     p = geom.project(x, x + 1.0, eps)
     norms = geom.norm_of(p - x)
     assert torch.allclose(norms, eps, rtol=1e-5, atol=1e-6)  # float32 rounding of x + d
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_dual_norm_is_the_best_linear_gain_on_the_unit_ball(norm):
+    """dual_norm_of(g) = max <g, u> over ||u|| <= 1: reached by the steepest-ascent direction, never beaten."""
+    geom = get_geometry(norm)
+    g = torch.randn((5, 3, 4, 4), generator=torch.Generator().manual_seed(0))
+    d = g[0].numel()
+    u = geom.step_direction(g, sparsity=1 / d)  # for L1 the steepest direction is one coordinate
+    assert torch.allclose(geom.norm_of(u), torch.ones(5), atol=1e-6)
+    gain = (g * u).flatten(1).sum(1)
+    assert torch.allclose(gain, geom.dual_norm_of(g), rtol=1e-5)
+    for seed in range(20):  # random unit vectors gain less (Hoelder)
+        v = torch.randn(g.shape, generator=torch.Generator().manual_seed(seed + 1))
+        v = v / geom.norm_of(v).reshape(-1, 1, 1, 1)
+        assert ((g * v).flatten(1).sum(1) <= geom.dual_norm_of(g) + 1e-5).all()
+    expected = {"Linf": g.flatten(1).abs().sum(1), "L2": g.flatten(1).norm(dim=1), "L1": g.flatten(1).abs().amax(1)}[norm]
+    assert torch.allclose(geom.dual_norm_of(g), expected)

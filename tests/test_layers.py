@@ -17,13 +17,13 @@ PACKAGES = {"robustbench_ext": "robustbench_ext", "attacks": "robustbench_ext.at
 
 LAYERS: list[tuple[str, ...]] = [
     # 0: leaves: no rbx imports but each other
-    ("_version", "errors", "paths", "stats", "progress", "losses", "devutils", "_compat", "provenance"),
+    ("_version", "errors", "paths", "stats", "progress", "losses", "devutils", "_compat", "provenance", "curves"),
     # 1: threat models and their per-norm math; registries and the spec grammar
     ("threat", "geometry", "registry", "specs"),
     # 2: engine switches that know nothing of attacks
     ("acceleration", "distributed"),
     # 3: the attack contract; the one cascade; the shared first-order loop; the gradient-masking checks
-    ("attack",), ("cascade", "loop"), ("checks",),
+    ("attack",), ("cascade", "loop", "min_norm"), ("checks",),
     # 4: plugins: attacks (they import layers <= 3 and the registry)
     ("attacks", "attacks.*"),
     # 5: data, architectures, the common-corruption image sets, models (with their inference wrappers)
