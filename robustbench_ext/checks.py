@@ -8,7 +8,9 @@ Cheap checks (:func:`cheap_checks`) run before every evaluation and are stored i
 - ``deterministic``: two forward passes on the same inputs give the same logits (else the model is
   randomized and needs EoT attacks; every single-run number is optimistic).
 - ``zero_gradients``: the input gradient of the cross-entropy is exactly zero for some points
-  (quantized inputs, hard thresholds, non-differentiable pre-processing).
+  (quantized inputs, hard thresholds, non-differentiable pre-processing);
+- ``finite_gradients``: the input gradient has NaN or inf entries for some points (``sqrt`` or ``log`` at
+  0): the attacks zero such entries and count them (the record's ``nonfinite_grads``).
 
 Attack-based checks (:func:`full_checks`, ``rbx check``) need a threat model and attacks:
 
@@ -73,13 +75,28 @@ def check_deterministic(net: nn.Module, x: Tensor) -> CheckResult:
                        "EoT attacks (AutoAttack version rand) and single-run numbers are optimistic")
 
 
-def check_zero_gradients(net: nn.Module, x: Tensor, y: Tensor) -> CheckResult:
-    """Flag points whose cross-entropy input gradient is exactly zero (a sign of masked gradients)."""
+def _input_gradient(net: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     with torch.enable_grad():
         xg = x.detach().clone().requires_grad_(True)
         loss = F.cross_entropy(net(xg).float(), y, reduction="sum")
         (g,) = torch.autograd.grad(loss, xg)
-    zero = (g.reshape(g.shape[0], -1).abs().sum(1) == 0).float().mean().item()
+    return g
+
+
+def check_finite_gradients(g: Tensor) -> CheckResult:
+    """Flag points whose input gradient has NaN or inf entries (the attacks zero them and count them)."""
+    bad = (~torch.isfinite(g)).reshape(g.shape[0], -1).any(1).float().mean().item()
+    ok = bad == 0
+    return CheckResult("finite_gradients", ok, bad,
+                       "input gradients are finite" if ok else
+                       f"{100 * bad:.1f}% of points have NaN or inf input-gradient entries (e.g. sqrt or log at 0): the "
+                       "attacks zero those entries and count them in the record; the model's gradients are unreliable there")
+
+
+def check_zero_gradients(net: nn.Module, x: Tensor, y: Tensor, g: Tensor | None = None) -> CheckResult:
+    """Flag points whose cross-entropy input gradient is exactly zero (a sign of masked gradients)."""
+    g = _input_gradient(net, x, y) if g is None else g
+    zero = (torch.nan_to_num(g).reshape(g.shape[0], -1).abs().sum(1) == 0).float().mean().item()
     ok = zero == 0
     return CheckResult("zero_gradients", ok, zero,
                        "input gradients are non-zero" if ok else
@@ -91,7 +108,9 @@ def cheap_checks(net: nn.Module, x: Tensor, y: Tensor) -> list[CheckResult]:
     """The checks the runner runs before every evaluation, on a small batch (model in eval mode)."""
     with torch.no_grad():
         logits = net(x)
-    return [check_probabilities(logits), check_deterministic(net, x), check_zero_gradients(net, x, y)]
+    g = _input_gradient(net, x, y)
+    return [check_probabilities(logits), check_deterministic(net, x), check_zero_gradients(net, x, y, g),
+            check_finite_gradients(g)]
 
 
 # ---- attack-based checks ---------------------------------------------------------------------------

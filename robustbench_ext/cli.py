@@ -407,7 +407,7 @@ def check_cmd(model_spec, arch, normalize, dataset_spec, n_examples, threat_spec
     shape = tuple(data.x.shape[1:])  # every attack fitted to the model and data before any runs
     attacks = [a.fit(k, shape, threat)[0] for a in attacks]
     black_box = black_box.fit(k, shape, threat)[0]
-    clock, done = RunClock(7), [0]
+    clock, done = RunClock(8), [0]  # the 4 cheap checks and the 4 attack-based ones
 
     def on_result(r, seconds):
         done[0] += 1

@@ -66,7 +66,7 @@ def report_cmd(record: Path, out: Path | None) -> None:
 def export_cmd(record: Path, fmt: str, model_id: str, out: Path, meta: Path | None, autoattack_record: Path | None) -> None:
     """Export a record as RobustBench leaderboard entries (model_info/<dataset>/<Linf|L2>/<id>.json)."""
     from .records import read_record
-    from .robustbench_export import export
+    from .robustbench_export import export, left_out
 
     if not record.is_file():
         raise RbxError(f"no such record: {record}")
@@ -77,8 +77,12 @@ def export_cmd(record: Path, fmt: str, model_id: str, out: Path, meta: Path | No
         except (OSError, json.JSONDecodeError) as exc:
             raise RbxError(f"cannot read --meta {meta}: {exc}") from None
     aa = read_record(autoattack_record) if autoattack_record else None
-    for p in export(read_record(record), out, model_id, meta_d, aa):
+    rec = read_record(record)
+    for p in export(rec, out, model_id, meta_d, aa):
         click.echo(f"exported: {p}")
+    dropped = left_out(rec, meta_d)
+    if dropped:
+        click.echo(f"rbx: note: not in the export (RobustBench has no place for them): {'; '.join(dropped)}", err=True)
 
 
 @click.command("shards")
@@ -109,14 +113,17 @@ def shards_cmd(dataset_spec: str, n_examples: int | None, shard_size: int, out: 
 @click.option("--candidate", type=click.Path(path_type=Path), required=True, help="Candidate record (or results directory).")
 @click.option("--alpha", type=float, default=0.05, show_default=True, help="Family-wise significance level of the gate.")
 @click.option("--json", "as_json", is_flag=True)
-def regress_cmd(baseline: Path, candidate: Path, alpha: float, as_json: bool) -> None:
+@click.option("--allow-different-attacks", is_flag=True,
+              help="Compare runs made with different attacks or seeds anyway (the report warns; the verdict then "
+                   "says little about the model).")
+def regress_cmd(baseline: Path, candidate: Path, alpha: float, as_json: bool, allow_different_attacks: bool) -> None:
     """Regression gate: exit 1 if robust accuracy (any threat model or the union) changed significantly, 0 if not,
     2 if the runs cannot be compared."""
     import dataclasses as dc
 
     from .regress import compare, resolve_pairs
 
-    results = [compare(b, c, alpha) for b, c in resolve_pairs(baseline, candidate)]
+    results = [compare(b, c, alpha, allow_different_attacks) for b, c in resolve_pairs(baseline, candidate)]
     if as_json:
         click.echo(json.dumps([{**dc.asdict(r), "failed": r.failed} for r in results], indent=2))
     else:

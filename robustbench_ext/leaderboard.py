@@ -26,10 +26,12 @@ from . import plots
 from .errors import RbxError
 from .provenance import utc_now
 from .records import RunRecord, atomic_write_bytes, atomic_write_text, iter_records, read_flags
+from .stats import interval, percent
 
 
 def _pct(x: float) -> float:
-    return round(100.0 * x, 2)
+    """Rows keep the fraction itself: every table rounds it once, through :func:`robustbench_ext.stats.percent`."""
+    return float(x)
 
 
 def record_row(path: Path, r: RunRecord) -> dict:
@@ -92,8 +94,14 @@ def _corruption_row(path: Path, r: RunRecord) -> dict:
 
 
 def records_table(results_dir: Path) -> pd.DataFrame:
-    """Every record under ``results_dir`` as a DataFrame, oldest first."""
-    return pd.DataFrame([record_row(p, r) for p, r in iter_records(results_dir)])
+    """Every record under ``results_dir`` as a DataFrame, oldest first; records marked meaningless (a threat
+    model whose ball covers the whole [0, 1] box, e.g. ``Linf:8`` for 8/255) are left out of every board."""
+    return pd.DataFrame([record_row(p, r) for p, r in iter_records(results_dir) if not r.config.get("meaningless")])
+
+
+def meaningless_records(results_dir: Path) -> list[str]:
+    """Records left out of the boards because a threat model covers the whole box (their run ids)."""
+    return [r.run_id for _, r in iter_records(results_dir) if r.config.get("meaningless")]
 
 
 #: What makes runs comparable on one board: the suite and exactly the same images.
@@ -159,7 +167,12 @@ def build_boards(results_dir: Path) -> list[Board]:
 
 
 def _fmt(acc: float, ci: tuple[float, float]) -> str:
-    return f"{acc:.1f} ({ci[0]:.1f}–{ci[1]:.1f})"
+    return f"{percent(acc)} ({interval(ci)})"
+
+
+def _num(x: float) -> float:
+    """A fraction as the CSV's percentage with two decimals (the same rounding as every table)."""
+    return float(percent(x, 2))
 
 
 def board_markdown(board: Board, link_base: Path | None = None, plot_links: dict[str, list[tuple[str, str]]] | None = None) -> str:
@@ -171,7 +184,7 @@ def board_markdown(board: Board, link_base: Path | None = None, plot_links: dict
             "model": rows["model"].values,
             "architecture": rows["architecture"].values,
             "clean": [_fmt(a, c) for a, c in zip(rows["clean"], rows["clean_ci"])],
-            **{t: [f"{a:.1f}" for a in rows[t]] for t in board.threats},
+            **{t: [percent(a) for a in rows[t]] for t in board.threats},
             "mean": [_fmt(a, c) for a, c in zip(rows["mean"], rows["mean_ci"])],
             "severities": rows["severities"].values,
             "n": rows["n"].values,
@@ -198,7 +211,7 @@ def board_markdown(board: Board, link_base: Path | None = None, plot_links: dict
         "date": rows["date"].values,
         "record": [_link(p, link_base) for p in rows["record"]],
     })
-    lines = [out.to_markdown(index=False)]
+    lines = [out.to_markdown(index=False, disable_numparse=True)]
     for caption, target in (plot_links or {}).get(board.anchor, []):
         lines.append(f"- [{caption}]({target})")
     return "\n".join(lines) + "\n"
@@ -216,10 +229,13 @@ def leaderboard_markdown(results_dir: Path, *, link_base: Path | None = None,
                       "its severities, and the mean over every corruption and severity, which ranks (with 95% intervals "
                       "over the images); with all 15 corruptions x 5 severities it is RobustBench's corruptions accuracy.", ""]
     if not boards:
-        lines.append("_No records yet: run `rbx run` first._")
-        return "\n".join(lines) + "\n"
+        lines += ["_No records yet: run `rbx run` first._", ""]
     for board in boards:
         lines += [f"## {board.title}", "", board_markdown(board, link_base, plot_links)]
+    left = meaningless_records(results_dir)
+    if left:
+        lines += [f"_Left out: {len(left)} record(s) whose threat model covers the whole [0, 1] box, so their robust "
+                  f"accuracy means nothing ({', '.join(left[:5])}{', ...' if len(left) > 5 else ''})._", ""]
     return "\n".join(lines)
 
 
@@ -232,27 +248,28 @@ def leaderboard_csv(boards: list[Board]) -> str:
             frames.append(_corruption_csv(b))
             continue
         cols: dict[str, Any] = {"suite": b.suite, "board": b.anchor, "rank": r["rank"], "model": r["model"], "architecture": r["architecture"],
-                                "clean": r["clean"], "clean_lo": [c[0] for c in r["clean_ci"]], "clean_hi": [c[1] for c in r["clean_ci"]]}
+                                **_csv_acc("clean", r["clean"], r["clean_ci"])}
         for t in b.threats:
-            cols[t] = r[t]
-            cols[f"{t}_lo"] = [c[0] for c in r[f"{t} ci"]]
-            cols[f"{t}_hi"] = [c[1] for c in r[f"{t} ci"]]
-        cols.update({"union": r["union"], "union_lo": [c[0] for c in r["union_ci"]], "union_hi": [c[1] for c in r["union_ci"]],
+            cols.update(_csv_acc(t, r[t], r[f"{t} ci"]))
+        cols.update({**_csv_acc("union", r["union"], r["union_ci"]),
                      "n": r["n"], "attacks": r["attacks"], "dataset": r["dataset"], "dataset_sha256": r["dataset_sha256"],
                      "device": r["device"], "date": r["date"], "seconds": r["seconds"], "record": r["record"]})
         frames.append(pd.DataFrame(cols))
     return pd.concat(frames, ignore_index=True).to_csv(index=False) if frames else "suite,rank,model\n"
 
 
+def _csv_acc(name: str, acc, ci) -> dict[str, list[float]]:
+    """CSV columns ``name``, ``name_lo``, ``name_hi`` in percent (rounded once, as in every table)."""
+    return {name: [_num(a) for a in acc], f"{name}_lo": [_num(c[0]) for c in ci], f"{name}_hi": [_num(c[1]) for c in ci]}
+
+
 def _corruption_csv(b: Board) -> pd.DataFrame:
     r = b.rows
     cols: dict[str, Any] = {"suite": b.suite, "board": b.anchor, "rank": r["rank"], "model": r["model"], "architecture": r["architecture"],
-                            "clean": r["clean"], "clean_lo": [c[0] for c in r["clean_ci"]], "clean_hi": [c[1] for c in r["clean_ci"]]}
+                            **_csv_acc("clean", r["clean"], r["clean_ci"])}
     for t in b.threats:
-        cols[t] = r[t]
-        cols[f"{t}_lo"] = [c[0] for c in r[f"{t} ci"]]
-        cols[f"{t}_hi"] = [c[1] for c in r[f"{t} ci"]]
-    cols.update({"mean": r["mean"], "mean_lo": [c[0] for c in r["mean_ci"]], "mean_hi": [c[1] for c in r["mean_ci"]],
+        cols.update(_csv_acc(t, r[t], r[f"{t} ci"]))
+    cols.update({**_csv_acc("mean", r["mean"], r["mean_ci"]),
                  "severities": r["severities"], "complete": r["complete"], "n": r["n"], "source": r["attacks"],
                  "dataset": r["dataset"], "dataset_sha256": r["dataset_sha256"], "device": r["device"], "date": r["date"],
                  "seconds": r["seconds"], "record": r["record"]})
@@ -342,9 +359,11 @@ def render_html(boards: list[Board], n_records: int) -> str:
         for _, r in b.rows.iterrows():
             rows.append({
                 "rank": int(r["rank"]), "model": r["model"], "architecture": r["architecture"],
-                "clean": r["clean"], "clean_ci": r["clean_ci"],
-                "acc": {t: r[t] for t in b.threats}, "ci": {t: r[f"{t} ci"] for t in b.threats},
-                "union": r[rank], "union_ci": r[f"{rank}_ci"], "n": int(r["n"]), "attacks": r["attacks"],
+                "clean": r["clean"], "clean_s": percent(r["clean"]), "clean_ci": interval(r["clean_ci"]),
+                "acc": {t: r[t] for t in b.threats}, "acc_s": {t: percent(r[t]) for t in b.threats},
+                "ci": {t: interval(r[f"{t} ci"]) for t in b.threats},
+                "union": r[rank], "union_s": percent(r[rank]), "union_ci": interval(r[f"{rank}_ci"]),
+                "n": int(r["n"]), "attacks": r["attacks"],
                 "dataset": r["dataset"], "device": r["device"], "date": r["date"], "record": Path(r["record"]).name,
                 "plots": r.get("plots", []) or [],
             })

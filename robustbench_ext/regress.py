@@ -22,6 +22,7 @@ import numpy as np
 
 from .errors import RbxError
 from .records import RunRecord, SampleFlags, iter_records, read_flags, read_record
+from .stats import percent
 
 
 class UnusableInput(RbxError):
@@ -86,8 +87,8 @@ class GateResult:
         lines = [f"baseline  {self.baseline}", f"candidate {self.candidate}",
                  f"{self.n} paired samples; exact McNemar tests, Holm-corrected at alpha = {self.alpha}", ""]
         for c in self.comparisons:
-            lines.append(f"{c.name:<14} {100 * c.baseline:6.2f}% -> {100 * c.candidate:6.2f}%  "
-                         f"({100 * (c.candidate - c.baseline):+.2f})  flips: {c.drops} down, {c.rises} up  "
+            lines.append(f"{c.name:<14} {percent(c.baseline, 2):>6}% -> {percent(c.candidate, 2):>6}%  "
+                         f"({'+' if c.candidate >= c.baseline else ''}{percent(c.candidate - c.baseline, 2)})  flips: {c.drops} down, {c.rises} up  "
                          f"p = {c.p_value:.3g}  {c.verdict}")
         lines += list(self.notes)
         lines.append("")
@@ -108,18 +109,58 @@ def _check_same_images(b: RunRecord, c: RunRecord, fb: SampleFlags, fc: SampleFl
         raise UnusableInput("the runs' per-sample indices or labels differ; evaluate both on the same slice")
 
 
-def compare(baseline: Path, candidate: Path, alpha: float = 0.05) -> GateResult:
-    """Gate one candidate record against one baseline record."""
+def evaluation_setup(r: RunRecord) -> dict[str, object]:
+    """What produced a record's numbers besides the model: per threat model its attacks and their parameters,
+    the union-stage attacks, and the seed."""
+    return {"attacks": {t.threat: [(a.attack, a.params) for a in t.attacks if not a.skipped] for t in r.threats},
+            "union": [(a.attack, a.params) for a in r.union_attacks], "seed": r.config.get("seed")}
+
+
+def _same_stages(a: list, b: list) -> bool:
+    """Same attacks in the same order, with equal values for every parameter both records name (a parameter
+    one rbx version added, with its default, does not make two otherwise identical runs differ)."""
+    return len(a) == len(b) and all(na == nb and all(pa[k] == pb[k] for k in set(pa) & set(pb))
+                                    for (na, pa), (nb, pb) in zip(a, b))
+
+
+def _show(stages: list) -> str:
+    return " > ".join(f"{n}({', '.join(f'{k}={v}' for k, v in sorted(p.items()))})" for n, p in stages)
+
+
+def _setup_differences(b: RunRecord, c: RunRecord) -> list[str]:
+    sb, sc = evaluation_setup(b), evaluation_setup(c)
+    out = [f"{t}: {_show(sb['attacks'][t])} vs {_show(sc['attacks'][t])}"  # type: ignore[index]
+           for t in sorted(set(sb["attacks"]) & set(sc["attacks"]))  # type: ignore[arg-type]
+           if not _same_stages(sb["attacks"][t], sc["attacks"][t])]  # type: ignore[index]
+    if not _same_stages(sb["union"], sc["union"]):  # type: ignore[arg-type]
+        out.append("the union-stage attacks differ")
+    if sb["seed"] != sc["seed"]:
+        out.append(f"seed {sb['seed']} vs {sc['seed']}")
+    return out
+
+
+def compare(baseline: Path, candidate: Path, alpha: float = 0.05, allow_different_attacks: bool = False) -> GateResult:
+    """Gate one candidate record against one baseline record.
+
+    The two runs must have evaluated the same images with the same attacks, parameters and seed: else a
+    change in robust accuracy says nothing about the model. ``allow_different_attacks`` compares anyway,
+    with a warning in the report.
+    """
     if not 0 < alpha < 1:
         raise UnusableInput(f"--alpha must be in (0, 1), got {alpha}")
     b, c = read_record(baseline), read_record(candidate)
     fb, fc = read_flags(baseline, b), read_flags(candidate, c)
     _check_same_images(b, c, fb, fc)
+    differ = _setup_differences(b, c)
+    if differ and not allow_different_attacks:
+        raise UnusableInput(f"the runs were not produced by the same attacks and seed ({'; '.join(differ)}): a change "
+                            "would not be the model's; evaluate both the same way, or pass --allow-different-attacks")
     common = [t for t in fb.threats if t in fc.threats]
     if not common:
         raise UnusableInput(f"the runs share no threat model (baseline: {', '.join(fb.threats)}; "
                             f"candidate: {', '.join(fc.threats)})")
-    notes = []
+    notes = [f"WARNING: different evaluations ({'; '.join(differ)}): a significant change may be the attacks', "
+             "not the model's"] if differ else []
     skipped = sorted(set(fb.threats) ^ set(fc.threats))
     if skipped:
         notes.append(f"not compared (in one run only): {', '.join(skipped)}")
@@ -136,7 +177,7 @@ def compare(baseline: Path, candidate: Path, alpha: float = 0.05) -> GateResult:
     comps = tuple(Comparison(r.name, r.baseline, r.candidate, r.drops, r.rises, r.p_value, rej) for r, rej in zip(raw, rejected))
     clean_flips = int((fb.clean_correct != fc.clean_correct).sum())
     if clean_flips:
-        notes.append(f"clean accuracy {100 * fb.clean_correct.mean():.2f}% -> {100 * fc.clean_correct.mean():.2f}% "
+        notes.append(f"clean accuracy {percent(fb.clean_correct.mean(), 2)}% -> {percent(fc.clean_correct.mean(), 2)}% "
                      f"({clean_flips} samples changed): is this the same model?")
     return GateResult(str(baseline), str(candidate), b.n, alpha, comps, tuple(notes))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import plots
+from .stats import percent
 from .records import RunRecord, atomic_write_bytes, atomic_write_text, read_flags, read_record
 
 
@@ -12,7 +13,7 @@ def format_table(record: RunRecord) -> str:
     """The run as a small text table: clean, each threat model, union, with intervals and seconds."""
     def row(label: str, acc, seconds: str = "", note: str = "") -> str:
         lo, hi = acc.ci95
-        return f"{label:<14} {100 * acc.accuracy:6.2f}   [{100 * lo:5.1f}, {100 * hi:5.1f}]   {seconds:>8}  {note}".rstrip()
+        return f"{label:<14} {percent(acc.accuracy, 2):>6}   [{percent(lo):>5}, {percent(hi):>5}]   {seconds:>8}  {note}".rstrip()
 
     prov = record.provenance
     if record.corruptions is not None:
@@ -34,7 +35,7 @@ def format_table(record: RunRecord) -> str:
                      f"of {a.n_attacked} union-robust points")
     lines.append(row("union", record.union, f"{prov['wall_seconds']:.1f}", "all threat models"))
     for sw in record.sweeps:
-        pts = ", ".join(f"{p['label'].split(':', 1)[1]}: {100 * p['robust']['accuracy']:.1f}" for p in sw["points"])
+        pts = ", ".join(f"{p['label'].split(':', 1)[1]}: {percent(p['robust']['accuracy'])}" for p in sw["points"])
         lines.append(f"eps sweep {sw['threat']}: {pts}")
     return "\n".join(lines)
 
@@ -46,7 +47,7 @@ def _corruption_table(record: RunRecord) -> str:
     prov = record.provenance
 
     def row(label: str, acc: float, ci: tuple[float, float], seconds: str = "", note: str = "") -> str:
-        return f"{label:<17} {100 * acc:6.2f}   [{100 * ci[0]:5.1f}, {100 * ci[1]:5.1f}]   {seconds:>8}  {note}".rstrip()
+        return f"{label:<17} {percent(acc, 2):>6}   [{percent(ci[0]):>5}, {percent(ci[1]):>5}]   {seconds:>8}  {note}".rstrip()
 
     source = c.source.get("description", "")
     lines = [
@@ -60,7 +61,7 @@ def _corruption_table(record: RunRecord) -> str:
     ]
     for name, mean in c.per_corruption.items():
         cells = [r for r in c.results if r.corruption == name]
-        per = ", ".join(f"s{r.severity} {100 * r.accuracy.accuracy:.1f}" for r in cells)
+        per = ", ".join(f"s{r.severity} {percent(r.accuracy.accuracy)}" for r in cells)
         lines.append(row(name, mean.accuracy, mean.ci95, f"{sum(r.seconds for r in cells):.1f}", per))
     what = "all 15 x 5: RobustBench's corruptions accuracy, by its definition" if c.complete else f"{len(c.results)} of the 75 corruption/severity pairs"
     lines.append(row("mean", c.mean.accuracy, c.mean.ci95, f"{prov['wall_seconds']:.1f}", what))

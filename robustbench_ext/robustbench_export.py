@@ -21,6 +21,7 @@ from typing import Any
 
 from .errors import RbxError
 from .records import RunRecord, atomic_write_text
+from .stats import percent
 from .threat import format_eps
 
 BOARDS = ("Linf", "L2")
@@ -29,7 +30,7 @@ KEYS = ("link", "name", "authors", "additional_data", "number_forward_passes", "
 
 
 def _pct(x: float) -> str:
-    return f"{100 * x:.2f}"
+    return percent(x, 2)
 
 
 def _is_autoattack(threat_result) -> bool:
@@ -64,7 +65,8 @@ def entries(record: RunRecord, meta: dict[str, Any] | None = None,
             "architecture": meta.get("architecture", record.model.get("architecture", "")),
             "eps": format_eps(t.eps),
             "clean_acc": _pct(record.clean.accuracy),
-            "reported": str(meta.get("reported", _pct(t.robust.accuracy))),
+            # RobustBench's "reported" is the paper's number: only the metadata can say it (null otherwise)
+            "reported": str(meta["reported"]) if meta.get("reported") is not None else None,
             "autoattack_acc": _pct((aa or t).robust.accuracy),
         }
         notes = [meta["footnote"]] if meta.get("footnote") else []
@@ -75,7 +77,7 @@ def entries(record: RunRecord, meta: dict[str, Any] | None = None,
         elif aa is not t and t.robust.accuracy < aa.robust.accuracy:
             entry["external"] = _pct(t.robust.accuracy)
             notes.append(f"external: rbx ({' > '.join(a.attack for a in t.attacks)}) found a lower robust accuracy.")
-        if record.dataset.get("source", "").endswith("(JPEG copy)"):
+        if "(JPEG copy)" in str(record.dataset.get("source", "")):
             notes.append("Evaluated on the JPEG copy of CIFAR-10, not the official test set.")
         if notes:
             entry["footnote"] = " ".join(notes)
@@ -83,6 +85,17 @@ def entries(record: RunRecord, meta: dict[str, Any] | None = None,
         out[t.norm] = entry
     if not out:
         raise RbxError(f"the record has no {' or '.join(BOARDS)} threat model: RobustBench has boards for those only")
+    return out
+
+
+def left_out(record: RunRecord, meta: dict[str, Any] | None = None) -> list[str]:
+    """What an export to RobustBench drops: threat models without a RobustBench board (L1), the union, and
+    ``reported`` when the metadata does not give the paper's number."""
+    out = [t.threat for t in record.threats if t.norm not in BOARDS]
+    if len(record.threats) > 1:
+        out.append(f"union ({percent(record.union.accuracy)}%)")
+    if not (meta or {}).get("reported"):
+        out.append("'reported' (the paper's number: give it in --meta)")
     return out
 
 

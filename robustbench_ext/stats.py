@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from decimal import ROUND_HALF_UP, Decimal
 
 #: Two-sided 95% normal quantile.
 Z95 = 1.959963984540054
@@ -25,3 +26,15 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     lo = 0.0 if successes == 0 else max(0.0, center - half)  # exact at the ends, free of rounding
     hi = 1.0 if successes == n else min(1.0, center + half)
     return (lo, hi)
+
+
+def percent(fraction: float, digits: int = 1) -> str:
+    """``100 * fraction`` rounded half-up to ``digits`` decimals, as text: the one rounding of every accuracy and
+    interval bound rbx shows (the run's table, leaderboards in Markdown, CSV and HTML, reports, exports, gates)."""
+    value = Decimal(repr(float(fraction))) * 100
+    return str(value.quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
+
+
+def interval(ci: tuple[float, float], digits: int = 1, sep: str = "–") -> str:
+    """A 95% interval as ``lo–hi`` percentages (through :func:`percent`)."""
+    return f"{percent(ci[0], digits)}{sep}{percent(ci[1], digits)}"

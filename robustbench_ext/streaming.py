@@ -76,7 +76,9 @@ def pack_shards(data: EvalData, out_dir: Path, shard_size: int, prefix: str = "s
     paths = []
     for k, start in enumerate(range(0, data.n, shard_size)):
         sl = slice(start, start + shard_size)
-        arrays = {"x": x[sl], "y": y[sl], "index": np.arange(start, min(start + shard_size, data.n))}
+        arrays = {"x": x[sl], "y": y[sl], "index": np.arange(start, min(start + shard_size, data.n)),
+                  # what was packed, so a streamed run's record names that dataset (and lands on its boards)
+                  "dataset_name": np.array(data.name), "dataset_source": np.array(data.source)}
         if data.classes:
             arrays["classes"] = np.array(data.classes)
         buf = io.BytesIO()
@@ -176,7 +178,8 @@ def stream_evaluate(
     dist.barrier()
     if not dist.is_main:
         return None
-    merged = merge_parts([parts / f"shard-{k:05d}.json" for k in range(len(paths))], key, str(shards), dist)
+    merged = merge_parts([parts / f"shard-{k:05d}.json" for k in range(len(paths))], key, str(shards), dist, seed=seed,
+                         shard_paths=paths)
     return merged, merged.write(results_dir)
 
 
@@ -192,8 +195,31 @@ def _part_ok(path: Path, key: str, sha: str) -> bool:
     return meta.get("key") == key and meta.get("file_sha256") == sha
 
 
-def merge_parts(part_paths: Sequence[Path], key: str, shards: str, dist: Dist = Dist()) -> Evaluation:
-    """One record from the shard records (in shard order): flags concatenated, accuracies recomputed."""
+def _packed_dataset(shard_paths: Sequence[Path]) -> tuple[str | None, str | None]:
+    """The name and source of the dataset ``rbx shards`` packed (None for shards from elsewhere)."""
+    with np.load(shard_paths[0], allow_pickle=False) as z:
+        if "dataset_name" not in z.files:
+            return None, None
+        return str(z["dataset_name"]), str(z["dataset_source"])
+
+
+def _content_sha256(shard_paths: Sequence[Path], y: np.ndarray) -> str:
+    """The hash of the streamed images as :meth:`EvalData.sha256` computes it for the same images in memory
+    (float32 pixels in order, then int64 labels): a streamed run and a plain run of the same images pair up."""
+    h = hashlib.sha256()
+    for p in shard_paths:
+        h.update(read_npz(Path(p), None, "shard").x.contiguous().numpy().tobytes())
+    h.update(np.ascontiguousarray(y, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def merge_parts(part_paths: Sequence[Path], key: str, shards: str, dist: Dist = Dist(), *, seed: int | None = None,
+                shard_paths: Sequence[Path] = ()) -> Evaluation:
+    """One record from the shard records (in shard order): flags concatenated, accuracies recomputed.
+
+    ``seed``: the run's own seed (each shard ran with one derived from it; the record says the user's);
+    ``shard_paths``: the shards, whose packed dataset names the record's dataset and whose images give its hash.
+    """
     recs, flags = [], []
     for p in part_paths:
         if not p.is_file():
@@ -216,24 +242,33 @@ def merge_parts(part_paths: Sequence[Path], key: str, shards: str, dist: Dist = 
         ThreatResult(t.threat, t.norm, t.eps, Accuracy.from_flags(f.robust[:, ti]),
                      _merge_stages([r.threats[ti].attacks for r in recs]), round(sum(r.threats[ti].seconds for r in recs), 3))
         for ti, t in enumerate(first.threats))
-    h = hashlib.sha256()
-    for r in recs:
-        h.update(r.dataset["sha256"].encode())
     n = int(len(f.y))
+    name, source = _packed_dataset(shard_paths) if shard_paths else (None, None)
+    if shard_paths:
+        sha = _content_sha256(shard_paths, f.y)
+    else:  # no shard files at hand: a hash of the shards' hashes
+        h = hashlib.sha256()
+        for r in recs:
+            h.update(r.dataset["sha256"].encode())
+        sha = h.hexdigest()
+    first_n = bool(np.array_equal(f.index, np.arange(n)))
     dataset = {**{k: first.dataset.get(k) for k in ("shape", "num_classes", "classes")},
-               "name": f"shards:{shards}", "source": f"npz shards ({len(recs)} files)", "location": shards,
-               "split": None, "n": n, "selection": f"all {len(recs)} shards", "sha256": h.hexdigest(),
+               "name": name or f"shards:{shards}", "source": source or f"npz shards ({len(recs)} files)", "location": shards,
+               "split": None, "n": n, "selection": f"first {n}" if first_n and name else f"all {len(recs)} shards",
+               "sha256": sha, "streamed": f"{len(recs)} npz shards",
                "shards": [{"path": r.config["stream"]["path"], "n": r.n, "sha256": r.dataset["sha256"]} for r in recs]}
     wall = sum(float(r.provenance.get("wall_seconds", 0.0)) for r in recs)
     dev = torch.device(first.config.get("device", "cpu"))
     cfg = first.config
     settings = RunSettings(
         suite=first.suite, threats=tuple((t["threat"], tuple(t["attacks"])) for t in cfg["threats"]),
-        union_attacks=tuple(cfg.get("union_attacks", ())), seed=int(cfg.get("seed", 0)), batch_size=int(cfg["batch_size"]),
+        union_attacks=tuple(cfg.get("union_attacks", ())), seed=int(seed if seed is not None else cfg.get("seed", 0)),
+        batch_size=int(cfg["batch_size"]),
         device=cfg["device"], search=cfg.get("search", {}), distributed=dist.describe() if dist.world > 1 else None,
         extra={"stream": {"role": "merged", "key": key, "shards": len(recs), "seed_per_shard": "derive_seed(seed, 2000003, k)"}})
     record = build_record(settings, model=first.model, dataset=dataset, flags=f, threats=threats,
-                          provenance=provenance.collect(dev, int(cfg.get("seed", 0)), first.provenance["started"], wall),
+                          provenance=provenance.collect(dev, int(seed if seed is not None else cfg.get("seed", 0)),
+                                                        first.provenance["started"], wall),
                           checks=first.checks, union_attacks=_merge_stages([r.union_attacks for r in recs]))
     return Evaluation(record, f)
 

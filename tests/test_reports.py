@@ -94,7 +94,8 @@ def test_report_command(results, tmp_path):
 def test_robustbench_export_is_read_by_robustbench(results, tmp_path, monkeypatch):
     out, _, aa_path = results
     rec = read_record(sorted((out / "records").glob("*cifar10-smallcnn*mini-union*.json"))[0])
-    meta = {"link": "https://example.org/paper", "name": "A paper", "authors": "A. Author", "venue": "arXiv, Nov 2026"}
+    meta = {"link": "https://example.org/paper", "name": "A paper", "authors": "A. Author", "venue": "arXiv, Nov 2026",
+            "reported": "51.06"}  # RobustBench's "reported" is the paper's number: only the metadata gives it
     paths = export(rec, tmp_path / "model_info", "Author2026Union_smallcnn", meta, read_record(aa_path))
     assert sorted(p.parent.name for p in paths) == ["L2", "Linf"]  # no L1 board in RobustBench
     for p in paths:
