@@ -10,4 +10,13 @@ from .errors import RbxError  # noqa: E402
 from .threat import ThreatModel  # noqa: E402
 from .registry import ATTACKS, DATASETS, DEFENSES, MODELS, SUITES, ARCHITECTURES  # noqa: E402
 
-__all__ = ["__version__", "RbxError", "ThreatModel", "ATTACKS", "DATASETS", "DEFENSES", "MODELS", "SUITES", "ARCHITECTURES"]
+__all__ = ["__version__", "evaluate", "RbxError", "ThreatModel", "ATTACKS", "DATASETS", "DEFENSES", "MODELS", "SUITES", "ARCHITECTURES"]
+
+
+def __getattr__(name: str):
+    """``robustbench_ext.evaluate``: loaded on first use, so importing a submodule stays light."""
+    if name == "evaluate":
+        from .runner import evaluate
+
+        return evaluate
+    raise AttributeError(f"module 'robustbench_ext' has no attribute {name!r}")

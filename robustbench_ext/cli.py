@@ -41,8 +41,16 @@ class RbxGroup(click.Group):
         except click.ClickException as exc:
             click.echo(f"rbx: error: {exc.format_message()}", err=True)
             sys.exit(exc.exit_code)
-        except click.Abort:
-            click.echo("rbx: aborted", err=True)
+        except click.Abort as exc:
+            # click turns EOFError as well as Ctrl-C into Abort: only Ctrl-C is an interruption (exit 130)
+            cause = exc.__cause__ or exc.__context__
+            if cause is not None and not isinstance(cause, KeyboardInterrupt):
+                if _VERBOSITY[0] >= 2:
+                    raise
+                click.echo(f"rbx: internal error: {type(cause).__name__}: {str(cause).strip()[:200]} "
+                           "(rerun with -vv for the traceback)", err=True)
+                sys.exit(1)
+            click.echo("rbx: interrupted; nothing was written (a checkpoint, if any, lets the same command resume)", err=True)
             sys.exit(130)
         except KeyboardInterrupt:
             click.echo("rbx: interrupted; nothing was written (a checkpoint, if any, lets the same command resume)", err=True)
