@@ -141,7 +141,11 @@ def test_one_training_step_lowers_the_loss(name, batch):
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.SGD(params, lr=0.01)
+    # One plain step with the defense's own optimizer, at most at lr 0.01 (adaptive smoothing: AdamW at 1e-4;
+    # SGD at 0.01 is too coarse for its clamped, batch-normalized gamma and can raise the loss).
+    recipe = type(defense).recipe
+    lr = min(0.01, recipe.lr)
+    opt = torch.optim.AdamW(params, lr=lr) if recipe.optimizer == "adamw" else torch.optim.SGD(params, lr=lr)
     before, _ = defense.loss(model, x, y, StepContext(seed=1, epoch=0, step=0, generator=torch.Generator().manual_seed(1)))
     opt.zero_grad()
     before.backward()
