@@ -13,9 +13,15 @@ On the shared :class:`~robustbench_ext.attack.IterativeAttack` loop (:mod:`robus
   re-set to the L0 norm of the best perturbation / 1.5; if that fell below 95% of its previous value,
   the step is reset to its maximum and the sample restarts from its best point, else the step is
   divided by 1.5 (kept within [alpha*eps/10, alpha*eps]). The step keeps the top-k gradient
-  coordinates (k starts at 20%) and the projection onto L1-ball ∩ box is exact (the geometry's);
+  coordinates and the projection onto L1-ball ∩ box is exact (the geometry's). k starts at
+  ``init_sparsity`` (20%, AutoAttack's evaluation value) from a fresh start, and at the start's L0 norm / 1.5
+  when the pass starts from a given point (a warm start, or a large-eps stage's random start);
 - ``large_eps`` (L1): each restart runs 30% / 30% / 40% of the steps at 3x, 2x, 1x eps, each stage
   warm-started from the previous stage's best point; only the last stage's fooled points count.
+
+Training settings (the RAMP authors' ``apgd_train``, ``is_train=True``, used for E-AT, MAX and RAMP):
+``random_start=false`` (start at the clean point) and ``init_sparsity=0.05``; see
+:data:`robustbench_ext.defense.TRAINING_APGD`. The defaults are AutoAttack's evaluation settings.
 
 ``apgd-t`` loops over the ``n_targets`` most likely wrong classes (by the clean logits), one run per
 target, on the targeted DLR loss; every run only sees points still robust.
@@ -55,6 +61,8 @@ class APGD(IterativeAttack):
     loss: str = "ce"
     rho: float = 0.75
     large_eps: bool = False
+    #: L1: fraction of coordinates the first steps of a fresh (random or clean) start move; APGD adapts it after.
+    init_sparsity: float = 0.2
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -62,6 +70,8 @@ class APGD(IterativeAttack):
             raise RbxError(f"attack '{self.name}': unknown loss '{self.loss}'; known: {', '.join(self._losses())}")
         if not 0 < self.rho <= 1:
             raise RbxError(f"attack '{self.name}': rho must be in (0, 1], got {self.rho!r}")
+        if not 0 < self.init_sparsity <= 1:
+            raise RbxError(f"attack '{self.name}': init_sparsity must be in (0, 1], got {self.init_sparsity!r}")
 
     def _losses(self) -> tuple[str, ...]:
         return UNTARGETED
@@ -100,13 +110,14 @@ class APGD(IterativeAttack):
         if geom.sparse_steps:
             state["k"] = max(int(0.04 * p.steps), 1)
             # AutoAttack's L1 code derives the first sparsity from the start's L0 norm whenever it is
-            # given a start (every large-eps stage), and starts at 20% otherwise.
-            if p.warm_start or p.eps_scale != 1.0 or not self.random_start:
+            # given a start (every large-eps stage: a random one, then the previous stage's best), and
+            # starts at init_sparsity otherwise (a fresh random start; the training APGD's clean start).
+            if p.warm_start or (p.eps_scale != 1.0 and self.random_start):
                 l0 = _l0(x_start - x0)
                 state["topk"] = (l0 / n_fts / 1.5).clamp(1.0 / n_fts, 1.0)
                 state["sp_old"] = l0
             else:
-                state["topk"] = torch.full((n,), 0.2, device=x0.device)
+                state["topk"] = torch.full((n,), float(self.init_sparsity), device=x0.device)
                 state["sp_old"] = torch.full((n,), float(n_fts), device=x0.device)
         else:
             state["k"] = max(int(0.22 * p.steps), 1)

@@ -7,7 +7,11 @@ norms E-AT and MAX.
   from ``threats`` (Linf or L1 for CIFAR-10). The official code draws with weights from running
   per-norm statistics; here the draw is uniform (seeded per batch).
 - ``max`` (Tramèr & Boneh, NeurIPS 2019): per sample, the largest cross-entropy over the threat models'
-  adversarial examples.
+  adversarial examples; by default Linf 8/255, L2 0.5 and L1 12, as in the paper and the RAMP code's
+  ``MAX.py`` (``--l_norms 'Linf L1 L2'``).
+
+The multi-norm adversaries are the RAMP authors' training APGD (:data:`~robustbench_ext.defense.TRAINING_APGD`:
+10 APGD-CE steps from the clean point, L1 steps starting at 5% sparsity), not the evaluation APGD.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustbench_ext.defense import Defense, build_attack, threat_list
+from robustbench_ext.defense import TRAINING_APGD, Defense, build_attack, threat_list
 from robustbench_ext.errors import RbxError
 from robustbench_ext.losses import accuracy
 from robustbench_ext.registry import DEFENSES
@@ -94,7 +98,7 @@ class TRADES(Defense):
 @dataclass(eq=False)
 class _MultiNorm(Defense):
     threats: list[str] = field(default_factory=lambda: ["Linf:8/255", "L1:12"])
-    attack: str = "apgd-ce:steps=10"
+    attack: str = TRAINING_APGD
 
     def __post_init__(self) -> None:
         self._threats = threat_list(self.threats, self.name)
@@ -124,6 +128,8 @@ class MAX(_MultiNorm):
 
     name: ClassVar[str] = "max"
     smoke_params: ClassVar[dict] = {"attack": "apgd-ce:steps=2"}
+
+    threats: list[str] = field(default_factory=lambda: ["Linf:8/255", "L2:0.5", "L1:12"])
 
     def loss(self, model, x, y, ctx):
         logits = [model(ctx.adversary(self._attack, model, x, y, t)) for t in self._threats]

@@ -170,7 +170,7 @@ class MTARD(Defense):
         return {"w_nat": self._w_nat, "initial": None if self._initial is None else list(self._initial),
                 "tau": list(self._tau)}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any] | None, trainer=None) -> None:
         if not state:
             return
         self._w_nat = float(state["w_nat"])

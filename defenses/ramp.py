@@ -7,9 +7,14 @@ Per batch (attacks with the model in eval mode): APGD adversaries under the ``so
     L = mean_i max(CE(z(x'_src,i), y_i), CE(z(x'_tgt,i), y_i))  +  lbd * KL(p(x'_src) || p(x'_tgt)),
 
 the KL taken over the samples whose source adversarial example is classified correctly (the mask is
-detached, both sides keep their gradients; :func:`ramp_kl`). With ``gp``, once per epoch, a copy of the
-model trains one clean epoch from the epoch's starting weights, and the two updates are combined layer
-by layer (:func:`gradient_projection`): theta_old + (1 - beta) g_adv + beta max(0, cos(g_adv, g_nat)) g_nat.
+detached, both sides keep their gradients; :func:`ramp_kl`). The adversaries are the authors' training
+APGD (:data:`~robustbench_ext.defense.TRAINING_APGD`). With ``gp``, once per epoch, a natural model
+trains one clean epoch from the epoch's starting weights, and the two updates are combined layer by layer
+(:func:`gradient_projection`): theta_old + (1 - beta) g_adv + beta max(0, cos(g_adv, g_nat)) g_nat.
+As in the official ``RAMP.py``, the natural model has ONE optimizer for the whole run (its momentum
+carries over from epoch to epoch), built like the adversarial one (the engine's optimizer, no weight decay
+on biases and BatchNorm), and its learning rate follows the run's schedule batch by batch: its epoch e
+runs at the same rates as the adversarial epoch e. Its state is part of the training checkpoint.
 Modes: ``finetune`` (lbd 1.5, no GP: the official fine-tuning setting) and ``scratch`` (lbd 5, GP on).
 """
 
@@ -23,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustbench_ext.defense import Defense, build_attack
+from robustbench_ext.defense import TRAINING_APGD, Defense, build_attack
 from robustbench_ext.errors import RbxError
 from robustbench_ext.losses import accuracy
 from robustbench_ext.registry import DEFENSES
@@ -71,7 +76,7 @@ class RAMP(Defense):
 
     source: str = "Linf:8/255"
     target: str = "L1:12"
-    attack: str = "apgd-ce:steps=10"
+    attack: str = TRAINING_APGD
     mode: str = "finetune"
     lbd: float | None = None
     gp: bool | None = None
@@ -88,6 +93,7 @@ class RAMP(Defense):
         self._src, self._tgt = ThreatModel.parse(self.source), ThreatModel.parse(self.target)
         self._attack = build_attack(self.attack, self.name)
         self._old = self._nat = None
+        self._nat_model = self._nat_opt = self._nat_sched = None
 
     def loss(self, model, x, y, ctx):
         z_s = model(ctx.adversary(self._attack, model, x, y, self._src))
@@ -100,24 +106,55 @@ class RAMP(Defense):
                                     f"acc_{self._src.norm}": accuracy(z_s, y), f"acc_{self._tgt.norm}": accuracy(z_t, y)}
 
     # ---- gradient projection, once per epoch -----------------------------------------------------------
+    def setup(self, trainer):
+        if not self.gp:
+            return
+        from robustbench_ext.training import make_optimizer
+
+        # One natural model, optimizer and schedule for the whole run (the weights are reset every epoch).
+        self._nat_model = copy.deepcopy(trainer.model)
+        self._nat_opt = make_optimizer(self._nat_model, trainer.cfg)
+        self._nat_sched = trainer.make_schedule(self._nat_opt)
+
+    def state_dict(self):
+        if not self.gp:
+            return None
+        return {"nat_opt": self._nat_opt.state_dict(), "nat_sched": self._nat_sched.state_dict()}
+
+    def load_state_dict(self, state, trainer):
+        if not self.gp:
+            return
+        if state is None:
+            raise RbxError(f"the checkpoint in {trainer.out} has no state of RAMP's natural-training optimizer "
+                           "(written by an older rbx): restart the run with --no-resume")
+        self._nat_opt.load_state_dict(state["nat_opt"])
+        self._nat_sched.load_state_dict(state["nat_sched"])
+
     def epoch_start(self, trainer, epoch):
         if not self.gp:
             return
         self._old = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-        nat = copy.deepcopy(trainer.model)
-        lr = trainer.sched.get_last_lr()[0] if trainer.sched is not None else trainer.cfg.lr
-        opt = torch.optim.SGD(nat.parameters(), lr=max(lr, 1e-8), momentum=trainer.cfg.momentum,
-                              weight_decay=trainer.cfg.weight_decay)
+        self._nat_model.load_state_dict(trainer.model.state_dict())
 
         def clean(model, x, y, ctx):
             return F.cross_entropy(model(x).float(), y), {}
 
-        trainer.run_epoch(epoch, nat, opt, None, clean, f"epoch {epoch + 1} natural (GP)")
-        self._nat = {k: v.detach().clone() for k, v in nat.state_dict().items()}
+        trainer.run_epoch(epoch, self._nat_model, self._nat_opt, self._nat_sched, clean, f"epoch {epoch + 1} natural (GP)")
+        self._nat = {k: v.detach().clone() for k, v in self._nat_model.state_dict().items()}
 
     def epoch_end(self, trainer, epoch):
         if not self.gp or self._old is None:
-            return
+            return None
         adv = {k: v.detach() for k, v in trainer.model.state_dict().items()}
         trainer.model.load_state_dict(gradient_projection(self._old, adv, self._nat, self.beta))
+        params = [k for k, _ in trainer.model.named_parameters()]
+        stats = {"gp_nat_update": round(_update_norm(self._old, self._nat, params), 6),
+                 "gp_adv_update": round(_update_norm(self._old, adv, params), 6)}
         self._old = self._nat = None
+        return stats
+
+
+def _update_norm(old: dict[str, Tensor], new: dict[str, Tensor], keys: list[str]) -> float:
+    """L2 norm of ``new - old`` over the tensors ``keys`` (the parameters: how far an epoch's optimizer moved them;
+    BN running statistics, which move even at a zero learning rate, are left out)."""
+    return sum(float((new[k].double() - old[k].double()).pow(2).sum()) for k in keys) ** 0.5

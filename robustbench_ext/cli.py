@@ -313,10 +313,13 @@ def _parse_factors(text: str) -> tuple[float, ...]:
 @click.option("--n-train", type=int, default=None, help="Train on the first N images [default: all].")
 @click.option("--epochs", type=int, default=1, show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--lr", type=float, default=0.1, show_default=True, help="Peak learning rate.")
-@click.option("--schedule", type=click.Choice(["onecycle", "piecewise", "constant"]), default="onecycle", show_default=True)
-@click.option("--weight-decay", type=float, default=5e-4, show_default=True)
-@click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option("--optimizer", default=None, metavar="sgd|adamw",
+              help="[default: the defense's recipe: sgd, adamw for adaptive-smoothing]")
+@click.option("--lr", type=float, default=None, help="Peak learning rate [default: the defense's recipe, 0.1 for SGD].")
+@click.option("--schedule", type=click.Choice(["onecycle", "piecewise", "cosine", "constant"]), default=None,
+              help="Learning-rate schedule, stepped per batch [default: the defense's recipe, onecycle for SGD].")
+@click.option("--weight-decay", type=float, default=None, help="[default: the defense's recipe, 5e-4 for SGD]")
+@click.option("--momentum", type=float, default=None, help="SGD momentum [default: the defense's recipe, 0.9].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--amp/--no-amp", default=True, show_default=True, help="bf16 autocast on CUDA (ignored on CPU).")
@@ -329,8 +332,8 @@ def _parse_factors(text: str) -> tuple[float, ...]:
 @click.option("--resume/--no-resume", default=None, help="Continue the run folder's checkpoint [default: if there is one].")
 @click.option("--progress/--no-progress", default=None)
 @quiet_option
-def train_cmd(defense_spec, arch, init_spec, dataset_spec, n_train, epochs, batch_size, lr, schedule, weight_decay,
-              momentum, seed, device, amp, out, name, eval_suite, eval_n, eval_dataset, results_dir, resume, progress,
+def train_cmd(defense_spec, arch, init_spec, dataset_spec, n_train, epochs, batch_size, optimizer, lr, schedule,
+              weight_decay, momentum, seed, device, amp, out, name, eval_suite, eval_n, eval_dataset, results_dir, resume, progress,
               quiet) -> None:
     """Adversarial training with a registered defense; checkpoints every epoch, then an rbx evaluation record."""
     from .records import ensure_writable
@@ -350,8 +353,8 @@ def train_cmd(defense_spec, arch, init_spec, dataset_spec, n_train, epochs, batc
     run_name = name or f"{defense_spec.split(':')[0]}_{arch or init_spec}_e{epochs}_s{seed}".replace("/", "-")
     out = out or results_dir / "train" / run_name
     cfg = TrainConfig(defense=defense_spec, out=str(out), arch=arch, init=init_spec, dataset=dataset_spec, n_train=n_train,
-                      epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                      schedule=schedule, seed=seed, device=device, amp=amp, name=name or Path(out).name)
+                      epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
+                      weight_decay=weight_decay, schedule=schedule, seed=seed, device=device, amp=amp, name=name or Path(out).name)
     cfg.validate()
     if suite is not None:
         ensure_writable(results_dir)
@@ -362,7 +365,8 @@ def train_cmd(defense_spec, arch, init_spec, dataset_spec, n_train, epochs, batc
     click.echo(f"model: {result.model_path}")
     if suite is not None:
         data = DATASETS.create(eval_dataset or suite.dataset, n_examples=eval_n)
-        ev = evaluate(trainer.loaded_model(), data, suite.threats, union_attacks=suite.union, suite=suite.name, seed=seed,
+        # The saved weights (fp16 model.pt, through their model source): the record's sha256 is theirs.
+        ev = evaluate(trainer.saved_model(), data, suite.threats, union_attacks=suite.union, suite=suite.name, seed=seed,
                       device=device, progress=_show_bar(progress, quiet), state_dir=results_dir / STATE_DIR)
         path = ev.write(results_dir)
         click.echo(format_table(ev.record))

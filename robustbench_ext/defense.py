@@ -5,8 +5,13 @@ A :class:`Defense` is a dataclass of its parameters, registered in ``DEFENSES``.
 the defense crafts its adversarial examples through :meth:`StepContext.adversary` (which runs an
 rbx attack on the model in eval mode with frozen weights, seeded by the batch's position) and
 returns the loss to minimize and a few statistics. Hooks at the start and end of each epoch serve
-defenses that act per epoch (RAMP's gradient projection); :meth:`Defense.wrap` returns the model as it
-must be used at inference (LTD's temperature), and the engine saves what it needs to rebuild it.
+defenses that act per epoch (RAMP's gradient projection), and a defense with state of its own across
+epochs (RAMP's natural-training optimizer) hands it to the engine's checkpoint through
+:meth:`Defense.state_dict`. :attr:`Defense.recipe` is the optimizer and learning-rate schedule the
+defense's paper trains with (the engine's default when ``rbx train`` is not told otherwise).
+:meth:`Defense.wrap` returns the model as it must be used at inference (LTD's temperature), and the
+engine saves what it needs to rebuild it; :meth:`Defense.saved_model_spec` names the model source that
+loads the saved result (what ``rbx train``'s evaluation hook evaluates).
 """
 
 from __future__ import annotations
@@ -38,6 +43,12 @@ class Trainer(Protocol):
                   loss_fn: Callable[..., tuple[Tensor, dict[str, Tensor]]], desc: str) -> dict[str, float]: ...
 
 
+#: The adversary multi-norm training uses (E-AT, MAX, RAMP): APGD-CE, 10 steps, as the RAMP authors'
+#: training APGD (``autopgd_train.py apgd_train``, ``is_train=True``): it starts at the clean point, not at
+#: a random one, and its L1 steps start at 5% sparsity instead of evaluation APGD's 20%.
+TRAINING_APGD = "apgd-ce:steps=10,random_start=false,init_sparsity=0.05"
+
+
 @dataclass
 class StepContext:
     """What a defense's loss gets besides the batch: seeds, device, autocast, the running epoch and step."""
@@ -65,10 +76,29 @@ class StepContext:
         return torch.autocast("cpu", enabled=False)
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """The optimizer and learning-rate schedule a defense trains with unless ``rbx train`` is told otherwise.
+
+    ``optimizer``: ``sgd`` (heavy-ball ``momentum``, Nesterov if ``nesterov``) or ``adamw`` (default betas;
+    ``momentum`` and ``nesterov`` unused); ``lr``: the peak learning rate; ``weight_decay``: on weights only
+    (never on biases and normalization layers); ``schedule``: one of ``training.SCHEDULES``, stepped per batch.
+    """
+
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+
+
 class Defense(ABC):
     """Base class of every defense and training baseline; subclasses are dataclasses of their parameters."""
 
     name: ClassVar[str] = "defense"
+    #: How this defense's paper trains (optimizer, peak lr, weight decay, schedule); flags of ``rbx train`` override it.
+    recipe: ClassVar[Recipe] = Recipe()
     #: Parameters for a quick but real run (the tests train every registered defense with them).
     smoke_params: ClassVar[dict[str, Any]] = {}
     #: The model a quick test run starts from, when the defense needs a particular one (else a fresh arch).
@@ -90,17 +120,18 @@ class Defense(ABC):
     def epoch_start(self, trainer: Trainer, epoch: int) -> None:
         """Before each epoch's batches."""
 
-    def epoch_end(self, trainer: Trainer, epoch: int) -> None:
-        """After each epoch's batches (before the checkpoint)."""
+    def epoch_end(self, trainer: Trainer, epoch: int) -> dict[str, float] | None:
+        """After each epoch's batches (before the checkpoint); statistics returned go into the epoch's log row."""
+        return None
 
-    def state_dict(self) -> dict[str, Any]:
-        """State the defense carries from batch to batch (MTARD's loss weights), saved in the training
-        checkpoint so that a resumed run continues exactly; default: none. Values must be what
+    def state_dict(self) -> dict[str, Any] | None:
+        """State the defense keeps across batches or epochs (MTARD's loss weights, RAMP's natural optimizer), saved
+        in the training checkpoint so that a resumed run continues exactly; default: none. Values must be what
         ``torch.load(weights_only=True)`` reads back: numbers, strings, None, tensors, lists and dicts."""
-        return {}
+        return None
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned (called before :meth:`setup` when training resumes)."""
+    def load_state_dict(self, state: dict[str, Any] | None, trainer: Trainer) -> None:
+        """Restore :meth:`state_dict` when a run resumes (after :meth:`setup`); ``state`` is None if there was none."""
 
     def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         """The parameters this defense trains (default: all of them)."""
@@ -116,6 +147,10 @@ class Defense(ABC):
     def wrapper_spec(self) -> dict[str, Any] | None:
         """How to rebuild :meth:`wrap` from saved weights (stored beside the trained model)."""
         return None
+
+    def saved_model_spec(self, out_dir, trainer: Trainer) -> str:
+        """The model source that loads what the run saved in ``out_dir`` (default: ``trained:OUT_DIR``)."""
+        return f"trained:{out_dir}"
 
 
 def threat_list(texts: list[str] | tuple[str, ...] | str, name: str) -> list[ThreatModel]:

@@ -71,7 +71,8 @@ class IterativeAttack(Attack):
     """The shared first-order loop. Subclasses implement :meth:`objective` and :meth:`step_size`.
 
     Per segment (:meth:`segments`), only points not yet fooled are attacked; in a segment that counts, a
-    point is frozen at the first iterate the model misclassifies and costs nothing more (early
+    point is frozen at the first iterate the model misclassifies -- as its logits without gradient
+    tracking say, the values the contract verifies -- and costs nothing more (early
     stop; ``early_stop=False``, for training, keeps ascending and returns the highest-objective point). Each step evaluates the objective and its gradient, lets :meth:`checkpoint` send samples
     back to their best point, then moves ``step_size`` along the geometry's steepest-ascent
     direction, with heavy-ball :meth:`momentum`, and projects onto ball ∩ box. Points never fooled
@@ -157,6 +158,13 @@ class IterativeAttack(Attack):
                 ctx.report((steps_done + step + 1) / total_steps)
                 if p.counts and self.early_stop:
                     hit = logits.argmax(1) != y0
+                    if hit.any():
+                        # A hit must be one the contract's verification confirms: the model's logits without
+                        # gradient tracking. In gradient mode a model may return other values (a straight-
+                        # through surrogate, a different kernel), and a point frozen on such a value would be
+                        # verified robust yet never attacked again.
+                        cand = hit.nonzero().squeeze(1)
+                        hit[cand] = ctx.logits(xk[cand]).argmax(1) != y0[cand]
                     if hit.any():  # freeze fooled points where they were fooled; spend nothing more on them
                         out[idx[hit]] = xk[hit]
                         fooled[idx[hit]] = True

@@ -2,14 +2,18 @@
 
 Per epoch: a seeded shuffle, augmentation on the device (random crop with 4-pixel reflect padding and a
 horizontal flip, drawn from the epoch's generator), the defense's loss per batch (its attacks seeded by
-the batch's position), SGD with momentum (no weight decay on biases and norm layers) under a one-cycle,
-piecewise or constant schedule stepped per batch, bf16 autocast on CUDA. After each epoch: a log line
-(loss, clean and adversarial training accuracy, lr, seconds, the defense's statistics) and an atomic
-checkpoint (weights, optimizer, schedule, log, the defense's own state); ``resume`` continues from it, and because every random
-draw is derived from (seed, epoch, batch), the resumed epochs equal an uninterrupted run's on CPU.
+the batch's position), an optimizer step (SGD with momentum or AdamW; no weight decay on biases and norm
+layers) under a one-cycle, piecewise, warm-up + cosine or constant schedule stepped per batch, bf16
+autocast on CUDA. The optimizer, peak learning rate, weight decay and schedule are the defense's
+:attr:`~robustbench_ext.defense.Defense.recipe` unless the configuration sets them. After each epoch: a
+log line (loss, clean and adversarial training accuracy, lr, seconds, the defense's statistics) and an
+atomic checkpoint (weights, optimizer, schedule, the defense's own state, log); ``resume`` continues from
+it, and because every random draw is derived from (seed, epoch, batch), the resumed epochs equal an
+uninterrupted run's on CPU.
 
-At the end the model (fp16 state dict + ``model.json``: architecture and inference wrapper) is saved,
-and an optional evaluation hook runs rbx's runner on it and writes a standard record.
+At the end the model (fp16 state dict + ``model.json``: architecture and inference wrapper) is saved;
+:meth:`Trainer.saved_model` loads it back through its model source, so an evaluation (``rbx train``'s
+hook) measures exactly the saved weights whose sha256 it records.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .defense import Defense, StepContext
+from .defense import Defense, Recipe, StepContext
 from .devutils import derive_seed, resolve_device
 from .errors import RbxError
 from .losses import accuracy
@@ -39,7 +43,13 @@ from .registry import DATASETS, DEFENSES
 
 log = logging.getLogger(__name__)
 
-SCHEDULES = ("onecycle", "piecewise", "constant")
+SCHEDULES = ("onecycle", "piecewise", "cosine", "constant")
+#: Warm-up time constant of the ``cosine`` schedule, as a fraction of the run.
+COSINE_WARMUP = 1 / 25
+#: Recipe fields a configuration may leave as None (then the defense's recipe decides).
+RECIPE_FIELDS = ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule")
+#: What a checkpoint written before a field existed was made with (so it still resumes).
+LEGACY_CONFIG = {"optimizer": "sgd"}
 
 
 @dataclass
@@ -54,11 +64,13 @@ class TrainConfig:
     n_train: int | None = None
     epochs: int = 1
     batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    schedule: str = "onecycle"
+    # None: the defense's recipe (Defense.recipe) decides; see RECIPE_FIELDS.
+    optimizer: str | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    nesterov: bool | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None
     seed: int = 0
     device: str = "auto"
     amp: bool = True
@@ -74,22 +86,33 @@ class TrainConfig:
                 raise RbxError(f"--{k.replace('_', '-')} must be a positive integer, got {v!r}")
         if self.n_train is not None and (not isinstance(self.n_train, int) or self.n_train < 1):
             raise RbxError(f"--n-train must be a positive integer, got {self.n_train!r}")
-        if not self.lr > 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
+        if ((self.lr is not None and not self.lr > 0) or (self.weight_decay is not None and self.weight_decay < 0)
+                or (self.momentum is not None and not 0 <= self.momentum < 1)):
             raise RbxError("--lr must be > 0, --weight-decay >= 0 and --momentum in [0, 1)")
-        if self.schedule not in SCHEDULES:
+        if self.schedule is not None and self.schedule not in SCHEDULES:
             raise RbxError(f"unknown --schedule '{self.schedule}'; known: {', '.join(SCHEDULES)}")
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
+            raise RbxError(f"unknown --optimizer '{self.optimizer}'; known: {', '.join(OPTIMIZERS)}")
+
+    def resolved(self, recipe: Recipe) -> "TrainConfig":
+        """A copy with every recipe field left as None taken from ``recipe`` (the defense's)."""
+        return dataclasses.replace(self, **{k: getattr(recipe, k) for k in RECIPE_FIELDS if getattr(self, k) is None})
 
 
 def lr_factor(schedule: str, t: float) -> float:
     """Learning-rate multiplier at training progress ``t`` in [0, 1).
 
     ``onecycle``: linear warm-up to the peak at 40%, then linear decay to 0 (fast-AT style);
-    ``piecewise``: 1, then 0.1 from 50%, 0.01 from 75%; ``constant``: 1.
+    ``piecewise``: 1, then 0.1 from 50%, 0.01 from 75%; ``cosine``: cosine decay to 0, (1 + cos(pi t)) / 2,
+    damped by an exponential warm-up 1 - exp(-t / 0.04) (adaptive smoothing's recipe: ``CosineAnnealingLR``
+    over the run with pytorch_warmup's ``ExponentialWarmup``, warm-up period 1/25 of the steps); ``constant``: 1.
     """
     if schedule == "onecycle":
         return t / 0.4 if t < 0.4 else max(0.0, (1 - t) / 0.6)
     if schedule == "piecewise":
         return 1.0 if t < 0.5 else 0.1 if t < 0.75 else 0.01
+    if schedule == "cosine":
+        return (1.0 - math.exp(-t / COSINE_WARMUP)) * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
     return 1.0
 
 
@@ -107,13 +130,30 @@ def augment(x: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
     return torch.where(flip.reshape(n, 1, 1, 1), x.flip(3), x)
 
 
+#: Optimizers by name: (parameter groups, resolved config) -> optimizer.
+OPTIMIZERS: dict[str, Callable[[list[dict], TrainConfig], torch.optim.Optimizer]] = {
+    "sgd": lambda groups, cfg: torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
+                                               nesterov=bool(cfg.nesterov) and cfg.momentum > 0),
+    "adamw": lambda groups, cfg: torch.optim.AdamW(groups, lr=cfg.lr),
+}
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """``cfg.optimizer`` over ``model``'s trainable parameters: weight decay on weights, none on biases and norm layers.
+
+    ``cfg`` must be resolved (:meth:`TrainConfig.resolved`).
+    """
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    return OPTIMIZERS[cfg.optimizer](groups, cfg)
+
+
+def make_schedule(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """``cfg.schedule`` over ``total_steps`` optimizer steps (stepped once per batch): lr = peak * lr_factor(step / total)."""
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg.schedule, s / total_steps))
 
 
 def parse_defense(spec: str) -> Defense:
@@ -134,10 +174,11 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, *, progress: bool = False) -> None:
         cfg.validate()
+        self.defense = parse_defense(cfg.defense)
+        cfg = cfg.resolved(self.defense.recipe)
         self.cfg = cfg
         self.progress = progress
         self.device = resolve_device(cfg.device)
-        self.defense = parse_defense(cfg.defense)
         self.out = Path(cfg.out)
         self.name = cfg.name or self.out.name
         data = DATASETS.create(cfg.dataset, n_examples=cfg.n_train)
@@ -157,11 +198,16 @@ class Trainer:
             p.requires_grad_(id(p) in trainable)
         self.opt = make_optimizer(self.model, cfg)
         self.steps_per_epoch = math.ceil(data.n / cfg.batch_size)
-        total = self.steps_per_epoch * cfg.epochs
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(cfg.schedule, s / total))
+        self.sched = self.make_schedule(self.opt)
         self.autocast = bool(cfg.amp and self.device.type == "cuda")
         self.log: list[dict[str, Any]] = []
         self.epoch = 0
+        self._defense_state: dict[str, Any] | None = None  # from a checkpoint, handed over after setup()
+
+    def make_schedule(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        """The run's learning-rate schedule for ``opt`` (one step per batch over all epochs): a defense's
+        second optimizer (RAMP's natural training) follows the same one."""
+        return make_schedule(opt, self.cfg, self.steps_per_epoch * self.cfg.epochs)
 
     # ---- the loop ----------------------------------------------------------------------------------
     def batches(self, epoch: int) -> tuple[torch.Generator, list[Tensor]]:
@@ -218,6 +264,8 @@ class Trainer:
         elif resume:
             raise RbxError(f"--resume: no checkpoint in {self.out}; run without --resume")
         self.defense.setup(self)
+        if self.epoch > 0:
+            self.defense.load_state_dict(self._defense_state, self)
         clock = RunClock(self.cfg.epochs - self.epoch)
         first = self.epoch
         while self.epoch < self.cfg.epochs:
@@ -225,7 +273,7 @@ class Trainer:
             self.defense.epoch_start(self, epoch)
             stats = self.run_epoch(epoch, self.model, self.opt, self.sched, self._defense_loss,
                                    f"epoch {epoch + 1}/{self.cfg.epochs} {self.defense.name}")
-            self.defense.epoch_end(self, epoch)
+            stats.update(self.defense.epoch_end(self, epoch) or {})
             stats = {"epoch": epoch + 1, "lr_end": round(self.sched.get_last_lr()[0], 6), **stats}
             self.log.append(stats)
             progress_log.info("epoch %d/%d %s: %s; %s", epoch + 1, self.cfg.epochs, self.defense.name,
@@ -255,8 +303,8 @@ class Trainer:
     def _save_checkpoint(self, path: Path) -> None:
         buf = io.BytesIO()
         torch.save({"model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
-                    "epoch": self.epoch, "log": self.log, "config": json.dumps(self._config_dict()),
-                    "defense": self.defense.state_dict()}, buf)
+                    "defense": self.defense.state_dict(), "epoch": self.epoch, "log": self.log,
+                    "config": json.dumps(self._config_dict())}, buf)
         atomic_write_bytes(path, buf.getvalue())
 
     def _load_checkpoint(self, path: Path) -> None:
@@ -267,7 +315,7 @@ class Trainer:
         saved = json.loads(ck["config"])
         mine = self._config_dict()
         keys = [k for k in mine if k not in ("epochs", "device", "device_resolved", "name", "out")]
-        diff = [k for k in keys if saved.get(k) != mine.get(k)]
+        diff = [k for k in keys if saved.get(k, LEGACY_CONFIG.get(k)) != mine.get(k)]
         if diff:
             raise RbxError(f"the checkpoint in {self.out} was made with different settings ({', '.join(diff)}); "
                            "use another --out or --no-resume")
@@ -275,7 +323,7 @@ class Trainer:
         self.opt.load_state_dict(ck["opt"])
         self.sched.load_state_dict(ck["sched"])
         self.epoch, self.log = int(ck["epoch"]), list(ck["log"])
-        self.defense.load_state_dict(ck.get("defense") or {})
+        self._defense_state = ck.get("defense")
 
     def _save_model(self) -> Path:
         state = {k: (v.half() if v.is_floating_point() else v) for k, v in self.model.state_dict().items()}
@@ -290,8 +338,18 @@ class Trainer:
         self.defense.save(self.out, self.model)
         return path
 
+    def saved_model_spec(self) -> str:
+        """The model source that loads what this run saved (``trained:OUT`` for most defenses)."""
+        return self.defense.saved_model_spec(self.out, self)
+
+    def saved_model(self) -> LoadedModel:
+        """The saved model, loaded back through its model source: what an evaluation of this run must measure
+        (the fp16 weights on disk, whose sha256 the record carries, not the float32 weights in memory)."""
+        return load_model(self.saved_model_spec())
+
     def loaded_model(self) -> LoadedModel:
-        """The trained model as the runner evaluates it (with the defense's inference wrapper)."""
+        """The in-memory trained model with the defense's inference wrapper (float32; for the saved weights,
+        which an evaluation must use, see :meth:`saved_model`)."""
         model_path = self.out / "model.pt"
         return LoadedModel(self.defense.wrap(self.model).eval(), self.name, self.arch, str(model_path),
                            file_sha256(model_path) if model_path.is_file() else None,

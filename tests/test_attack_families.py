@@ -12,7 +12,7 @@ from robustbench_ext.attack import AttackContext
 from robustbench_ext.curves import eps_grid, robust_accuracy_curve
 from robustbench_ext.errors import RbxError
 from robustbench_ext.registry import ATTACKS
-from robustbench_ext.runner import frozen
+from robustbench_ext.devutils import frozen
 from robustbench_ext.suites import AttackSpec
 from robustbench_ext.threat import ThreatModel
 

@@ -10,15 +10,17 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from robustbench_ext.defenses.baselines import PGDAT, trades_kl
+from robustbench_ext.defenses.baselines import EAT, MAX, PGDAT, trades_kl
 from robustbench_ext.defenses.ltd import soft_cross_entropy, soft_labels
-from robustbench_ext.defenses.ramp import gradient_projection, ramp_kl
+from robustbench_ext.defenses.ramp import RAMP, gradient_projection, ramp_kl
 from robustbench_ext.defenses.sovr import SOVR, logit_margin, ovr_loss, switching_loss
 from robustbench_ext.cli import cli
-from robustbench_ext.defense import StepContext
+from robustbench_ext.defense import TRAINING_APGD, StepContext, build_attack
 from robustbench_ext.models import Temperature
-from robustbench_ext.models import load_model
-from robustbench_ext.registry import DEFENSES
+from robustbench_ext.errors import RbxError
+from robustbench_ext.models import file_sha256, load_model, read_state_dict
+from robustbench_ext.registry import ATTACKS, DEFENSES
+from robustbench_ext.threat import ThreatModel
 from robustbench_ext.training import TrainConfig, Trainer, augment, lr_factor
 
 
@@ -140,7 +142,11 @@ def test_one_training_step_lowers_the_loss(name, batch):
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.SGD(params, lr=0.01)
+    # One plain step with the defense's own optimizer, at most at lr 0.01 (adaptive smoothing: AdamW at 1e-4;
+    # SGD at 0.01 is too coarse for its clamped, batch-normalized gamma and can raise the loss).
+    recipe = type(defense).recipe
+    lr = min(0.01, recipe.lr)
+    opt = torch.optim.AdamW(params, lr=lr) if recipe.optimizer == "adamw" else torch.optim.SGD(params, lr=lr)
     before, _ = defense.loss(model, x, y, StepContext(seed=1, epoch=0, step=0, generator=torch.Generator().manual_seed(1)))
     opt.zero_grad()
     before.backward()
@@ -152,6 +158,11 @@ def test_one_training_step_lowers_the_loss(name, batch):
 def test_lr_schedules_and_augmentation():
     assert lr_factor("onecycle", 0.0) == 0 and lr_factor("onecycle", 0.4) == pytest.approx(1) and lr_factor("onecycle", 0.999) < 0.01
     assert [lr_factor("piecewise", t) for t in (0.1, 0.6, 0.8)] == [1.0, 0.1, 0.01]
+    # Warm-up + cosine (adaptive smoothing): (1 - exp(-25 t)) (1 + cos(pi t)) / 2.
+    assert lr_factor("cosine", 0.0) == 0.0
+    assert lr_factor("cosine", 0.02) == pytest.approx((1 - math.exp(-0.5)) * 0.5 * (1 + math.cos(0.02 * math.pi)), rel=1e-12)
+    assert lr_factor("cosine", 0.5) == pytest.approx((1 - math.exp(-12.5)) * 0.5, rel=1e-12)
+    assert lr_factor("cosine", 0.999) < 1e-5
     x = torch.rand(8, 3, 32, 32)
     a = augment(x, torch.Generator().manual_seed(0))
     b = augment(x, torch.Generator().manual_seed(0))
@@ -200,7 +211,18 @@ def test_resume_reproduces_the_next_epoch_exactly(tmp_path, monkeypatch, spec):
     for (k, v1), v2 in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(v1, v2), k
     assert resumed.log[1]["loss"] == straight.log[1]["loss"]
-    assert resumed.defense.state_dict() == straight.defense.state_dict()
+    assert _same_state(resumed.defense.state_dict(), straight.defense.state_dict())
+
+
+def _same_state(a, b) -> bool:
+    """Deep equality of a defense's state (nested dicts/lists with tensors)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(_same_state, a, b))
+    return a == b
 
 
 @pytest.mark.parametrize("name", DEFENSES.names())
@@ -243,3 +265,126 @@ def test_train_cli_end_to_end_and_errors(tmp_path):
     assert res.exit_code == 0, res.output
     assert "record:" in res.stdout and list((tmp_path / "records").glob("*.json"))
     assert (tmp_path / "train").is_dir()
+
+
+# ---- recipes: a defense chooses its optimizer and schedule ----------------------------------------------
+def test_recipe_defaults_and_overrides(tmp_path):
+    sgd = Trainer(_cfg(tmp_path / "a", epochs=1, lr=None))  # pgd-at: the engine's SGD recipe
+    assert isinstance(sgd.opt, torch.optim.SGD) and sgd.cfg.optimizer == "sgd" and sgd.cfg.lr == 0.1
+    assert sgd.cfg.schedule == "onecycle" and [g["weight_decay"] for g in sgd.opt.param_groups] == [5e-4, 0.0]
+    # The no-decay group holds exactly the biases and normalization parameters.
+    assert {id(p) for p in sgd.opt.param_groups[1]["params"]} == {id(p) for p in sgd.model.parameters() if p.ndim <= 1}
+    adamw = Trainer(_cfg(tmp_path / "b", epochs=1, optimizer="adamw", lr=0.01, weight_decay=0.0, schedule="constant"))
+    assert isinstance(adamw.opt, torch.optim.AdamW) and [g["lr"] for g in adamw.opt.param_groups] == [0.01, 0.01]
+    with pytest.raises(RbxError, match="unknown --optimizer 'adam'; known: sgd, adamw"):
+        Trainer(_cfg(tmp_path / "c", optimizer="adam"))
+
+
+def test_checkpoint_without_the_optimizer_field_still_resumes(tmp_path):
+    Trainer(_cfg(tmp_path, epochs=1)).run()
+    path = tmp_path / "run" / "checkpoint.pt"
+    ck = torch.load(path, weights_only=True)
+    cfg = json.loads(ck["config"])
+    del cfg["optimizer"]  # written before recipes existed: it was SGD
+    ck["config"] = json.dumps(cfg)
+    torch.save(ck, path)
+    resumed = Trainer(_cfg(tmp_path, epochs=2))
+    resumed.run()
+    assert [r["epoch"] for r in resumed.log] == [1, 2]
+
+
+# ---- RAMP's gradient projection ------------------------------------------------------------------------
+def test_ramp_natural_training_follows_the_schedule_with_one_optimizer(tmp_path, monkeypatch):
+    seen = []
+    real = Trainer.run_epoch
+
+    def spy(self, epoch, model, opt, sched, loss_fn, desc):
+        hook = opt.register_step_pre_hook(lambda o, a, k: seen.append(("natural" in desc, epoch, id(o), o.param_groups[0]["lr"])))
+        try:
+            return real(self, epoch, model, opt, sched, loss_fn, desc)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(Trainer, "run_epoch", spy)
+    trainer = Trainer(_cfg(tmp_path, defense="ramp:attack=apgd-ce:steps=1,gp=true", n_train=64, epochs=2))
+    trainer.run()
+    total = 4  # 2 epochs x 2 batches
+    expected = [0.05 * lr_factor("onecycle", s / total) for s in range(total)]
+    natural = [lr for nat, _, _, lr in seen if nat]
+    adversarial = [lr for nat, _, _, lr in seen if not nat]
+    assert natural == pytest.approx(expected, abs=1e-12) and adversarial == pytest.approx(expected, abs=1e-12)
+    assert max(natural[:2]) > 0.03  # epoch 0's natural training runs at the schedule's rates, not at ~0
+    assert len({oid for nat, _, oid, _ in seen if nat}) == 1  # one natural optimizer for the whole run
+    assert {oid for nat, _, oid, _ in seen if nat} != {id(trainer.opt)}
+    defense = trainer.defense
+    assert [g["weight_decay"] for g in defense._nat_opt.param_groups] == [trainer.cfg.weight_decay, 0.0]
+    # The natural update of epoch 0 is real (it was ~1e-8 times a gradient before) and logged.
+    assert trainer.log[0]["gp_nat_update"] > 1e-3 and trainer.log[1]["gp_nat_update"] > 1e-3
+    ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ck["defense"]["nat_opt"]["state"] and ck["defense"]["nat_sched"]["last_epoch"] == total
+    # A checkpoint without that state (an older rbx) cannot resume a GP run faithfully: a clear error.
+    del ck["defense"]
+    ck["epoch"] = 1
+    torch.save(ck, tmp_path / "run" / "checkpoint.pt")
+    with pytest.raises(RbxError, match="no-resume"):
+        Trainer(_cfg(tmp_path, defense="ramp:attack=apgd-ce:steps=1,gp=true", n_train=64, epochs=2)).run()
+
+
+# ---- the multi-norm training adversary and MAX's norms -------------------------------------------------
+def test_training_adversary_is_the_authors_training_apgd():
+    for cls in (EAT, MAX, RAMP):
+        assert cls().attack == TRAINING_APGD
+    attack = build_attack(TRAINING_APGD, "test")
+    assert (attack.steps, attack.random_start, attack.init_sparsity, attack.early_stop) == (10, False, 0.05, False)
+    evaluation = ATTACKS.create("apgd-ce")  # evaluation defaults unchanged
+    assert (evaluation.random_start, evaluation.init_sparsity, evaluation.early_stop) == (True, 0.2, True)
+    with pytest.raises(RbxError, match="init_sparsity"):
+        ATTACKS.create("apgd-ce", init_sparsity=0.0)
+    assert MAX().threats == ["Linf:8/255", "L2:0.5", "L1:12"] and EAT().threats == ["Linf:8/255", "L1:12"]
+
+
+def test_l1_training_apgd_first_step_moves_init_sparsity_coordinates(batch):
+    x, y = batch
+    x, y = x[:8], y[:8]
+    net = _fresh_cnn().eval()
+    n_fts = x[0].numel()
+    l0 = {}
+    for frac in (0.05, 0.2):
+        attack = ATTACKS.create("apgd-ce", steps=1, random_start=False, init_sparsity=frac, early_stop=False)
+        res = attack(net, x, y, ThreatModel.parse("L1:12"), seed=0)
+        l0[frac] = (res.x_adv - x).flatten(1).ne(0).sum(1)
+    # From the clean point, the one step moves the top ceil(frac * d) gradient coordinates (fewer at box faces).
+    assert int(l0[0.05].max()) <= math.ceil(0.05 * n_fts) and int(l0[0.05].max()) > 0
+    assert int(l0[0.2].max()) > math.ceil(0.05 * n_fts)
+
+
+def test_train_eval_hook_measures_the_saved_weights_and_records_max_norms(tmp_path, monkeypatch):
+    import robustbench_ext.runner as runner
+
+    suite = tmp_path / "tiny.toml"
+    suite.write_text('name = "tiny"\ndescription = "test"\ndataset = "cifar10-1k"\n'
+                     '[[threats]]\nthreat = "Linf:8/255"\nattacks = [{ name = "pgd", steps = 1 }]\n')
+    evaluated = []
+    real = runner.evaluate
+
+    def spy(model, *a, **kw):
+        evaluated.append(model)
+        return real(model, *a, **kw)
+
+    monkeypatch.setattr(runner, "evaluate", spy)
+    res = CliRunner().invoke(cli, ["train", "--defense", "max:attack=apgd-ce:steps=1", "--arch", "smallcnn", "--n-train", "32",
+                                   "--dataset", "cifar10-1k", "--batch-size", "32", "--epochs", "1", "--eval-n", "8",
+                                   "--eval-suite", str(suite), "--results-dir", str(tmp_path), "--out", str(tmp_path / "run"),
+                                   "--no-progress"])
+    assert res.exit_code == 0, res.output
+    weights = tmp_path / "run" / "model.pt"
+    (model,) = evaluated
+    assert model.sha256 == file_sha256(weights) and model.source == str(weights)
+    saved = read_state_dict(weights)
+    for k, v in model.module.state_dict().items():
+        assert torch.equal(v, saved[k]), k  # the fp16 weights on disk, not the float32 ones in memory
+    (record,) = (tmp_path / "records").glob("*.json")
+    block = json.loads(record.read_text())["model"]
+    assert block["sha256"] == file_sha256(weights)
+    assert block["trained"]["defense"] == "max"
+    assert block["trained"]["defense_params"]["threats"] == ["Linf:8/255", "L2:0.5", "L1:12"]
