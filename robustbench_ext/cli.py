@@ -138,7 +138,7 @@ def list_cmd(kind: str) -> None:
 @click.option("--arch", default=None, help="Architecture for file:PATH models (see `rbx list architectures`).")
 @click.option("--normalize", default=None, help="Wrap the model with input normalization: cifar10, imagenet or MEAN,../STD,...")
 @click.option("--dataset", "dataset_spec", default=None, help="Dataset (default: the suite's); see `rbx list datasets`.")
-@click.option("--suite", "suite_spec", default=None, help=f"Suite name or .toml path [default: {DEFAULT_SUITE} unless --threat is given].")
+@click.option("--suite", "suite_spec", default=None, help=f"Suite name or .toml path [default: the dataset's DATASET-union suite, else {DEFAULT_SUITE}; none with --threat].")
 @click.option("--threat", "threat_specs", multiple=True, metavar="NORM:EPS",
               help="Threat model, e.g. Linf:8/255, L2:0.5, L1:12 (repeatable; replaces the suite's).")
 @click.option("--attack", "attack_specs", multiple=True, metavar="NAME[:K=V,...]",
@@ -187,7 +187,7 @@ def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs,
     from .registry import DATASETS, MODELS
     from .model_sources import dataset_hint
     from .runner import evaluate
-    from .suites import plan_benchmark
+    from .suites import default_suite, plan_benchmark
 
     set_quiet(quiet)
     # Everything that can be checked cheaply is checked before any model, data or file is touched.
@@ -214,8 +214,11 @@ def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs,
         _run_corruptions(corruption_suite, model_spec, arch, normalize, dataset_spec, n_examples, batch_size, device, seed,
                          results_dir, as_json, _show_bar(progress, quiet))
         return
+    dataset_name = dataset_spec or dataset_hint(model_spec)  # a zoo model runs on its own dataset
+    if suite_spec is None and not threat_specs:
+        suite_spec = default_suite(dataset_name)  # and its dataset's suite: the rule evaluate() follows
     bench = plan_benchmark(suite_spec, threat_specs, attack_specs, union_specs)  # the same plan evaluate() makes
-    dataset_name = dataset_spec or dataset_hint(model_spec) or bench.dataset  # a zoo model runs on its own dataset
+    dataset_name = dataset_name or bench.dataset
     DATASETS.get(dataset_name)
     if shards:
         from .streaming import list_shards

@@ -52,6 +52,7 @@ _BUILTIN_MODULES = (
     "robustbench_ext.architectures",
     "robustbench_ext.model_sources",
     "robustbench_ext.data",
+    "robustbench_ext.imagenet_data",
     "robustbench_ext.corruption_data",
     "robustbench_ext.suites",
     "robustbench_ext.attacks",

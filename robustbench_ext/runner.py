@@ -51,7 +51,7 @@ from .records import (MISCLASSIFIED, ROBUST, Accuracy, RunRecord, RunSettings, S
                       atomic_write_bytes, build_record, remove_if_empty, write_run)
 from .boundary import ModelBoundary, check_agreement
 from .plan import PlannedStage, StagePlan, compile_plan, fit_plan, stage_names
-from .suites import AttackSpec, ThreatSpec, plan_benchmark
+from .suites import AttackSpec, ThreatSpec, default_suite, plan_benchmark
 from .threat import ThreatModel
 
 log = logging.getLogger(__name__)
@@ -139,6 +139,12 @@ def evaluate(
     check_batch_size(batch_size)
     if isinstance(threats, (str, ThreatModel, ThreatSpec)):
         threats = [threats]
+    if suite is None and not threats:  # the data's own suite (a CIFAR-100 run gets cifar100-union)
+        named = data.name if isinstance(data, EvalData) else data if isinstance(data, str) else None
+        if data is None:
+            model = as_loaded_model(model, normalize)
+            named = model.dataset
+        suite = default_suite(named)
     bench = plan_benchmark(suite, tuple(threats or ()), attacks, union_attacks)
     plan = compile_plan(bench.threats, bench.union, eps_sweep)
     loaded = as_loaded_model(model, normalize)

@@ -124,8 +124,19 @@ class Suite:
         return None
 
 
-#: The suite a run uses when none is named.
+#: The suite a run uses when none is named and its dataset has no union suite of its own.
 DEFAULT_SUITE = "cifar10-union"
+
+
+def default_suite(dataset: str | None) -> str:
+    """The suite a run on ``dataset`` uses when none is named: ``DATASET-union`` where one is registered
+    (``cifar100`` -> ``cifar100-union``, ``imagenet`` -> ``imagenet-union``), else :data:`DEFAULT_SUITE`
+    (CIFAR-10 and its slices, or a dataset rbx has no suite for: give ``--threat`` there)."""
+    if dataset:
+        candidate = f"{dataset.partition(':')[0]}-union"
+        if SUITES.has(candidate):
+            return candidate
+    return DEFAULT_SUITE
 
 
 @dataclass(frozen=True)

@@ -172,3 +172,21 @@ def test_cifar100_zoo_model_runs_on_cifar100_or_is_refused_never_on_cifar10(tmp_
     own = CliRunner().invoke(cli, ["run", "--model", "robustbench:cifar100/Linf/Addepalli2022Efficient_RN18",
                                    "--n-examples", "4", *FAST, "--results-dir", str(tmp_path / "res2")])
     assert own.exit_code == 2 and "CIFAR-100" in own.stderr and "CIFAR-10 " not in own.stderr.replace("CIFAR-100", "")
+
+
+def test_a_run_without_a_suite_takes_its_datasets_own_suite():
+    from robustbench_ext.suites import DEFAULT_SUITE, default_suite
+
+    assert default_suite("cifar100") == "cifar100-union"
+    assert default_suite("imagenet:/some/where,preprocessing=Res224") == "imagenet-union"
+    assert default_suite("cifar10-1k") == default_suite("cifar10") == default_suite(None) == DEFAULT_SUITE
+    assert default_suite("mnist") == DEFAULT_SUITE  # no MNIST suite: the default (users give --threat)
+
+    from robustbench_ext.data import EvalData
+
+    torch.manual_seed(0)
+    net = ARCHITECTURES.create("smallcnn", num_classes=100).eval()
+    x, y = torch.rand(2, 3, 32, 32), torch.tensor([3, 77])
+    data = EvalData("cifar100", x, y, "random CIFAR-100-shaped images", "memory", classes=tuple(f"c{i}" for i in range(100)))
+    ev = evaluate(net, data, batch_size=2)
+    assert ev.record.suite == "cifar100-union"  # the data's suite, not cifar10-union's label on CIFAR-100

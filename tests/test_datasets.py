@@ -10,7 +10,9 @@ from PIL import Image
 
 import robustbench_ext.data as data_mod
 from robustbench_ext._compat import robustbench_helper_file
-from robustbench_ext.data import IMAGENET_CLASS_MAP_FILE, IMAGENET_SUBSET_FILE, as_eval_data
+import robustbench_ext._compat as compat_mod
+from robustbench_ext.data import as_eval_data
+from robustbench_ext.imagenet_data import IMAGENET_CLASS_MAP_FILE, IMAGENET_SUBSET_FILE
 from robustbench_ext.errors import DataError
 from robustbench_ext.registry import DATASETS
 
@@ -178,8 +180,8 @@ def test_imagenet_reads_only_the_images_asked_for(imagenet_val, monkeypatch):
 
 def test_imagenet_uses_robustbenchs_subset_in_its_order(imagenet_val, monkeypatch):
     val, ids = imagenet_val
-    real = data_mod.robustbench_helper_file
-    monkeypatch.setattr(data_mod, "robustbench_helper_file", lambda name: ids if name == IMAGENET_SUBSET_FILE else real(name))
+    real = compat_mod.robustbench_helper_file
+    monkeypatch.setattr(compat_mod, "robustbench_helper_file", lambda name: ids if name == IMAGENET_SUBSET_FILE else real(name))
     monkeypatch.setattr(data_mod, "data_dirs", lambda: [val.parent.parent])  # found as imagenet/val, no argument
     d = DATASETS.create("imagenet", n_examples=3)
     assert d.location == str(val) and d.y.tolist() == [_standard_index(w) for w in ("n01443537", "n01440764", "n09472597")]
@@ -190,8 +192,8 @@ def test_imagenet_uses_robustbenchs_subset_in_its_order(imagenet_val, monkeypatc
 
 def test_imagenet_without_the_list_takes_the_first_by_file_name(imagenet_val, monkeypatch):
     val, _ = imagenet_val
-    real = data_mod.robustbench_helper_file
-    monkeypatch.setattr(data_mod, "robustbench_helper_file", lambda name: None if name == IMAGENET_SUBSET_FILE else real(name))
+    real = compat_mod.robustbench_helper_file
+    monkeypatch.setattr(compat_mod, "robustbench_helper_file", lambda name: None if name == IMAGENET_SUBSET_FILE else real(name))
     d = DATASETS.create(f"imagenet:{val.parent}", n_examples=3)  # PATH may be the folder holding val/
     # val_00000001 (n01484850), _02 (n09472597), _03 (n01443537): the official validation order, classes mixed
     assert d.y.tolist() == [_standard_index(w) for w in ("n01484850", "n09472597", "n01443537")]
