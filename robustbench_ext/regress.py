@@ -182,6 +182,25 @@ def compare(baseline: Path, candidate: Path, alpha: float = 0.05, allow_differen
     return GateResult(str(baseline), str(candidate), b.n, alpha, comps, tuple(notes))
 
 
+def paired_mcnemar(fa: SampleFlags, fb: SampleFlags) -> dict[str, dict]:
+    """Two models on the same images, per metric (clean, each shared threat model, union): the accuracies of
+    a and b in %, the discordant pairs (a only, b only) and the exact two-sided McNemar p-value (raw, not
+    Holm-corrected). For reproductions that compare different training arms; :func:`compare` is the gate."""
+    if not (np.array_equal(fa.index, fb.index) and np.array_equal(fa.y, fb.y)):
+        raise UnusableInput("the two evaluations did not see the same images; evaluate both on the same slice")
+    series = {"clean": (fa.clean_correct, fb.clean_correct)}
+    for t in (t for t in fa.threats if t in fb.threats):
+        series[t] = (fa.robust[:, fa.threats.index(t)], fb.robust[:, fb.threats.index(t)])
+    if set(fa.threats) == set(fb.threats):
+        series["union"] = (fa.union, fb.union)
+    out = {}
+    for name, (a, b) in series.items():
+        a_only, b_only = int((a & ~b).sum()), int((~a & b).sum())
+        out[name] = {"a": percent(a.mean(), 2), "b": percent(b.mean(), 2), "a_only": a_only, "b_only": b_only,
+                     "p_value": mcnemar_exact(a_only, b_only)}
+    return out
+
+
 def resolve_pairs(baseline: Path, candidate: Path) -> list[tuple[Path, Path]]:
     """Record files to compare: two files, or the newest record per (model, suite, dataset) in two directories."""
     baseline, candidate = Path(baseline), Path(candidate)

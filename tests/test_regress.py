@@ -108,3 +108,27 @@ def test_cli_exit_codes(base_record, tmp_path):
     _variant(base_record, d2, flip_down=15)
     res = runner.invoke(cli, ["regress", "--baseline", str(tmp_path / "d1"), "--candidate", str(tmp_path / "d2"), "--json"])
     assert res.exit_code == 1 and json.loads(res.stdout)[0]["failed"] is True
+
+
+def test_paired_mcnemar_between_two_arms_on_constructed_flags():
+    from robustbench_ext.records import SampleFlags
+    from robustbench_ext.regress import paired_mcnemar
+
+    n = 20
+    idx, y = np.arange(n), np.arange(n) % 10
+    clean = np.ones(n, bool)
+    ra = np.zeros((n, 2), bool)
+    rb = np.zeros((n, 2), bool)
+    ra[:6, 0] = True  # a right on 6 Linf points where b is wrong
+    rb[10:11, 0] = True  # b right on 1 where a is wrong
+    ra[:, 1] = rb[:, 1] = True
+    fa = SampleFlags(idx, y, clean, ra, np.full((n, 2), -1, np.int16), ("Linf", "L2"))
+    fb = SampleFlags(idx, y, clean, rb, np.full((n, 2), -1, np.int16), ("Linf", "L2"))
+    out = paired_mcnemar(fa, fb)
+    assert list(out) == ["clean", "Linf", "L2", "union"]
+    assert (out["Linf"]["a_only"], out["Linf"]["b_only"]) == (6, 1)
+    assert out["Linf"]["p_value"] == pytest.approx(mcnemar_exact(6, 1)) == pytest.approx(16 / 128)
+    assert out["L2"]["p_value"] == 1.0 and out["clean"]["a_only"] == out["clean"]["b_only"] == 0
+    assert (out["union"]["a_only"], out["union"]["b_only"]) == (6, 1)
+    with pytest.raises(UnusableInput):
+        paired_mcnemar(fa, SampleFlags(idx + 1, y, clean, rb, fb.broken_by, fb.threats))
