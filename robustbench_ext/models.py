@@ -314,8 +314,11 @@ def as_loaded_model(model: "LoadedModel | nn.Module | str", normalize: str | Non
         return load_model(model, normalize=normalize)
     if isinstance(model, nn.Module):
         name = type(model).__name__
+        was_training = model.training
         loaded = LoadedModel(model, name, name, "python object", weights_sha256(model),
                              extra={"sha256_of": "the module's state_dict (no checkpoint file)"})
-        return with_normalization(loaded, normalize)
+        loaded = with_normalization(loaded, normalize)
+        loaded.module.train(was_training)  # the user's object keeps its mode: the runner evaluates under frozen()
+        return loaded
     raise RbxError(f"model must be an nn.Module, a LoadedModel or a model name such as cifar10-smallcnn-linf-at; "
                    f"got {type(model).__name__}")

@@ -342,3 +342,17 @@ def test_box_covering_threat_warns_suggests_255_and_marks_the_record(tmp_path, s
     text = leaderboard_markdown(tmp_path)
     assert "Left out: 1 record" in text and "## " not in text  # no board shows it
     assert read_flags(next((tmp_path / "records").glob("*.json"))).robust.shape == (6, 1)
+
+
+def test_a_train_mode_model_is_evaluated_in_eval_mode_and_given_back_in_train_mode():
+    """Own audit: the boundary wrapper must mirror the user's model mode, or frozen() (which restores the mode
+    of what it is given) leaves the user's model in eval mode, or evaluates a second call in train mode."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 30 * 30, 10)).train()
+    modes = []
+    net[1].register_forward_hook(lambda mod, inp, out: modes.append(mod.training))
+    x, y = torch.rand(4, 3, 32, 32), torch.arange(4)
+    for _ in range(2):
+        evaluate(net, (x, y), "Linf:8/255", attacks=["pgd:steps=2"], batch_size=4)
+        assert net.training  # given back as it came
+    assert modes and not any(modes)  # every forward pass in eval mode (BatchNorm running statistics), both calls
