@@ -355,13 +355,16 @@ class RunSettings:
     distributed: dict[str, Any] | None = None
     notes: tuple[str, ...] = ()  # what the run had to adapt or leave out (capped targets, skipped stages)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: A randomized model's re-checks over draws (:meth:`robustbench_ext.draws.Draws.describe`): R, seed, rule.
+    draws: dict[str, Any] | None = None
 
     def config(self) -> dict[str, Any]:
         return {"seed": self.seed, "batch_size": self.batch_size, "device": self.device,
                 "threats": [{"threat": t, "attacks": list(a)} for t, a in self.threats],
                 "union_attacks": list(self.union_attacks), "search": dict(self.search),
                 **({"distributed": dict(self.distributed)} if self.distributed else {}),
-                **({"notes": list(self.notes)} if self.notes else {}), **self.extra}
+                **({"notes": list(self.notes)} if self.notes else {}),
+                **({"draws": dict(self.draws)} if self.draws else {}), **self.extra}
 
 
 def slug(text: str) -> str:

@@ -42,6 +42,7 @@ from .attack import verified_success
 from .checks import cheap_checks, summarize
 from .data import EvalData, as_eval_data
 from .devutils import check_batch_size, derive_seed, frozen, resolve_device
+from .draws import DEFAULT_DRAWS, Draws, batch_seed, majority_wrong
 from .distributed import Dist
 from .errors import DataError, RbxError
 from .eval_state import EvaluationState, StageTotals, evaluation_desc, run_key
@@ -100,6 +101,9 @@ def evaluate(
     output: str | int | None = None,
     allow_class_subset: bool = False,
     skip_stages: Sequence[str] = (),
+    randomized: bool | None = None,
+    draws: int = DEFAULT_DRAWS,
+    draw_seed: int | None = None,
 ) -> Evaluation:
     """Evaluate a model: clean accuracy, robust accuracy per threat model and union robust accuracy.
 
@@ -135,6 +139,11 @@ def evaluate(
     them on, every success is re-verified with the float32 model. ``dist`` (default: the initialized
     ``torch.distributed`` group, if any): every stage's batches are dealt round-robin to the ranks and
     the hits exchanged after the stage, so every rank ends with the flags a single process computes.
+
+    Randomized models (:mod:`robustbench_ext.draws`): with ``randomized`` True, or None and the determinism
+    pre-check failing, every verdict -- clean and after each attack batch -- is the majority over ``draws``
+    fresh forward passes seeded from ``draw_seed`` (default: ``seed``); the record's ``config.draws`` says
+    so. ``randomized`` False keeps single-pass verdicts even for a model found randomized (a warning).
     """
     check_batch_size(batch_size)
     if isinstance(threats, (str, ThreatModel, ThreatSpec)):
@@ -159,18 +168,24 @@ def evaluate(
         union_attacks=tuple(a.label for a in bench.union), seed=seed, batch_size=batch_size, device=str(dev),
         search=search.describe(), distributed=dist.describe() if dist.world > 1 else None, notes=notes,
         extra={"meaningless": meaningless} if meaningless else {})
+    draw_setting = Draws(draws, seed if draw_seed is None else int(draw_seed))  # checks R before anything runs
     state_path = None
     if state_dir is not None:
         desc = evaluation_desc(loaded, plan.threats, bench.union, seed, batch_size)
+        if randomized is not None or draws != DEFAULT_DRAWS or draw_seed is not None:
+            desc["draws"] = [randomized, draws, draw_setting.seed]  # (kept out of plain runs' keys: they resume as before)
         key = run_key(desc, data.sha256(), dev, plan.n_main, search.describe() if search != SearchOptions() else None,
                       dist.world)
         state_path = Path(state_dir) / f"{key}.npz"
     t0 = time.perf_counter()
     with frozen(net):
-        state = _start_or_resume(net, data, plan, state_path, resume, batch_size, dev, dist)
+        state = _start_or_resume(net, data, plan, state_path, resume, batch_size, dev, dist, randomized, draw_setting)
+        rule = _draws_for(state.checks, randomized, draw_setting)
+        if rule is not None:
+            settings = dataclasses.replace(settings, draws=rule.describe())
         save = _saver(state_path if dist.is_main else None, state, every_batch=dist.world == 1)
         runner = _Walk(plan, state, search_model(net, search, dev), None if search.plain else net, data, seed,
-                       batch_size, dev, progress and dist.is_main, save, dist, skip, state_path)
+                       batch_size, dev, progress and dist.is_main, save, dist, skip, state_path, rule)
         runner.walk()
     wall = state.elapsed + time.perf_counter() - t0
     ev = _finish(loaded, data, plan, state, settings, provenance.collect(dev, seed, state.started, wall))
@@ -201,8 +216,31 @@ def _check_skips(plan: StagePlan, skip: Sequence[str]) -> tuple[str, ...]:
     return tuple(skip)
 
 
+def _draws_for(checks: dict[str, Any] | None, randomized: bool | None, setting: Draws) -> Draws | None:
+    """The re-check rule of a run: ``setting`` when the user declares the model randomized, or leaves it open
+    and the determinism pre-check failed; None (single-pass verdicts) otherwise."""
+    detected = any(r["name"] == "deterministic" and not r["passed"] for r in (checks or {}).get("results", []))
+    if randomized is None and detected:
+        return dataclasses.replace(setting, source="detected")
+    if randomized is False and detected:
+        log.warning("the model is randomized but re-checks over draws are off (randomized=False): every verdict rests "
+                    "on one forward pass and robust accuracy is unreliable in both directions")
+    return setting if randomized else None
+
+
+@torch.no_grad()
+def _majority_clean(net: nn.Module, data: EvalData, batch_size: int, dev: torch.device, rule: Draws) -> np.ndarray:
+    """``[N]`` bool: correct unless misclassified in a strict majority of ``rule.r`` seeded fresh passes."""
+    correct = np.zeros(data.n, dtype=bool)
+    for bi, chunk in enumerate(_batches(np.arange(data.n), batch_size)):
+        xb, yb = data.x[chunk].to(dev), data.y[chunk].to(dev)
+        correct[chunk] = ~majority_wrong(net, xb, yb, rule.r, batch_seed(rule, 0, bi)).cpu().numpy()
+    return correct
+
+
 def _start_or_resume(net: nn.Module, data: EvalData, plan: StagePlan, path: Path | None, resume: bool | None,
-                     batch_size: int, dev: torch.device, dist: Dist) -> EvaluationState:
+                     batch_size: int, dev: torch.device, dist: Dist, randomized: bool | None = None,
+                     draws: Draws = Draws()) -> EvaluationState:
     if path is not None and resume is not False and path.is_file():
         state = EvaluationState.from_file(path, path.stem)
         if state is not None:
@@ -213,6 +251,9 @@ def _start_or_resume(net: nn.Module, data: EvalData, plan: StagePlan, path: Path
                        "run without --resume")
     clean = _clean_pass(net, data.x, data.y, batch_size, dev, dist)  # validates labels and logits first
     checks = _run_checks(net, data, dev)
+    rule = _draws_for(checks, randomized, draws)
+    if rule is not None:  # a randomized model: clean accuracy by majority over draws too
+        clean = _majority_clean(net, data, batch_size, dev, rule)
     robust = np.repeat(clean[:, None], len(plan.threats), axis=1)
     broken_by = np.full((data.n, len(plan.threats)), ROBUST, dtype=np.int16)
     broken_by[~clean] = MISCLASSIFIED
@@ -261,6 +302,7 @@ class _Walk:
     dist: Dist
     skip: tuple[str, ...] = ()
     state_path: Path | None = None
+    draws: Draws | None = None  # a randomized model: every verdict by majority over draws
 
     def walk(self) -> None:
         state, plan = self.state, self.plan
@@ -341,12 +383,23 @@ class _Walk:
         if stage.kind == "union":
             threats = [self.plan.threats[c].threat for c in stage.columns]
             res = stage.attack(self.net, xb, yb, threats, seed=seed, progress=report)
-            success = torch.stack([self._verified(xa, yb, s) for xa, s in zip(res.x_adv, res.success.unbind(1))], 1)
+            success = torch.stack([self._majority(xa, yb, self._verified(xa, yb, s), stage, bi, c)
+                                   for c, (xa, s) in enumerate(zip(res.x_adv, res.success.unbind(1)))], 1)
             success = success.cpu().numpy()
             return [[int(i) for i in chunk[success[:, c]]] for c in range(len(stage.columns))], res
         res = stage.attack(self.net, xb, yb, stage.threat, seed=seed, progress=report)
         self.state.totals.add_curve(res.loss_sum, res.loss_count)
-        return [[int(i) for i in chunk[self._verified(res.x_adv, yb, res.success).cpu().numpy()]]], res
+        success = self._majority(res.x_adv, yb, self._verified(res.x_adv, yb, res.success), stage, bi, 0)
+        return [[int(i) for i in chunk[success.cpu().numpy()]]], res
+
+    def _majority(self, x_adv: Tensor, y: Tensor, success: Tensor, stage: PlannedStage, bi: int, column: int) -> Tensor:
+        """``success`` for a deterministic model; for a randomized one, the majority verdict over the run's draws
+        on every returned point (a single pass's lucky successes are dropped; points one pass missed but most
+        draws misclassify count as broken)."""
+        if self.draws is None:
+            return success
+        net = self.verify if self.verify is not None else self.net
+        return majority_wrong(net, x_adv, y, self.draws.r, batch_seed(self.draws, 1, *stage.seed_key, bi, column))
 
     def _verified(self, x_adv: Tensor, y: Tensor, success: Tensor) -> Tensor:
         """The attack's success, or (search switches on) the float32 model's verdict on the same points."""
