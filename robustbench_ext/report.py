@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import plots
+from .curve_run import curve_lines
 from .draws import describe_rule
 from .stats import percent
 from .records import RunRecord, atomic_write_bytes, atomic_write_text, read_flags, read_record
@@ -40,6 +41,7 @@ def format_table(record: RunRecord) -> str:
     for sw in record.sweeps:
         pts = ", ".join(f"{p['label'].split(':', 1)[1]}: {percent(p['robust']['accuracy'])}" for p in sw["points"])
         lines.append(f"eps sweep {sw['threat']}: {pts}")
+    lines += curve_lines(record.curves)
     return "\n".join(lines)
 
 

@@ -51,6 +51,7 @@ from .progress import PointBar, RunClock, log as progress_log, stage_line
 from .records import (MISCLASSIFIED, ROBUST, Accuracy, RunRecord, RunSettings, SampleFlags, StageResult, ThreatResult,
                       atomic_write_bytes, build_record, remove_if_empty, write_run)
 from .boundary import ModelBoundary, check_agreement
+from .curve_run import build_curves, check_curve_plan
 from .plan import PlannedStage, StagePlan, compile_plan, fit_plan, stage_names
 from .suites import AttackSpec, ThreatSpec, plan_benchmark
 from .threat import ThreatModel
@@ -104,6 +105,7 @@ def evaluate(
     randomized: bool | None = None,
     draws: int = DEFAULT_DRAWS,
     draw_seed: int | None = None,
+    curve: bool = False,
 ) -> Evaluation:
     """Evaluate a model: clean accuracy, robust accuracy per threat model and union robust accuracy.
 
@@ -144,6 +146,9 @@ def evaluate(
     pre-check failing, every verdict -- clean and after each attack batch -- is the majority over ``draws``
     fresh forward passes seeded from ``draw_seed`` (default: ``seed``); the record's ``config.draws`` says
     so. ``randomized`` False keeps single-pass verdicts even for a model found randomized (a warning).
+    ``curve`` (:mod:`robustbench_ext.curve_run`): with a minimum-norm attack in the cascade, the record's
+    ``curves`` hold robust accuracy vs eps from its per-point minimal norms, checked at each threat
+    model's eps against a fixed-eps cascade.
     """
     check_batch_size(batch_size)
     if isinstance(threats, (str, ThreatModel, ThreatSpec)):
@@ -160,6 +165,8 @@ def evaluate(
         k = check_agreement(net, loaded, data, dev, allow_class_subset)
     loaded.num_classes = loaded.num_classes or k
     plan, notes = fit_plan(plan, k, tuple(data.x.shape[1:]))
+    if curve:
+        check_curve_plan(plan)
     skip = _check_skips(plan, skip_stages)
     notes += tuple(f"stage '{name}' was skipped on request (--skip-stage): its threat model's robust accuracy is "
                    "an upper bound without it" for name in skip)
@@ -185,14 +192,32 @@ def evaluate(
             settings = dataclasses.replace(settings, draws=rule.describe())
         save = _saver(state_path if dist.is_main else None, state, every_batch=dist.world == 1)
         runner = _Walk(plan, state, search_model(net, search, dev), None if search.plain else net, data, seed,
-                       batch_size, dev, progress and dist.is_main, save, dist, skip, state_path, rule)
+                       batch_size, dev, progress and dist.is_main, save, dist, skip, state_path, rule,
+                       {} if curve else None)
         runner.walk()
+        curves = _curves(plan, net, data, state, runner.captured, seed, batch_size, dev, bench.suite, k) if curve else ()
     wall = state.elapsed + time.perf_counter() - t0
-    ev = _finish(loaded, data, plan, state, settings, provenance.collect(dev, seed, state.started, wall))
+    ev = _finish(loaded, data, plan, state, settings, provenance.collect(dev, seed, state.started, wall), curves)
     if state_path is not None and dist.is_main:
         state_path.unlink(missing_ok=True)
         remove_if_empty(state_path.parent)
     return ev
+
+
+def _curves(plan: StagePlan, net: nn.Module, data: EvalData, state: EvaluationState, captured, seed: int,
+            batch_size: int, dev: torch.device, suite: str | None, num_classes: int) -> tuple[dict[str, Any], ...]:
+    """The record's ``curves`` (:func:`robustbench_ext.curve_run.build_curves`); the reference cascade for a
+    threat model whose own cascade is only minimum-norm attacks is the suite's (default suite's) for its norm."""
+    shape = tuple(data.x.shape[1:])
+
+    def reference(threat: ThreatModel):
+        spec = plan_benchmark(suite if suite and suite != "custom" else None, [threat], ()).threats[0]
+        spec = ThreatSpec(threat, tuple(a for a in spec.attacks if not getattr(a.build(), "minimum_norm", False)))
+        return [dataclasses.replace(st, attack=st.attack.fit(num_classes, shape, threat)[0]) for st in spec.build()]
+
+    with frozen(net):
+        return build_curves(plan, net, data, state.clean_correct, state.robust, captured or {}, seed, batch_size, dev,
+                            reference)
 
 
 def _meaningless_threats(plan: StagePlan, data: EvalData) -> list[str]:
@@ -303,6 +328,7 @@ class _Walk:
     skip: tuple[str, ...] = ()
     state_path: Path | None = None
     draws: Draws | None = None  # a randomized model: every verdict by majority over draws
+    captured: dict[int, np.ndarray] | None = None  # --curve: per stage, the minimal norms it reported (NaN: not seen)
 
     def walk(self) -> None:
         state, plan = self.state, self.plan
@@ -389,6 +415,8 @@ class _Walk:
             return [[int(i) for i in chunk[success[:, c]]] for c in range(len(stage.columns))], res
         res = stage.attack(self.net, xb, yb, stage.threat, seed=seed, progress=report)
         self.state.totals.add_curve(res.loss_sum, res.loss_count)
+        if self.captured is not None and res.min_norm is not None:
+            self.captured.setdefault(self.state.stage, np.full(self.data.n, np.nan))[chunk] = res.min_norm.cpu().numpy()
         success = self._majority(res.x_adv, yb, self._verified(res.x_adv, yb, res.success), stage, bi, 0)
         return [[int(i) for i in chunk[success.cpu().numpy()]]], res
 
@@ -432,7 +460,7 @@ class _Walk:
 
 
 def _finish(model: LoadedModel, data: EvalData, plan: StagePlan, state: EvaluationState, settings: RunSettings,
-            prov: dict[str, Any]) -> Evaluation:
+            prov: dict[str, Any], curves: Sequence[dict[str, Any]] = ()) -> Evaluation:
     results = [StageResult.from_dict(r) for r in state.results]
     columns = []
     for ti, spec in enumerate(plan.threats):
@@ -446,7 +474,8 @@ def _finish(model: LoadedModel, data: EvalData, plan: StagePlan, state: Evaluati
                         sweep_threats=tuple(r.threat for r in sweeps))
     union = tuple(r for r, s in zip(results, plan.stages) if s.kind == "union")
     record = build_record(settings, model=model.describe(), dataset=data.describe(), flags=flags, threats=main,
-                          provenance=prov, checks=state.checks, union_attacks=union, sweeps=_sweeps(main, sweeps))
+                          provenance=prov, checks=state.checks, union_attacks=union, sweeps=_sweeps(main, sweeps),
+                          curves=curves)
     return Evaluation(record, flags)
 
 

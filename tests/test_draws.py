@@ -106,3 +106,21 @@ def test_draw_spread_check():
     assert "flip between draws" in res.message
     fixed = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 10))
     assert check_draw_spread(fixed, x, y, r=5).passed
+
+
+def test_cli_randomized_run_and_bad_draws(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from robustbench_ext.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--model", "noisy:cifar10-smallcnn-linf-at,sigma=0.05", "--dataset", "cifar10-1k", "--n-examples", "4",
+            "--threat", "Linf:8/255", "--attack", "fgsm:eot=2", "--results-dir", str(tmp_path / "res"), "--no-progress"]
+    res = CliRunner().invoke(cli, [*args, "--randomized", "--draws", "3"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "majority of 3 draws (seed 0, declared)" in res.output
+    (path,) = (tmp_path / "res" / "records").glob("*.json")
+    record = json.loads(path.read_text())
+    assert record["config"]["draws"]["r"] == 3 and record["threats"][0]["attacks"][0]["params"]["eot"] == 2
+    bad = CliRunner().invoke(cli, [*args, "--draws", "0"])
+    assert bad.exit_code != 0 and "--draws must be a positive integer" in bad.output and "Traceback" not in bad.output
