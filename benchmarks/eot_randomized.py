@@ -37,6 +37,7 @@ from robustbench_ext.draws import majority_wrong
 from robustbench_ext.models import load_model
 from robustbench_ext.records import atomic_write_text
 from robustbench_ext.registry import ATTACKS, DATASETS
+from robustbench_ext.regress import mcnemar_exact
 from robustbench_ext.runner import evaluate
 from robustbench_ext.stats import percent
 from robustbench_ext.threat import ThreatModel
@@ -83,6 +84,12 @@ def single_vs_majority(model_spec, data, attack_spec, a):
             "missed_by_single_pass": int((~single & major).sum())}  # one pass robust, the majority broken
 
 
+def rerender(results: Path) -> None:
+    """Write RESULTS/randomized.md again from the JSON (no attack runs)."""
+    runs = json.loads((results / "randomized_cpu_smallcnn.json").read_text())["runs"]
+    atomic_write_text(results / "randomized.md", render(runs))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sigma", type=float, default=0.05)
@@ -95,8 +102,12 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--results-dir", default="results")
     ap.add_argument("--append", action="store_true", help="keep the other sigmas' runs in the JSON and the report")
+    ap.add_argument("--render-only", action="store_true", help="rewrite the report from the JSON, run nothing")
     a = ap.parse_args(argv)
     results = Path(a.results_dir)
+    if a.render_only:
+        rerender(results)
+        return 0
     model = f"noisy:cifar10-smallcnn-linf-at,sigma={a.sigma:g}"
     data = DATASETS.create("cifar10-1k", n_examples=a.n)
     k, s = a.eot, a.steps
@@ -140,13 +151,25 @@ def report(sm: dict) -> str:
              f"Model `{sm['model']}` (the reference small CNN behind Gaussian input noise, fresh at every pass); "
              f"first {sm['n']} images of `cifar10-1k`; Linf 8/255. Every verdict (clean and adversarial) is the "
              f"majority over R = {st['draws']} fresh passes seeded by {st['draw_seed']} (`evaluate(..., randomized=True)`).",
-             "", "## (a) EOT against no EOT (APGD-CE)", "",
+             "", "### (a) EOT against no EOT (APGD-CE)", "",
              "| arm | attack | clean % | robust % | 95% CI | gradient evaluations (images) | seconds |",
              "|---|---|---:|---:|---|---:|---:|"]
     for name, r in sm["arms"].items():
         lines.append(f"| {name} | `{r['attack']}` | {percent(r['clean'])} | {percent(r['robust'])} | "
                      f"[{percent(r['ci95'][0])}, {percent(r['ci95'][1])}] | {r['n_backward']} | {r['seconds']} |")
-    lines += ["", "## (b) Majority of R draws against a single pass", "",
+    arms = list(sm["arms"].items())
+    eot_name, eot_arm = next((n, r) for n, r in arms if "eot=" in r["attack"])
+    eot_flags = np.asarray(eot_arm["robust_flags"], dtype=bool)
+    lines.append("")
+    for name, r in arms:
+        if r is eot_arm:
+            continue
+        other = np.asarray(r["robust_flags"], dtype=bool)
+        only_other, only_eot = int((~eot_flags & other).sum()), int((eot_flags & ~other).sum())
+        lines.append(f"- {eot_name} vs {name}, per image: {only_other} points robust only against the latter "
+                     f"(EOT broke them), {only_eot} robust only against EOT; exact McNemar p = "
+                     f"{mcnemar_exact(only_other, only_eot):.3g}.")
+    lines += ["", "### (b) Majority of R draws against a single pass", "",
               "| attack | points attacked | broken, single pass | broken, majority | lucky successes (single broken, majority robust) | missed by the single pass (majority broken) |",
               "|---|---:|---:|---:|---:|---:|"]
     for spec, r in sm["recheck"].items():
