@@ -187,7 +187,7 @@ def evaluate(
     t0 = time.perf_counter()
     with frozen(net):
         state = _start_or_resume(net, data, plan, state_path, resume, batch_size, dev, dist, randomized, draw_setting)
-        rule = _draws_for(state.checks, randomized, draw_setting)
+        rule = _draws_for(state.checks, randomized, draw_setting, warn=True)
         if rule is not None:
             settings = dataclasses.replace(settings, draws=rule.describe())
         save = _saver(state_path if dist.is_main else None, state, every_batch=dist.world == 1)
@@ -241,13 +241,13 @@ def _check_skips(plan: StagePlan, skip: Sequence[str]) -> tuple[str, ...]:
     return tuple(skip)
 
 
-def _draws_for(checks: dict[str, Any] | None, randomized: bool | None, setting: Draws) -> Draws | None:
+def _draws_for(checks: dict[str, Any] | None, randomized: bool | None, setting: Draws, warn: bool = False) -> Draws | None:
     """The re-check rule of a run: ``setting`` when the user declares the model randomized, or leaves it open
     and the determinism pre-check failed; None (single-pass verdicts) otherwise."""
     detected = any(r["name"] == "deterministic" and not r["passed"] for r in (checks or {}).get("results", []))
     if randomized is None and detected:
         return dataclasses.replace(setting, source="detected")
-    if randomized is False and detected:
+    if randomized is False and detected and warn:
         log.warning("the model is randomized but re-checks over draws are off (randomized=False): every verdict rests "
                     "on one forward pass and robust accuracy is unreliable in both directions")
     return setting if randomized else None
