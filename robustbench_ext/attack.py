@@ -299,8 +299,8 @@ class AttackBase(ABC):
         eot = getattr(self, "eot", 1)
         if isinstance(eot, bool) or not isinstance(eot, int) or eot < 1:
             raise RbxError(f"attack '{self.name}': eot must be a positive integer (passes averaged per gradient), got {eot!r}")
-        note = self.eot_note_for()
-        if eot > 1 and note:
+        note = self.eot_note_for() if eot > 1 else None  # (ensembles build their parts to answer: only when asked)
+        if note:
             raise RbxError(f"attack '{self.name}' does not take eot={eot}: {note}")
 
     def eot_note_for(self) -> str | None:
