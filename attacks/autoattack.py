@@ -86,6 +86,12 @@ class AAComponent(Attack):
                                            or self.n_targets < 1):
             raise RbxError(f"attack '{self.name}': n_targets must be a positive integer, got {self.n_targets!r}")
 
+    def eot_note_for(self) -> str | None:
+        if self.component.startswith("apgd"):
+            return None
+        return (f"pyautoattack's {self.component} has no EOT; for randomized models use autoattack:version=rand "
+                "(APGD-CE and APGD-DLR with 20 EOT iterations) or rbx's own attacks with eot=K")
+
     def fit(self, num_classes, input_shape, threat):
         """pyautoattack's limits, checked before the run: what its code would crash on mid-run is refused here."""
         c = self.component
@@ -119,6 +125,8 @@ class AAComponent(Attack):
             _scale_budget(aa, self.budget)
         if self.n_targets is not None:
             aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = self.n_targets
+        if self.eot > 1:  # pyautoattack's own EOT (what version rand sets to 20): APGD averages eot_iter gradients
+            aa.apgd.eot_iter = aa.apgd_targeted.eot_iter = self.eot
         cpu_state = torch.random.get_rng_state()  # pyautoattack reseeds torch's global RNG; leave it as it was
         try:
             x_adv, _ = aa.run_standard_evaluation(x.contiguous().float(), y.contiguous(), batch_size=max(x.shape[0], 1))

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -40,7 +41,9 @@ class UnionWorst(MultiThreatAttack):
         self._inner()  # fail fast on a bad spec
 
     def _inner(self):
-        return ATTACKS.create(self.attack)
+        """The inner attack; this attack's ``eot`` > 1 reaches it (``union-worst:eot=10`` = EOT under every norm)."""
+        inner = ATTACKS.create(self.attack)
+        return dataclasses.replace(inner, eot=self.eot) if self.eot != 1 else inner
 
     def fit(self, num_classes, input_shape, threat):
         inner = self._inner()

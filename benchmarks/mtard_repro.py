@@ -93,6 +93,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--results-dir", default="results")
     ap.add_argument("--tag", default=None)
+    ap.add_argument("--skip-teacher-eval", action="store_true",
+                    help="do not evaluate the teachers (saves their suite runs; the arms' comparison does not need them)")
     a = ap.parse_args(argv)
 
     results = Path(a.results_dir)
@@ -110,7 +112,7 @@ def main(argv=None) -> int:
     summary = {"command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
                "date": provenance.utc_now(), "git_commit": provenance.git_state()["commit"], "settings": vars(a),
                "suite": suite_label, "teachers": {}, "arms": {}, "mcnemar": {}}
-    for role, spec in (("natural", a.nat_teacher), ("adversarial", a.adv_teacher)):
+    for role, spec in (() if a.skip_teacher_eval else (("natural", a.nat_teacher), ("adversarial", a.adv_teacher))):
         ev = evaluate(load_model(spec), test, threats, suite=suite_label, seed=a.seed, progress=False, device=a.device)
         summary["teachers"][role] = {"model": spec, **_row(ev.record, ev.write(results), 0.0)}
         print("teacher", role, summary["teachers"][role], flush=True)

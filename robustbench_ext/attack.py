@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
 
 import torch
@@ -99,11 +99,17 @@ class AttackContext:
     geometry, a seeded generator, the progress callback and the loss curve.
 
     For a :class:`MultiThreatAttack`, ``threats`` holds every threat model and ``threat`` is None.
+
+    ``eot`` (expectation over transformation, Athalye et al. 2018): the number of forward+backward passes
+    :meth:`value_and_grad`, :meth:`value_and_grads` and :meth:`value` average over, so that for a
+    randomized model the gradient and the objective are means over ``eot`` draws of its randomness. 1:
+    one pass, exactly as without EOT.
     """
 
     def __init__(self, model: nn.Module, threat: ThreatModel | None, generator: torch.Generator,
-                 progress: StepReport | None = None, threats: Sequence[ThreatModel] = ()) -> None:
+                 progress: StepReport | None = None, threats: Sequence[ThreatModel] = (), eot: int = 1) -> None:
         self.model = model if isinstance(model, CountingModel) else CountingModel(model)
+        self.eot = int(eot)
         self.threat = threat
         self.threats = tuple(threats) if threats else ((threat,) if threat is not None else ())
         self.geometry: Geometry | None = threat.geometry if threat is not None else None
@@ -156,8 +162,17 @@ class AttackContext:
         """Logits ``[N, K]``, per-sample loss ``[N]`` and d(loss)/dx ``[N, ...]`` at ``x`` (all detached).
 
         Gradient entries that are NaN or inf (a model with ``sqrt`` at 0, say) are zeroed and counted:
-        the step then ignores those pixels instead of turning the whole iterate into NaN.
+        the step then ignores those pixels instead of turning the whole iterate into NaN. With
+        ``eot`` = K > 1, each of the three is the mean over K passes (K draws of a randomized model's
+        randomness; each draw's non-finite entries zeroed before averaging).
         """
+        if self.eot > 1:
+            draws = [self.value_and_grad_once(x, loss_fn) for _ in range(self.eot)]
+            return tuple(_draw_mean([d[i] for d in draws]) for i in range(3))  # type: ignore[return-value]
+        return self.value_and_grad_once(x, loss_fn)
+
+    def value_and_grad_once(self, x: Tensor, loss_fn: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`value_and_grad` from one forward and one backward pass, whatever ``eot`` is."""
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             logits = self.model(xg)
@@ -167,6 +182,17 @@ class AttackContext:
         bad = ~torch.isfinite(grad)
         self._nonfinite = self._nonfinite + bad.sum()
         return logits.detach(), loss.detach(), grad.masked_fill(bad, 0.0)
+
+    @torch.no_grad()
+    def value(self, x: Tensor, loss_fn: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+        """Logits ``[N, K]`` and per-sample loss ``[N]`` at ``x`` without gradients: one :meth:`logits` pass,
+        or with ``eot`` = K > 1 the means over K passes (the loss as the mean of the per-draw losses)."""
+        if self.eot > 1:
+            self._seen = None  # the contract's verification then makes a pass of its own
+            draws = [self.model(x) for _ in range(self.eot)]
+            return _draw_mean(draws), _draw_mean([loss_fn(z) for z in draws])
+        logits = self.logits(x)
+        return logits, loss_fn(logits)
 
     @property
     def n_nonfinite(self) -> int:
@@ -182,7 +208,14 @@ class AttackContext:
 
         ``loss_fn`` maps logits ``[N, K]`` to ``[N, M]``; returns logits ``[N, K]``, losses ``[N, M]`` and
         gradients ``[M, N, ...]`` (gradient m of sample i is d loss[i, m] / d x[i]); M backward passes.
+        With ``eot`` = K > 1: means over K forward passes (K * M backward passes).
         """
+        if self.eot > 1:
+            draws = [self._value_and_grads_once(x, loss_fn) for _ in range(self.eot)]
+            return tuple(_draw_mean([d[i] for d in draws]) for i in range(3))  # type: ignore[return-value]
+        return self._value_and_grads_once(x, loss_fn)
+
+    def _value_and_grads_once(self, x: Tensor, loss_fn: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             logits = self.model(xg)
@@ -222,13 +255,29 @@ class AttackContext:
         return tuple(sums), tuple(n for _, n in self._curve)
 
 
+def _draw_mean(draws: Sequence[Tensor]) -> Tensor:
+    """The element-wise mean of K same-shaped tensors (EOT's K draws), in their dtype."""
+    return torch.stack(list(draws)).mean(0)
+
+
 # ---- the contract ----------------------------------------------------------------------------------
+@dataclass(eq=False)
 class AttackBase(ABC):
     """What every attack has, single- or multi-threat. Subclasses are dataclasses whose fields are their parameters.
 
     Subclasses set ``name`` (the registry name), optionally ``norms`` (the norms they support) and
     ``smoke_params`` (parameters for a quick but real run: the contract tests use them).
+
+    ``eot`` (every attack's setting, keyword only; ``pgd:eot=10``): expectation over transformation for
+    randomized models -- every input gradient and every objective value the attack's search takes through
+    its :class:`AttackContext` is the mean over ``eot`` forward(+backward) passes. 1 (the default) is the
+    plain attack, bit for bit. Attacks whose search takes no gradient through the context (black-box
+    ones, foreign code that cannot average) set ``eot_note`` to say why they refuse ``eot`` > 1.
     """
+
+    eot: int = field(default=1, kw_only=True)
+    #: None: the attack supports ``eot`` > 1; else the reason it does not (the error message says it).
+    eot_note: ClassVar[str | None] = None
 
     name: ClassVar[str] = "attack"
     norms: ClassVar[tuple[str, ...]] = NORMS
@@ -238,8 +287,25 @@ class AttackBase(ABC):
     minimum_norm: ClassVar[bool] = False
 
     def params(self) -> dict[str, Any]:
-        """The attack's parameters, as written to result records."""
-        return dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
+        """The attack's parameters, as written to result records (``eot`` only when it is not 1, so that records
+        of plain runs read as before EOT existed)."""
+        out = dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
+        if out.get("eot", 1) == 1:
+            out.pop("eot", None)
+        return out
+
+    def check_eot(self) -> None:
+        """Raise a clear :class:`RbxError` unless ``eot`` is a positive int this attack supports."""
+        eot = getattr(self, "eot", 1)
+        if isinstance(eot, bool) or not isinstance(eot, int) or eot < 1:
+            raise RbxError(f"attack '{self.name}': eot must be a positive integer (passes averaged per gradient), got {eot!r}")
+        note = self.eot_note_for() if eot > 1 else None  # (ensembles build their parts to answer: only when asked)
+        if note:
+            raise RbxError(f"attack '{self.name}' does not take eot={eot}: {note}")
+
+    def eot_note_for(self) -> str | None:
+        """Why this attack cannot average over ``eot`` draws (None: it can). Default: the class's ``eot_note``."""
+        return self.eot_note
 
     def supports(self, threat: ThreatModel) -> bool:
         return threat.norm in self.norms
@@ -267,8 +333,10 @@ class AttackBase(ABC):
 
     def _context(self, model: nn.Module, x: Tensor, seed: int, progress: StepReport | None,
                  threat: ThreatModel | None = None, threats: Sequence[ThreatModel] = ()) -> AttackContext:
-        """A context with a generator seeded by ``seed``."""
-        return AttackContext(model, threat, torch.Generator(device=x.device).manual_seed(int(seed)), progress, threats)
+        """A context with a generator seeded by ``seed`` and this attack's ``eot`` (checked here)."""
+        self.check_eot()
+        return AttackContext(model, threat, torch.Generator(device=x.device).manual_seed(int(seed)), progress, threats,
+                             eot=getattr(self, "eot", 1))
 
 
 class Attack(AttackBase):

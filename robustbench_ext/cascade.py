@@ -34,8 +34,8 @@ class Stage:
 class Ensemble(Attack):
     """Attacks run one after another, each only on the points the previous ones left robust.
 
-    Subclasses implement :meth:`components`. ``early_stop`` (a setting, for training) reaches every
-    component that has it. The runner expands an ensemble into its stages (:func:`cascade_stages`, so
+    Subclasses implement :meth:`components`. ``early_stop`` (a setting, for training) and ``eot`` reach
+    every component that has them. The runner expands an ensemble into its stages (:func:`cascade_stages`, so
     records say which component broke each point); called directly, :meth:`run` performs the same cascade.
     """
 
@@ -45,11 +45,21 @@ class Ensemble(Attack):
 
     def parts(self, threat: ThreatModel) -> list[Attack]:
         """:meth:`components` with this ensemble's settings passed on (validated by each component)."""
-        settings = {k: getattr(self, k) for k in ("early_stop",) if hasattr(self, k)}
+        settings = {k: getattr(self, k) for k in ("early_stop", "eot") if hasattr(self, k)}
         return [dataclasses.replace(a, **{k: v for k, v in settings.items() if hasattr(a, k)}) for a in self.components(threat)]
 
     def supports(self, threat: ThreatModel) -> bool:
         return threat.norm in self.norms and all(a.supports(threat) for a in self.parts(threat))
+
+    def eot_note_for(self) -> str | None:
+        """The first component that refuses ``eot`` > 1 says why (probed under the ensemble's first norm;
+        the runner checks every stage under its real threat model again before a run)."""
+        probe = ThreatModel(self.norms[0], 1.0)
+        for part in self.components(probe):
+            note = part.eot_note_for()
+            if note:
+                return f"its component '{part.name}': {note}"
+        return None
 
     def run(self, ctx: AttackContext, x: Tensor, y: Tensor) -> Tensor:
         stages = [Stage(a.name, a) for a in self.parts(ctx.threat)]

@@ -72,7 +72,8 @@ def check_deterministic(net: nn.Module, x: Tensor) -> CheckResult:
     return CheckResult("deterministic", ok, diff,
                        "outputs are deterministic" if ok else
                        f"two passes on the same inputs differ by up to {diff:.3g}: a randomized model needs "
-                       "EoT attacks (AutoAttack version rand) and single-run numbers are optimistic")
+                       "EoT attacks (eot=K on rbx's attacks, or autoattack:version=rand) and single-run numbers are "
+                       "optimistic; rbx run judges it by majority over draws (--draws)")
 
 
 def _input_gradient(net: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -171,12 +172,26 @@ def check_seed_spread(net, x, y, threat: ThreatModel, attacks, seeds=(0, 1, 2), 
 
 
 def full_checks(net: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, attacks, black_box,
-                on_result: Callable[[CheckResult, float], None] | None = None) -> list[CheckResult]:
+                on_result: Callable[[CheckResult, float], None] | None = None, randomized: bool | None = None,
+                draws: int | None = None, draw_seed: int = 0) -> list[CheckResult]:
     """Every check: the cheap ones, then those that run attacks.
 
-    ``on_result(result, seconds)`` is called as each check finishes (the CLI prints a progress line).
+    For a randomized model (``randomized`` True, or None and the determinism check failing), also
+    ``draw_spread`` (:func:`robustbench_ext.draws.check_draw_spread`): how many points flip between
+    ``draws`` fresh passes. ``on_result(result, seconds)`` is called as each check finishes (the CLI
+    prints a progress line).
     """
-    steps = [lambda: cheap_checks(net, x, y),
+    from .draws import DEFAULT_DRAWS, check_draw_spread
+
+    def cheap() -> list[CheckResult]:
+        out = cheap_checks(net, x, y)
+        found = not next(r.passed for r in out if r.name == "deterministic")
+        if randomized or (randomized is None and found):
+            with torch.no_grad():
+                out.append(check_draw_spread(net, x, y, draws or DEFAULT_DRAWS, draw_seed))
+        return out
+
+    steps = [cheap,
              lambda: [check_eps_monotone(net, x, y, threat, attacks)],
              lambda: [check_unbounded(net, x, y, threat, attacks)],
              lambda: [check_black_box(net, x, y, threat, attacks, black_box)],

@@ -170,10 +170,19 @@ def list_cmd(kind: str) -> None:
               help="Evaluate data whose classes are a subset of the model's (labels must be model class indices).")
 @click.option("--skip-stage", "skip_stages", multiple=True, metavar="'THREAT ATTACK'",
               help="Resume a run without a stage that failed, as its error names it (the record says so).")
+@click.option("--randomized/--no-randomized", default=None,
+              help="The model is randomized: judge every point by majority over --draws fresh passes "
+                   "[default: when the determinism pre-check finds two passes that differ].")
+@click.option("--draws", type=int, default=None, metavar="R",
+              help="Fresh forward passes per re-check of a randomized model [default: 11].")
+@click.option("--curve", is_flag=True,
+              help="With a minimum-norm attack (fmn, cw, deepfool): robust accuracy vs eps from one run, in the record, "
+                   "checked against the fixed-eps cascade at each threat model's eps.")
 @quiet_option
 def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs, attack_specs, union_specs, eps_sweep,
             n_examples, batch_size, device, seed, results_dir, as_json, progress, resume, shards, precision,
-            channels_last, compile_, num_classes, output, allow_class_subset, skip_stages, quiet) -> None:
+            channels_last, compile_, num_classes, output, allow_class_subset, skip_stages, randomized, draws, curve,
+            quiet) -> None:
     """Evaluate a model: clean accuracy, robust accuracy per threat model, and union robust accuracy.
 
     Under torchrun (WORLD_SIZE > 1) the work is split over the processes (see README, "Scaling").
@@ -198,6 +207,10 @@ def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs,
     search = SearchOptions(precision, channels_last, compile_)
     if shards and (dataset_spec or n_examples is not None or factors):
         raise RbxError("--shards replaces --dataset and --n-examples, and streams have no --eps-sweep")
+    if draws is not None and draws < 1:
+        raise RbxError(f"--draws must be a positive integer (fresh passes per re-check), got {draws}")
+    if shards and (randomized is not None or draws is not None or curve):
+        raise RbxError("--randomized, --draws and --curve are not available with --shards; evaluate a --dataset instead")
     resolve_device(device)
     if normalize:
         parse_normalization(normalize)
@@ -245,7 +258,8 @@ def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs,
                       threat_specs, suite=suite_spec, attacks=attack_specs, union_attacks=union_specs, n_examples=n_examples,
                       seed=seed, batch_size=batch_size, device=device, progress=show, state_dir=results_dir / STATE_DIR,
                       resume=resume, eps_sweep=factors, search=search, dist=dist, output=output,
-                      allow_class_subset=allow_class_subset, skip_stages=skip_stages)
+                      allow_class_subset=allow_class_subset, skip_stages=skip_stages, randomized=randomized,
+                      **({"draws": draws} if draws is not None else {}), curve=curve)
         if not dist.is_main:
             return
         path = ev.write(results_dir)
@@ -390,9 +404,12 @@ def train_cmd(defense_spec, arch, init_spec, dataset_spec, n_train, epochs, batc
               help="Black-box attack run after the white-box cascade.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--randomized/--no-randomized", default=None,
+              help="Report the spread over draws (draw_spread) [default: when the determinism check fails].")
+@click.option("--draws", type=int, default=11, show_default=True, metavar="R", help="Fresh passes for draw_spread.")
 @quiet_option
 def check_cmd(model_spec, arch, normalize, dataset_spec, n_examples, threat_spec, attack_specs, black_box_spec,
-              device, as_json, quiet) -> None:
+              device, as_json, randomized, draws, quiet) -> None:
     """Gradient-masking checks: exit 0 when every check passes, 1 when any flags a problem."""
     from .boundary import ModelBoundary, check_agreement
     from .checks import full_checks, summarize
@@ -406,6 +423,8 @@ def check_cmd(model_spec, arch, normalize, dataset_spec, n_examples, threat_spec
 
     set_quiet(quiet)
     check_n_examples(n_examples, sys.maxsize, "the dataset")
+    if draws < 1:
+        raise RbxError(f"--draws must be a positive integer, got {draws}")
     dev = resolve_device(device)
     if normalize:
         parse_normalization(normalize)
@@ -430,7 +449,8 @@ def check_cmd(model_spec, arch, normalize, dataset_spec, n_examples, threat_spec
                           clock.summary(done[0]))
 
     with frozen(net):
-        results = full_checks(net, data.x.to(dev), data.y.to(dev), threat, attacks, black_box, on_result)
+        results = full_checks(net, data.x.to(dev), data.y.to(dev), threat, attacks, black_box, on_result,
+                              randomized=randomized, draws=draws)
     if as_json:
         click.echo(json.dumps({"model": model.name, "threat": threat.label, "n": data.n, **summarize(results)}, indent=2))
     else:

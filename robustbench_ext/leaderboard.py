@@ -329,12 +329,14 @@ def write_all(results_dir: Path) -> list[Path]:
             save(f"{stem}_attribution.png", plots.attribution(rec, flags), f"{model}: which attack broke how many points",
                  mine, board.anchor)
             save(f"{stem}_loss.png", plots.loss_curves(rec), f"{model}: attack loss curves", mine, board.anchor)
+            save(f"{stem}_curve.png", plots.min_norm_curves(rec), f"{model}: robust accuracy vs eps from one minimum-norm run",
+                 mine, board.anchor)
             row_plots.append(mine)
         board.rows = board.rows.assign(plots=row_plots)
 
     # Plots of records no longer on a board are stale: derived files go when their source goes.
     keep = {p.name for p in written}
-    for pattern in ("*_per_class.png", "*_attribution.png", "*_loss.png", "*_eps_*.png", "*_corruptions.png"):
+    for pattern in ("*_per_class.png", "*_attribution.png", "*_loss.png", "*_eps_*.png", "*_corruptions.png", "*_curve.png"):
         for stale in plot_dir.glob(pattern) if plot_dir.is_dir() else []:
             if stale.name not in keep:
                 stale.unlink()

@@ -77,6 +77,12 @@ class IterativeAttack(Attack):
     back to their best point, then moves ``step_size`` along the geometry's steepest-ascent
     direction, with heavy-ball :meth:`momentum`, and projects onto ball ∩ box. Points never fooled
     return their highest-objective point.
+
+    With ``eot`` = K > 1 (for randomized models) every gradient, loss and logit the loop reads is the mean
+    over K passes (:meth:`AttackContext.value_and_grad`, :meth:`AttackContext.value`): the best point,
+    the checkpoints' decisions and the early stop follow the K-draw mean; a point is frozen when the mean
+    logits misclassify it and one fresh pass confirms it (the runner's re-checks over draws then judge it
+    by majority).
     """
 
     steps: int = 10
@@ -196,8 +202,8 @@ class IterativeAttack(Attack):
             if idx.numel() == 0:
                 continue
             # The last iterate has not been evaluated yet.
-            logits = ctx.logits(xk)
-            loss = self.objective(logits, y0, step=p.steps, state=state, p=p).float()
+            logits, loss = ctx.value(xk, functools.partial(self.objective, y=y0, step=p.steps, state=state, p=p))
+            loss = loss.float()
             better = loss > best.loss
             best.loss = torch.where(better, loss, best.loss)
             best.x[better] = xk[better]

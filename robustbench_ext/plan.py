@@ -106,6 +106,7 @@ def fit_plan(plan: StagePlan, num_classes: int, input_shape: Sequence[int]) -> t
     """
     stages, notes = [], []
     for s in plan.stages:
+        s.attack.check_eot()
         attack, note = s.attack.fit(num_classes, input_shape, s.threat)
         stages.append(s if attack is s.attack else dataclasses.replace(s, attack=attack))
         if note and note not in notes:

@@ -55,6 +55,26 @@ def eps_sweep(records: Sequence[RunRecord], norm: str) -> bytes | None:
     return png_bytes(fig)
 
 
+def min_norm_curves(record: RunRecord) -> bytes | None:
+    """A ``--curve`` record's robust accuracy vs eps (one panel per norm), with the fixed-eps cascade's result
+    at each checked eps as a marker (red where the curve lies above it); None if the record has no curve."""
+    if not record.curves:
+        return None
+    fig, axes = plt.subplots(1, len(record.curves), figsize=(4.6 * len(record.curves), 3.4), squeeze=False)
+    for ax, cv in zip(axes[0], record.curves):
+        ax.step(cv["eps"], [100 * a for a in cv["robust_accuracy"]], where="post", label=f"{cv['attack']} (one run)")
+        for ch in cv["checks"]:
+            ax.plot([ch["eps"]], [100 * ch["cascade"]], marker="x", ms=8, color="red" if ch["curve_above"] else "black",
+                    ls="none", label=f"fixed-eps cascade at {ch['threat']}")
+        ax.set_xlabel(f"eps ({cv['norm']})")
+        ax.set_ylabel("robust accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title(f"{record.model['name']} (n={cv['n']})", fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    return png_bytes(fig)
+
+
 def per_class(record: RunRecord, flags: SampleFlags) -> bytes:
     """Per-class clean, per-threat and union accuracy (grouped bars)."""
     classes = record.dataset.get("classes")

@@ -229,6 +229,9 @@ class RunRecord:
     sweeps: tuple[dict[str, Any], ...] = ()
     corruptions: CorruptionsResult | None = None
     schema: str = SCHEMA
+    #: ``--curve``: per norm, robust accuracy vs eps from a minimum-norm attack and its fixed-eps checks
+    #: (:mod:`robustbench_ext.curve_run`); only runs with a curve carry the block.
+    curves: tuple[dict[str, Any], ...] = ()
 
     @property
     def suite_label(self) -> str:
@@ -247,6 +250,8 @@ class RunRecord:
         d = dataclasses.asdict(self)
         if d["corruptions"] is None:
             del d["corruptions"]  # only corruption runs carry the block: other records keep their exact shape
+        if not d["curves"]:
+            del d["curves"]
         return {"schema": d.pop("schema"), **d}
 
     def to_json(self) -> str:
@@ -269,6 +274,7 @@ class RunRecord:
                 checks=d.get("checks", {}), schema=schema,
                 union_attacks=tuple(StageResult.from_dict(a) for a in d.get("union_attacks", ())),
                 sweeps=tuple(d.get("sweeps", ())),
+                curves=tuple(d.get("curves", ())),
                 corruptions=CorruptionsResult.from_dict(d["corruptions"]) if d.get("corruptions") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -355,13 +361,16 @@ class RunSettings:
     distributed: dict[str, Any] | None = None
     notes: tuple[str, ...] = ()  # what the run had to adapt or leave out (capped targets, skipped stages)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: A randomized model's re-checks over draws (:meth:`robustbench_ext.draws.Draws.describe`): R, seed, rule.
+    draws: dict[str, Any] | None = None
 
     def config(self) -> dict[str, Any]:
         return {"seed": self.seed, "batch_size": self.batch_size, "device": self.device,
                 "threats": [{"threat": t, "attacks": list(a)} for t, a in self.threats],
                 "union_attacks": list(self.union_attacks), "search": dict(self.search),
                 **({"distributed": dict(self.distributed)} if self.distributed else {}),
-                **({"notes": list(self.notes)} if self.notes else {}), **self.extra}
+                **({"notes": list(self.notes)} if self.notes else {}),
+                **({"draws": dict(self.draws)} if self.draws else {}), **self.extra}
 
 
 def slug(text: str) -> str:
@@ -378,6 +387,7 @@ def run_stem(started: str, model_name: str, suite: str | None, n: int) -> str:
 def build_record(settings: RunSettings, *, model: dict[str, Any], dataset: dict[str, Any], flags: SampleFlags,
                  threats: Sequence[ThreatResult], provenance: dict[str, Any], checks: dict[str, Any] | None = None,
                  union_attacks: Sequence[StageResult] = (), sweeps: Sequence[dict[str, Any]] = (),
+                 curves: Sequence[dict[str, Any]] = (),
                  corruption_source: dict[str, Any] | None = None, corruption_seconds: Sequence[float] = (),
                  corruptions_complete: bool = False) -> RunRecord:
     """The one record builder: accuracies (with intervals) recomputed from the flags, config from the settings.
@@ -396,7 +406,7 @@ def build_record(settings: RunSettings, *, model: dict[str, Any], dataset: dict[
         suite=settings.suite, model=model, dataset=dataset, n=n,
         clean=Accuracy.from_flags(flags.clean_correct), threats=tuple(threats),
         union=Accuracy.from_flags(flags.union), config=settings.config(), provenance=provenance,
-        checks=dict(checks or {}), union_attacks=tuple(union_attacks), sweeps=tuple(sweeps), corruptions=corruptions,
+        checks=dict(checks or {}), union_attacks=tuple(union_attacks), sweeps=tuple(sweeps), curves=tuple(curves), corruptions=corruptions,
     )
 
 

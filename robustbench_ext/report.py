@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import plots
+from .curve_run import curve_lines
+from .draws import describe_rule
 from .stats import percent
 from .records import RunRecord, atomic_write_bytes, atomic_write_text, read_flags, read_record
 
@@ -23,6 +25,8 @@ def format_table(record: RunRecord) -> str:
         f"dataset  {record.dataset['source']}, first {record.n}",
         f"suite    {record.suite_label}",
         f"device   {prov['device_name']}, seed {prov['seed']}",
+        *([f"judged   {rule}: a point counts as broken (clean: misclassified) only if most draws misclassify it"]
+          if (rule := describe_rule(record.config.get("draws"))) else []),
         "",
         f"{'':<14} {'acc %':>6}   {'95% CI':^14}   {'seconds':>8}  attacks (points broken)",
         row("clean", record.clean),
@@ -37,6 +41,7 @@ def format_table(record: RunRecord) -> str:
     for sw in record.sweeps:
         pts = ", ".join(f"{p['label'].split(':', 1)[1]}: {percent(p['robust']['accuracy'])}" for p in sw["points"])
         lines.append(f"eps sweep {sw['threat']}: {pts}")
+    lines += curve_lines(record.curves)
     return "\n".join(lines)
 
 
@@ -55,6 +60,8 @@ def _corruption_table(record: RunRecord) -> str:
         f"dataset  {record.dataset['source']}, first {record.n}",
         f"suite    {record.suite_label}",
         f"device   {prov['device_name']}, seed {prov['seed']}",
+        *([f"judged   {rule}: a point counts as broken (clean: misclassified) only if most draws misclassify it"]
+          if (rule := describe_rule(record.config.get("draws"))) else []),
         "",
         f"{'':<17} {'acc %':>6}   {'95% CI':^14}   {'seconds':>8}  per severity (acc %)",
         row("clean", record.clean.accuracy, record.clean.ci95),

@@ -42,6 +42,7 @@ from .attack import verified_success
 from .checks import cheap_checks, summarize
 from .data import EvalData, as_eval_data
 from .devutils import check_batch_size, derive_seed, frozen, resolve_device
+from .draws import DEFAULT_DRAWS, Draws, batch_seed, majority_wrong
 from .distributed import Dist
 from .errors import DataError, RbxError
 from .eval_state import EvaluationState, StageTotals, evaluation_desc, run_key
@@ -50,6 +51,7 @@ from .progress import PointBar, RunClock, log as progress_log, stage_line
 from .records import (MISCLASSIFIED, ROBUST, Accuracy, RunRecord, RunSettings, SampleFlags, StageResult, ThreatResult,
                       atomic_write_bytes, build_record, remove_if_empty, write_run)
 from .boundary import ModelBoundary, check_agreement
+from .curve_run import build_curves, check_curve_plan
 from .plan import PlannedStage, StagePlan, compile_plan, fit_plan, stage_names
 from .suites import AttackSpec, ThreatSpec, default_suite, plan_benchmark
 from .threat import ThreatModel
@@ -100,6 +102,10 @@ def evaluate(
     output: str | int | None = None,
     allow_class_subset: bool = False,
     skip_stages: Sequence[str] = (),
+    randomized: bool | None = None,
+    draws: int = DEFAULT_DRAWS,
+    draw_seed: int | None = None,
+    curve: bool = False,
 ) -> Evaluation:
     """Evaluate a model: clean accuracy, robust accuracy per threat model and union robust accuracy.
 
@@ -135,6 +141,14 @@ def evaluate(
     them on, every success is re-verified with the float32 model. ``dist`` (default: the initialized
     ``torch.distributed`` group, if any): every stage's batches are dealt round-robin to the ranks and
     the hits exchanged after the stage, so every rank ends with the flags a single process computes.
+
+    Randomized models (:mod:`robustbench_ext.draws`): with ``randomized`` True, or None and the determinism
+    pre-check failing, every verdict -- clean and after each attack batch -- is the majority over ``draws``
+    fresh forward passes seeded from ``draw_seed`` (default: ``seed``); the record's ``config.draws`` says
+    so. ``randomized`` False keeps single-pass verdicts even for a model found randomized (a warning).
+    ``curve`` (:mod:`robustbench_ext.curve_run`): with a minimum-norm attack in the cascade, the record's
+    ``curves`` hold robust accuracy vs eps from its per-point minimal norms, checked at each threat
+    model's eps against a fixed-eps cascade.
     """
     check_batch_size(batch_size)
     if isinstance(threats, (str, ThreatModel, ThreatSpec)):
@@ -157,6 +171,8 @@ def evaluate(
         k = check_agreement(net, loaded, data, dev, allow_class_subset)
     loaded.num_classes = loaded.num_classes or k
     plan, notes = fit_plan(plan, k, tuple(data.x.shape[1:]))
+    if curve:
+        check_curve_plan(plan)
     skip = _check_skips(plan, skip_stages)
     notes += tuple(f"stage '{name}' was skipped on request (--skip-stage): its threat model's robust accuracy is "
                    "an upper bound without it" for name in skip)
@@ -165,25 +181,49 @@ def evaluate(
         union_attacks=tuple(a.label for a in bench.union), seed=seed, batch_size=batch_size, device=str(dev),
         search=search.describe(), distributed=dist.describe() if dist.world > 1 else None, notes=notes,
         extra={"meaningless": meaningless} if meaningless else {})
+    draw_setting = Draws(draws, seed if draw_seed is None else int(draw_seed))  # checks R before anything runs
     state_path = None
     if state_dir is not None:
         desc = evaluation_desc(loaded, plan.threats, bench.union, seed, batch_size)
+        if randomized is not None or draws != DEFAULT_DRAWS or draw_seed is not None:
+            desc["draws"] = [randomized, draws, draw_setting.seed]  # (kept out of plain runs' keys: they resume as before)
         key = run_key(desc, data.sha256(), dev, plan.n_main, search.describe() if search != SearchOptions() else None,
                       dist.world)
         state_path = Path(state_dir) / f"{key}.npz"
     t0 = time.perf_counter()
     with frozen(net):
-        state = _start_or_resume(net, data, plan, state_path, resume, batch_size, dev, dist)
+        state = _start_or_resume(net, data, plan, state_path, resume, batch_size, dev, dist, randomized, draw_setting)
+        rule = _draws_for(state.checks, randomized, draw_setting, warn=True)
+        if rule is not None:
+            settings = dataclasses.replace(settings, draws=rule.describe())
         save = _saver(state_path if dist.is_main else None, state, every_batch=dist.world == 1)
         runner = _Walk(plan, state, search_model(net, search, dev), None if search.plain else net, data, seed,
-                       batch_size, dev, progress and dist.is_main, save, dist, skip, state_path)
+                       batch_size, dev, progress and dist.is_main, save, dist, skip, state_path, rule,
+                       {} if curve else None)
         runner.walk()
+        curves = _curves(plan, net, data, state, runner.captured, seed, batch_size, dev, bench.suite, k) if curve else ()
     wall = state.elapsed + time.perf_counter() - t0
-    ev = _finish(loaded, data, plan, state, settings, provenance.collect(dev, seed, state.started, wall))
+    ev = _finish(loaded, data, plan, state, settings, provenance.collect(dev, seed, state.started, wall), curves)
     if state_path is not None and dist.is_main:
         state_path.unlink(missing_ok=True)
         remove_if_empty(state_path.parent)
     return ev
+
+
+def _curves(plan: StagePlan, net: nn.Module, data: EvalData, state: EvaluationState, captured, seed: int,
+            batch_size: int, dev: torch.device, suite: str | None, num_classes: int) -> tuple[dict[str, Any], ...]:
+    """The record's ``curves`` (:func:`robustbench_ext.curve_run.build_curves`); the reference cascade for a
+    threat model whose own cascade is only minimum-norm attacks is the suite's (default suite's) for its norm."""
+    shape = tuple(data.x.shape[1:])
+
+    def reference(threat: ThreatModel):
+        spec = plan_benchmark(suite if suite and suite != "custom" else None, [threat], ()).threats[0]
+        spec = ThreatSpec(threat, tuple(a for a in spec.attacks if not getattr(a.build(), "minimum_norm", False)))
+        return [dataclasses.replace(st, attack=st.attack.fit(num_classes, shape, threat)[0]) for st in spec.build()]
+
+    with frozen(net):
+        return build_curves(plan, net, data, state.clean_correct, state.robust, captured or {}, seed, batch_size, dev,
+                            reference)
 
 
 def _meaningless_threats(plan: StagePlan, data: EvalData) -> list[str]:
@@ -207,8 +247,31 @@ def _check_skips(plan: StagePlan, skip: Sequence[str]) -> tuple[str, ...]:
     return tuple(skip)
 
 
+def _draws_for(checks: dict[str, Any] | None, randomized: bool | None, setting: Draws, warn: bool = False) -> Draws | None:
+    """The re-check rule of a run: ``setting`` when the user declares the model randomized, or leaves it open
+    and the determinism pre-check failed; None (single-pass verdicts) otherwise."""
+    detected = any(r["name"] == "deterministic" and not r["passed"] for r in (checks or {}).get("results", []))
+    if randomized is None and detected:
+        return dataclasses.replace(setting, source="detected")
+    if randomized is False and detected and warn:
+        log.warning("the model is randomized but re-checks over draws are off (randomized=False): every verdict rests "
+                    "on one forward pass and robust accuracy is unreliable in both directions")
+    return setting if randomized else None
+
+
+@torch.no_grad()
+def _majority_clean(net: nn.Module, data: EvalData, batch_size: int, dev: torch.device, rule: Draws) -> np.ndarray:
+    """``[N]`` bool: correct unless misclassified in a strict majority of ``rule.r`` seeded fresh passes."""
+    correct = np.zeros(data.n, dtype=bool)
+    for bi, chunk in enumerate(_batches(np.arange(data.n), batch_size)):
+        xb, yb = data.x[chunk].to(dev), data.y[chunk].to(dev)
+        correct[chunk] = ~majority_wrong(net, xb, yb, rule.r, batch_seed(rule, 0, bi)).cpu().numpy()
+    return correct
+
+
 def _start_or_resume(net: nn.Module, data: EvalData, plan: StagePlan, path: Path | None, resume: bool | None,
-                     batch_size: int, dev: torch.device, dist: Dist) -> EvaluationState:
+                     batch_size: int, dev: torch.device, dist: Dist, randomized: bool | None = None,
+                     draws: Draws = Draws()) -> EvaluationState:
     if path is not None and resume is not False and path.is_file():
         state = EvaluationState.from_file(path, path.stem)
         if state is not None:
@@ -219,6 +282,9 @@ def _start_or_resume(net: nn.Module, data: EvalData, plan: StagePlan, path: Path
                        "run without --resume")
     clean = _clean_pass(net, data.x, data.y, batch_size, dev, dist)  # validates labels and logits first
     checks = _run_checks(net, data, dev)
+    rule = _draws_for(checks, randomized, draws)
+    if rule is not None:  # a randomized model: clean accuracy by majority over draws too
+        clean = _majority_clean(net, data, batch_size, dev, rule)
     robust = np.repeat(clean[:, None], len(plan.threats), axis=1)
     broken_by = np.full((data.n, len(plan.threats)), ROBUST, dtype=np.int16)
     broken_by[~clean] = MISCLASSIFIED
@@ -267,6 +333,8 @@ class _Walk:
     dist: Dist
     skip: tuple[str, ...] = ()
     state_path: Path | None = None
+    draws: Draws | None = None  # a randomized model: every verdict by majority over draws
+    captured: dict[int, np.ndarray] | None = None  # --curve: per stage, the minimal norms it reported (NaN: not seen)
 
     def walk(self) -> None:
         state, plan = self.state, self.plan
@@ -347,12 +415,25 @@ class _Walk:
         if stage.kind == "union":
             threats = [self.plan.threats[c].threat for c in stage.columns]
             res = stage.attack(self.net, xb, yb, threats, seed=seed, progress=report)
-            success = torch.stack([self._verified(xa, yb, s) for xa, s in zip(res.x_adv, res.success.unbind(1))], 1)
+            success = torch.stack([self._majority(xa, yb, self._verified(xa, yb, s), stage, bi, c)
+                                   for c, (xa, s) in enumerate(zip(res.x_adv, res.success.unbind(1)))], 1)
             success = success.cpu().numpy()
             return [[int(i) for i in chunk[success[:, c]]] for c in range(len(stage.columns))], res
         res = stage.attack(self.net, xb, yb, stage.threat, seed=seed, progress=report)
         self.state.totals.add_curve(res.loss_sum, res.loss_count)
-        return [[int(i) for i in chunk[self._verified(res.x_adv, yb, res.success).cpu().numpy()]]], res
+        if self.captured is not None and res.min_norm is not None:
+            self.captured.setdefault(self.state.stage, np.full(self.data.n, np.nan))[chunk] = res.min_norm.cpu().numpy()
+        success = self._majority(res.x_adv, yb, self._verified(res.x_adv, yb, res.success), stage, bi, 0)
+        return [[int(i) for i in chunk[success.cpu().numpy()]]], res
+
+    def _majority(self, x_adv: Tensor, y: Tensor, success: Tensor, stage: PlannedStage, bi: int, column: int) -> Tensor:
+        """``success`` for a deterministic model; for a randomized one, the majority verdict over the run's draws
+        on every returned point (a single pass's lucky successes are dropped; points one pass missed but most
+        draws misclassify count as broken)."""
+        if self.draws is None:
+            return success
+        net = self.verify if self.verify is not None else self.net
+        return majority_wrong(net, x_adv, y, self.draws.r, batch_seed(self.draws, 1, *stage.seed_key, bi, column))
 
     def _verified(self, x_adv: Tensor, y: Tensor, success: Tensor) -> Tensor:
         """The attack's success, or (search switches on) the float32 model's verdict on the same points."""
@@ -385,7 +466,7 @@ class _Walk:
 
 
 def _finish(model: LoadedModel, data: EvalData, plan: StagePlan, state: EvaluationState, settings: RunSettings,
-            prov: dict[str, Any]) -> Evaluation:
+            prov: dict[str, Any], curves: Sequence[dict[str, Any]] = ()) -> Evaluation:
     results = [StageResult.from_dict(r) for r in state.results]
     columns = []
     for ti, spec in enumerate(plan.threats):
@@ -399,7 +480,8 @@ def _finish(model: LoadedModel, data: EvalData, plan: StagePlan, state: Evaluati
                         sweep_threats=tuple(r.threat for r in sweeps))
     union = tuple(r for r, s in zip(results, plan.stages) if s.kind == "union")
     record = build_record(settings, model=model.describe(), dataset=data.describe(), flags=flags, threats=main,
-                          provenance=prov, checks=state.checks, union_attacks=union, sweeps=_sweeps(main, sweeps))
+                          provenance=prov, checks=state.checks, union_attacks=union, sweeps=_sweeps(main, sweeps),
+                          curves=curves)
     return Evaluation(record, flags)
 
 
