@@ -28,14 +28,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from robustbench_ext import provenance
 from robustbench_ext.models import load_model
 from robustbench_ext.records import atomic_write_text
 from robustbench_ext.registry import DATASETS
-from robustbench_ext.regress import mcnemar_exact
+from robustbench_ext.regress import paired_mcnemar
 from robustbench_ext.runner import evaluate
 from robustbench_ext.suites import AttackSpec, ThreatSpec, load_suite
 from robustbench_ext.training import TrainConfig, Trainer
@@ -51,21 +50,6 @@ def arms(nat: str, adv: str, steps: int) -> dict[str, str]:
             "pgd-at": f'pgd-at:attack="{attack}"'}
 
 
-def paired(flags_a, flags_b) -> dict[str, dict]:
-    """Per metric (clean, each threat, union): accuracies of a and b, discordant pairs and the exact McNemar p."""
-    if not np.array_equal(flags_a.index, flags_b.index) or not np.array_equal(flags_a.y, flags_b.y):
-        raise SystemExit("the two evaluations did not see the same test images")
-    series = {"clean": (flags_a.clean_correct, flags_b.clean_correct), "union": (flags_a.union, flags_b.union)}
-    for t, name in enumerate(flags_a.threats):
-        series[name] = (flags_a.robust[:, t], flags_b.robust[:, t])
-    out = {}
-    for name, (a, b) in series.items():
-        a_only, b_only = int((a & ~b).sum()), int((~a & b).sum())
-        out[name] = {"a": round(100 * float(a.mean()), 2), "b": round(100 * float(b.mean()), 2),
-                     "a_only": a_only, "b_only": b_only, "p_value": mcnemar_exact(a_only, b_only)}
-    return out
-
-
 def light_suite(suite, steps: int) -> list[ThreatSpec]:
     """The suite's threat models with every attack's ``steps`` lowered to ``steps`` (for the tiny check only)."""
     return [ThreatSpec(t.threat, tuple(AttackSpec(a.name, {**a.params, "steps": steps}) for a in t.attacks))
@@ -77,6 +61,7 @@ def main(argv=None) -> int:
     ap.add_argument("--nat-teacher", default="trained:results/train/standard-smallcnn")
     ap.add_argument("--adv-teacher", default="cifar10-smallcnn-linf-at")
     ap.add_argument("--arch", default="smallcnn", help="the student (trained from scratch, same init for every arm)")
+    ap.add_argument("--init", default=None, help="warm start every student from this model instead (same weights for every arm)")
     ap.add_argument("--arms", default="mtard,rslad,pgd-at")
     ap.add_argument("--dataset", default="cifar10-train")
     ap.add_argument("--n-train", type=int, default=50000)
@@ -99,7 +84,8 @@ def main(argv=None) -> int:
 
     results = Path(a.results_dir)
     dev = "gpu" if torch.cuda.is_available() and a.device != "cpu" else "cpu"
-    tag = a.tag or f"{dev}_{a.arch}_n{a.n_train}_e{a.epochs}"
+    start = f"init-{a.init.split(':')[-1].rstrip('/').split('/')[-1]}" if a.init else a.arch
+    tag = a.tag or f"{dev}_{start}_n{a.n_train}_e{a.epochs}"
     suite = load_suite(a.suite)
     threats = light_suite(suite, a.suite_steps) if a.suite_steps else suite.threats
     suite_label = suite.name if not a.suite_steps else f"{suite.name} (steps={a.suite_steps})"
@@ -119,7 +105,8 @@ def main(argv=None) -> int:
     flags = {}
     for arm in chosen:
         name = f"repro-mtard-{arm}-{tag}"
-        cfg = TrainConfig(defense=specs[arm], out=str(results / "train" / name), arch=a.arch, dataset=a.dataset,
+        cfg = TrainConfig(defense=specs[arm], out=str(results / "train" / name), arch=None if a.init else a.arch,
+                          init=a.init, dataset=a.dataset,
                           n_train=a.n_train, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                           weight_decay=a.weight_decay, schedule=a.schedule, seed=a.seed, device=a.device, name=name)
         t0 = time.perf_counter()
@@ -127,14 +114,14 @@ def main(argv=None) -> int:
         trained = trainer.run(resume=False)
         train_s = time.perf_counter() - t0
         t1 = time.perf_counter()
-        ev = evaluate(trainer.loaded_model(), test, threats, suite=suite_label, seed=a.seed, progress=False, device=a.device)
+        ev = evaluate(trainer.saved_model(), test, threats, suite=suite_label, seed=a.seed, progress=False, device=a.device)
         summary["arms"][arm] = {**_row(ev.record, ev.write(results), train_s), "eval_seconds": round(time.perf_counter() - t1, 1),
                                 "defense": specs[arm], "train_log": trained.log}
         flags[arm] = ev.flags
         print(arm, {k: v for k, v in summary["arms"][arm].items() if k != "train_log"}, flush=True)
         atomic_write_text(results / f"mtard_{tag}.json", json.dumps(summary, indent=2) + "\n")
     for base in (b for b in chosen if b != "mtard"):
-        summary["mcnemar"][f"mtard vs {base}"] = paired(flags["mtard"], flags[base])
+        summary["mcnemar"][f"mtard vs {base}"] = paired_mcnemar(flags["mtard"], flags[base])
     summary["device_name"] = ev.record.provenance["device_name"]
     atomic_write_text(results / f"mtard_{tag}.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(results / f"mtard_{tag}.md", report(summary))
@@ -156,7 +143,7 @@ def report(summary: dict) -> str:
     s = summary["settings"]
     lines = [f"# MTARD vs single-teacher distillation and PGD-AT ({summary['date']})", "",
              f"Command: `{summary['command']}`  ", f"Commit {summary['git_commit']}, device {summary.get('device_name')}; "
-             f"student {s['arch']}, {s['n_train']} training images, {s['epochs']} epochs, {s['schedule']} schedule, "
+             f"student {s['arch'] if not s.get('init') else 'warm-started from ' + s['init']}, {s['n_train']} training images, {s['epochs']} epochs, {s['schedule']} schedule, "
              f"lr {s['lr']}; suite {summary['suite']} on {s['eval_n']} test images.", "",
              "| model | " + " | ".join(cols) + " | train s |", "|---" * (len(cols) + 2) + "|"]
     for name, r in rows.items():
