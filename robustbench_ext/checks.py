@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .draws import DEFAULT_DRAWS, wrong_counts
 from .threat import ThreatModel
 
 
@@ -177,11 +178,10 @@ def full_checks(net: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, attac
     """Every check: the cheap ones, then those that run attacks.
 
     For a randomized model (``randomized`` True, or None and the determinism check failing), also
-    ``draw_spread`` (:func:`robustbench_ext.draws.check_draw_spread`): how many points flip between
+    ``draw_spread`` (:func:`check_draw_spread`): how many points flip between
     ``draws`` fresh passes. ``on_result(result, seconds)`` is called as each check finishes (the CLI
     prints a progress line).
     """
-    from .draws import DEFAULT_DRAWS, check_draw_spread
 
     def cheap() -> list[CheckResult]:
         out = cheap_checks(net, x, y)
@@ -212,3 +212,27 @@ def summarize(results: Sequence[CheckResult]) -> dict[str, Any]:
     return {"passed": all(r.passed for r in results), "results": [r.to_dict() for r in results]}
 
 
+def check_draw_spread(net: nn.Module, x: Tensor, y: Tensor, r: int = DEFAULT_DRAWS, seed: int = 0,
+                      limit: float = 0.0) -> CheckResult:
+    """How far a single pass is from the majority over ``r`` draws, on clean inputs.
+
+    Per point, the share of the ``r`` passes that misclassify it; a point *flips* when some draws
+    classify it correctly and others do not. ``value``: the fraction of points that flip; it fails when
+    that fraction exceeds ``limit`` (default 0: any flip means single-pass verdicts depend on luck).
+    """
+    wrong = wrong_counts(net, x, y, r, seed).float()
+    share = wrong / r
+    flips = ((wrong > 0) & (wrong < r)).float().mean().item()
+    majority = (2 * wrong > r).float().mean().item()
+    single = share.mean().item()  # expected error of one pass
+    ok = flips <= limit
+    return CheckResult(
+        "draw_spread", ok, flips,
+        f"over {r} draws: {100 * flips:.1f}% of points flip between draws; misclassifying share per point: mean "
+        f"{share.mean().item():.3f}, max over flipping points {_max_or_zero(share[(wrong > 0) & (wrong < r)]):.3f}; "
+        f"clean error {100 * single:.1f}% for one pass, {100 * majority:.1f}% by majority"
+        + ("" if ok else ": the model is randomized, judge it by majority over draws (rbx run --randomized)"))
+
+
+def _max_or_zero(t: Tensor) -> float:
+    return float(t.max()) if t.numel() else 0.0

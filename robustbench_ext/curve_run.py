@@ -141,17 +141,3 @@ def _run_reference(stages: Sequence[Stage], net, data: EvalData, clean: np.ndarr
         _, r = run_cascade(stages, net, data.x[chunk].to(dev), data.y[chunk].to(dev), threat, seeds=seeds)
         robust[chunk] = r.cpu().numpy()
     return robust
-
-
-def curve_lines(curves: Sequence[dict[str, Any]]) -> list[str]:
-    """Table lines: per curve and threat model, the curve's and the cascade's robust accuracy."""
-    lines = []
-    for cv in curves:
-        lines.append(f"curve {cv['norm']} ({cv['attack']}, {len(cv['eps'])} eps from one run): median minimal norm "
-                     f"{cv['median_min_norm']:.4g}, never broken {cv['never_broken']} of {cv['n']}")
-        for ch in cv["checks"]:
-            flag = (f"  FLAG: curve above, {ch['missed_by_curve']} points the cascade broke were missed"
-                    if ch["curve_above"] else "")
-            lines.append(f"  at {ch['threat']}: curve {percent(ch['curve'])}% vs fixed-eps {percent(ch['cascade'])}% "
-                         f"({ch['reference']}){flag}")
-    return lines

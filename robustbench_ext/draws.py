@@ -24,7 +24,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .checks import CheckResult
 from .devutils import derive_seed
 from .errors import RbxError
 
@@ -80,32 +79,6 @@ def majority_wrong(net: nn.Module, x: Tensor, y: Tensor, r: int, seed: int) -> T
 def batch_seed(draws: Draws, *key: Any) -> int:
     """The draws' seed for one re-check (a stage and batch, or the clean pass), from the run's draw seed."""
     return derive_seed(draws.seed, _TAG, *key)
-
-
-def check_draw_spread(net: nn.Module, x: Tensor, y: Tensor, r: int = DEFAULT_DRAWS, seed: int = 0,
-                      limit: float = 0.0) -> CheckResult:
-    """How far a single pass is from the majority over ``r`` draws, on clean inputs.
-
-    Per point, the share of the ``r`` passes that misclassify it; a point *flips* when some draws
-    classify it correctly and others do not. ``value``: the fraction of points that flip; it fails when
-    that fraction exceeds ``limit`` (default 0: any flip means single-pass verdicts depend on luck).
-    """
-    wrong = wrong_counts(net, x, y, r, seed).float()
-    share = wrong / r
-    flips = ((wrong > 0) & (wrong < r)).float().mean().item()
-    majority = (2 * wrong > r).float().mean().item()
-    single = share.mean().item()  # expected error of one pass
-    ok = flips <= limit
-    return CheckResult(
-        "draw_spread", ok, flips,
-        f"over {r} draws: {100 * flips:.1f}% of points flip between draws; misclassifying share per point: mean "
-        f"{share.mean().item():.3f}, max over flipping points {_max_or_zero(share[(wrong > 0) & (wrong < r)]):.3f}; "
-        f"clean error {100 * single:.1f}% for one pass, {100 * majority:.1f}% by majority"
-        + ("" if ok else ": the model is randomized, judge it by majority over draws (rbx run --randomized)"))
-
-
-def _max_or_zero(t: Tensor) -> float:
-    return float(t.max()) if t.numel() else 0.0
 
 
 def describe_rule(d: dict[str, Any] | None) -> str | None:

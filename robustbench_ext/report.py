@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Sequence
 
 from . import plots
-from .curve_run import curve_lines
 from .draws import describe_rule
 from .stats import percent
 from .records import RunRecord, atomic_write_bytes, atomic_write_text, read_flags, read_record
@@ -103,3 +103,17 @@ def write_report(record_path: Path, out: Path | None = None) -> tuple[str, Path]
     path = out / f"{record_path.stem}_report.md"
     atomic_write_text(path, "\n".join(lines))
     return table, path
+
+
+def curve_lines(curves: Sequence[dict[str, Any]]) -> list[str]:
+    """Table lines: per curve and threat model, the curve's and the cascade's robust accuracy."""
+    lines = []
+    for cv in curves:
+        lines.append(f"curve {cv['norm']} ({cv['attack']}, {len(cv['eps'])} eps from one run): median minimal norm "
+                     f"{cv['median_min_norm']:.4g}, never broken {cv['never_broken']} of {cv['n']}")
+        for ch in cv["checks"]:
+            flag = (f"  FLAG: curve above, {ch['missed_by_curve']} points the cascade broke were missed"
+                    if ch["curve_above"] else "")
+            lines.append(f"  at {ch['threat']}: curve {percent(ch['curve'])}% vs fixed-eps {percent(ch['cascade'])}% "
+                         f"({ch['reference']}){flag}")
+    return lines

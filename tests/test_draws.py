@@ -11,7 +11,8 @@ import json
 import pytest
 import torch
 
-from robustbench_ext.draws import Draws, check_draw_spread, majority_wrong, wrong_counts
+from robustbench_ext.checks import check_draw_spread
+from robustbench_ext.draws import Draws, majority_wrong, wrong_counts
 from robustbench_ext.errors import RbxError
 from robustbench_ext.records import RunRecord
 from robustbench_ext.report import format_table

@@ -23,16 +23,16 @@ LAYERS: list[tuple[str, ...]] = [
     # 2: engine switches that know nothing of attacks
     ("acceleration", "distributed"),
     # 3: the attack contract; the one cascade; the shared first-order loop; the gradient-masking checks
-    ("attack",), ("cascade", "loop", "min_norm"), ("checks",),
+    ("attack",), ("cascade", "loop", "min_norm"), ("draws",), ("checks",),
     # 4: plugins: attacks (they import layers <= 3 and the registry)
     ("attacks", "attacks.*"),
     # 5: data, architectures, the common-corruption image sets, models (with their inference wrappers)
-    ("data", "architectures"), ("corruption_data",), ("models",), ("model_sources", "boundary"),
+    ("data", "architectures"), ("imagenet_data", "corruption_data"), ("models",), ("model_sources", "boundary"),
     # 6: records (the schema, the union rule, the one record builder) and what reads them; the corruption
     #    evaluation (records, data, models; never the runner)
     ("records",), ("corruptions", "regress", "plots", "robustbench_export", "report"),
     # 7: suites (and the benchmark plan), then the stage plan compiled from them
-    ("suites",), ("plan",),
+    ("suites",), ("plan",), ("curve_run",),
     # 8: the runner: evaluation state, the runner, streaming
     ("eval_state",), ("runner",), ("streaming",),
     # 9: defenses and the training engine, then the defense plugins
