@@ -170,10 +170,14 @@ def list_cmd(kind: str) -> None:
               help="Evaluate data whose classes are a subset of the model's (labels must be model class indices).")
 @click.option("--skip-stage", "skip_stages", multiple=True, metavar="'THREAT ATTACK'",
               help="Resume a run without a stage that failed, as its error names it (the record says so).")
+@click.option("--union-only", is_flag=True, default=None,
+              help="Only union robust accuracy counts (a CI gate): threat models run in the suite's measured "
+                   "union_order and each attacks only points robust under all before it. Same union flags as a full "
+                   "run; per-norm accuracy only for the first threat model (the others are 'n/m', not measured).")
 @quiet_option
 def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs, attack_specs, union_specs, eps_sweep,
             n_examples, batch_size, device, seed, results_dir, as_json, progress, resume, shards, precision,
-            channels_last, compile_, num_classes, output, allow_class_subset, skip_stages, quiet) -> None:
+            channels_last, compile_, num_classes, output, allow_class_subset, skip_stages, union_only, quiet) -> None:
     """Evaluate a model: clean accuracy, robust accuracy per threat model, and union robust accuracy.
 
     Under torchrun (WORLD_SIZE > 1) the work is split over the processes (see README, "Scaling").
@@ -198,6 +202,8 @@ def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs,
     search = SearchOptions(precision, channels_last, compile_)
     if shards and (dataset_spec or n_examples is not None or factors):
         raise RbxError("--shards replaces --dataset and --n-examples, and streams have no --eps-sweep")
+    if union_only and (shards or factors):
+        raise RbxError("--union-only does not go with --shards or --eps-sweep (both measure every threat model on every point)")
     resolve_device(device)
     if normalize:
         parse_normalization(normalize)
@@ -208,7 +214,8 @@ def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs,
     if corruption_suite is not None:  # common corruptions instead of threat models: robustbench_ext.corruptions
         unused = [flag for flag, given in (("--threat", threat_specs), ("--attack", attack_specs), ("--union-attack", union_specs),
                                            ("--eps-sweep", factors), ("--shards", shards), ("--precision", precision != "fp32"),
-                                           ("--channels-last", channels_last), ("--compile", compile_), ("--resume", resume)) if given]
+                                           ("--channels-last", channels_last), ("--compile", compile_), ("--resume", resume),
+                                           ("--union-only", union_only)) if given]
         if unused:
             raise RbxError(f"{', '.join(unused)} do not apply to the corruption suite '{corruption_suite.name}' (no attacks run)")
         _run_corruptions(corruption_suite, model_spec, arch, normalize, dataset_spec, n_examples, batch_size, device, seed,
@@ -242,7 +249,7 @@ def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs,
                       threat_specs, suite=suite_spec, attacks=attack_specs, union_attacks=union_specs, n_examples=n_examples,
                       seed=seed, batch_size=batch_size, device=device, progress=show, state_dir=results_dir / STATE_DIR,
                       resume=resume, eps_sweep=factors, search=search, dist=dist, output=output,
-                      allow_class_subset=allow_class_subset, skip_stages=skip_stages)
+                      allow_class_subset=allow_class_subset, skip_stages=skip_stages, union_only=union_only)
         if not dist.is_main:
             return
         path = ev.write(results_dir)
