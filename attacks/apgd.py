@@ -93,7 +93,7 @@ class APGD(IterativeAttack):
     def start(self, ctx: AttackContext, x0: Tensor, eps: float, p: Segment) -> Tensor:
         if not self.random_start:
             return x0.clone()
-        noise = torch.randn(x0.shape, generator=ctx.generator, device=x0.device, dtype=x0.dtype)
+        noise = ctx.per_sample(x0, lambda x, g: torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype))
         return ctx.geometry.project(x0, x0 + noise, eps)
 
     def begin(self, ctx, x0, y0, x_start, eps, p) -> dict[str, Any]:

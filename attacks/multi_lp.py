@@ -59,7 +59,8 @@ class UnionWorst(MultiThreatAttack):
             inner.require(t)
         n, out = len(ctx.threats), []
         for i, t in enumerate(ctx.threats):
-            res = inner(ctx.model, x, y, t, seed=ctx.spawn_seed(), progress=ctx.sub_progress(i / n, (i + 1) / n))
+            res = inner(ctx.model, x, y, t, seed=ctx.spawn_seed(), progress=ctx.sub_progress(i / n, (i + 1) / n),
+                        samples=None if ctx.samples is None else ctx.samples.child(i))
             ctx.absorb(res)
             out.append(res.x_adv)
         return out

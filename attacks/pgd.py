@@ -48,7 +48,7 @@ class PGD(IterativeAttack):
     def start(self, ctx: AttackContext, x0: Tensor, eps: float, p: Segment) -> Tensor:
         if not self.random_start or self.start_std is None:
             return super().start(ctx, x0, eps, p)
-        noise = torch.randn(x0.shape, generator=ctx.generator, device=x0.device, dtype=x0.dtype)
+        noise = ctx.per_sample(x0, lambda x, g: torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype))
         return ctx.geometry.project(x0, x0 + self.start_std * noise, eps)
 
     def objective(self, logits: Tensor, y: Tensor, step: int, state: dict, p: Segment) -> Tensor:

@@ -9,7 +9,7 @@
 #   echo /.gpu/ >> .git/info/exclude
 #   GPU_DRY_RUN=1 bash benchmarks/gpu_checks.sh                         # the same script at tiny size on CPU
 # Run on the device (device tool), then copy $OUT into results/gpu/ and commit it with this provenance:
-#   run(command="bash benchmarks/gpu_checks.sh", carry=[".gpu"], timeout_s=540)
+#   run(command="bash benchmarks/gpu_checks.sh", carry=[".gpu"], timeout_s=600)   # 230 + 90 + 270 s at most
 # Without robustbench, `resnet18` uses rbx's own key-compatible definition (tested to give the same logits).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,8 +27,11 @@ if [ -n "${GPU_DRY_RUN:-}" ]; then N=16; DEV=cpu; BS=16; fi
   git log -1 --format='commit %H' 2>/dev/null || true; } | tee "$OUT/provenance.txt"
 
 # 1. Speed (issue 9): ceiling, rbx vs torchattacks PGD, APGD-CE vs pyautoattack, switches.
-timeout 240 $PY benchmarks/perf.py --model cifar10-resnet18-linf-at --n "$N" --device "$DEV" --batch-size "$BS" \
+timeout 230 $PY benchmarks/perf.py --model cifar10-resnet18-linf-at --n "$N" --device "$DEV" --batch-size "$BS" \
     --variants --repeat 3 --out "$OUT/perf_resnet18_n$N" 2>&1 | grep -v Warning | tail -25
+# 1b. Union-only (issue 19): the default suite in full and union-only, back to back; union flags must be identical.
+timeout 90 $PY benchmarks/perf.py --model cifar10-resnet18-linf-at --n "$N" --device "$DEV" --batch-size "$BS" \
+    --no-quick --repeat 1 --union-only --out "$OUT/perf_resnet18_union_only_n$N" 2>&1 | grep -v Warning | tail -12
 # 2. Strength and time against AutoAttack standard, union of three threat models (issues 5 and 9).
 timeout 270 $PY benchmarks/aa_vs_rbx.py --model cifar10-resnet18-linf-at --n "$N" --device "$DEV" --batch-size "$BS" \
     --out "$OUT/aa_vs_rbx_resnet18_n$N" 2>&1 | grep -v Warning | tail -15

@@ -14,7 +14,15 @@ the clock. Rows:
 - ``--standard``: rbx's default union suite vs pyautoattack ``standard`` on the same three threat
   models (see ``benchmarks/aa_vs_rbx.py``; minutes on CPU);
 - ``--variants``: rbx PGD (no early stop) with the engine's switches: channels_last, bf16 search
-  (float32 re-verification), ``torch.compile``.
+  (float32 re-verification), ``torch.compile``;
+- ``--union-only``: the default suite in full and in union-only mode (``rbx run --union-only``), back to
+  back in this process on the same images and seed: both times, whether the union flags are identical, and
+  per threat model the points it broke per second in the full run (each threat model attacked every
+  clean-correct point there), the measurement behind the suite's ``union_order``.
+
+AutoAttack's side of ``--standard`` goes through the cache of ``benchmarks/aa_cache.py`` (same model,
+images, eps, versions, seed and thread count); the table says when a cached result was used and when it
+was measured (``--refresh-aa`` measures it again).
 
 Quick rows run interleaved (each repeat runs every row once, so drift in the machine's speed hits all rows
 alike) and report the median of ``--repeat`` runs (all listed in the JSON); the suite rows run once.
@@ -129,7 +137,36 @@ def run_aa_apgd(net, x, y, bs, threat, steps, device, seed):
             "version": getattr(aa, "__version__", "?")}
 
 
-def run_standard(model, data, device, bs, seed, search=None):
+def run_union_only(model, data, device, bs, seed):
+    """The default suite in full, then union-only (its measured ``union_order``), back to back."""
+    from robustbench_ext.runner import evaluate
+    from robustbench_ext.suites import load_suite
+
+    suite = load_suite("cifar10-union")
+    kw = dict(union_attacks=suite.union, suite=suite.name, seed=seed, batch_size=bs, device=device, progress=False)
+    t_full, t_only = {}, {}
+    with clock(device, t_full):
+        full = evaluate(model, data, suite.threats, **kw)
+    with clock(device, t_only):
+        only = evaluate(model, data, suite.threats, union_only=True, union_order=suite.union_order, **kw)
+    n_correct = int(full.flags.clean_correct.sum())
+    rates = {}
+    for t in full.record.threats:  # in the full run every threat model attacked every clean-correct point
+        broken = n_correct - t.robust.count
+        rates[t.threat] = {"broken": broken, "seconds": t.seconds, "broken_per_second": round(broken / max(t.seconds, 1e-9), 3),
+                           "passes": sum(a.n_forward + a.n_backward for a in t.attacks)}
+    measured = sorted(rates, key=lambda k: -rates[k]["broken_per_second"])
+    order = only.record.config["union_only"]["order"]
+    return ({"seconds": t_full["seconds"], "robust": full.record.union.accuracy,
+             "per_threat": {r.threat: r.robust.accuracy for r in full.record.threats}},
+            {"seconds": t_only["seconds"], "robust": only.record.union.accuracy, "order": order,
+             "per_threat": {r.threat: (r.robust.accuracy if r.measured else None) for r in only.record.threats},
+             "union_flags_equal_full": bool((only.flags.union == full.flags.union).all()),
+             "union_flags_differ": int((only.flags.union != full.flags.union).sum())},
+            {"per_threat": rates, "order_by_rate": measured})
+
+
+def run_standard(model, data, device, bs, seed, search=None, cache_dir=None, refresh=False):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import aa_vs_rbx  # noqa: E402
 
@@ -155,16 +192,23 @@ def run_standard(model, data, device, bs, seed, search=None):
                 "union_flags_equal_fp32": bool((evf.flags.union == ev.flags.union).all())}
     net = model.module.to(device)
     x, y = data.x.to(device), data.y.to(device)
-    flags, total, per = [], 0.0, {}
+    flags, total, per, cached = [], 0.0, {}, {}
     with frozen(net):
         for spec in suite.threats:
-            robust, secs, _ = aa_vs_rbx.run_autoattack(net, x, y, spec.threat, device, bs, seed)
-            robust &= ev.flags.clean_correct
+            res = aa_vs_rbx.autoattack_cached(model, data, net, x, y, spec.threat, device, bs, seed, cache_dir, refresh)
+            robust, secs, when = res.robust & ev.flags.clean_correct, res.seconds, res.cached_at
             flags.append(robust)
             total += secs
             per[spec.threat.label] = float(robust.mean())
+            if when:
+                cached[spec.threat.label] = when
     aa_union = union_flags(ev.flags.clean_correct, np.stack(flags, 1))
-    return rbx, fast, {"seconds": total, "robust": float(aa_union.mean()), "per_threat": per}
+    rbx_union = ev.flags.union
+    disagree = {"union_broken_by_aa_not_rbx": int((~aa_union & rbx_union).sum()),
+                "per_threat_broken_by_aa_not_rbx": {s.threat.label: int((~f & ev.flags.robust[:, i]).sum())
+                                                    for i, (s, f) in enumerate(zip(suite.threats, flags))}}
+    rbx.update(disagree)
+    return rbx, fast, {"seconds": total, "robust": float(aa_union.mean()), "per_threat": per, "cached_at": cached}
 
 
 def main(argv=None) -> int:
@@ -182,6 +226,11 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", action="store_true", help="also PGD with channels_last / bf16 search / compile")
     ap.add_argument("--repeat", type=int, default=5, help="runs per quick row (the median is reported)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    ap.add_argument("--union-only", action="store_true", help="also the union suite in full vs union-only, back to back")
+    ap.add_argument("--aa-cache", default=str(Path(__file__).resolve().parent.parent / "results" / "aa_cache"),
+                    help="AutoAttack result cache for --standard ('' = none; see benchmarks/aa_cache.py)")
+    ap.add_argument("--refresh-aa", action="store_true", help="--standard: measure AutoAttack again even when cached")
+    ap.add_argument("--no-quick", action="store_true", help="skip the quick rows (only --standard / --union-only)")
     ap.add_argument("--out", default=None, help="output stem (default results/perf/<cpu|gpu>_<model>_n<N>)")
     a = ap.parse_args(argv)
     if a.threads:
@@ -241,6 +290,8 @@ def main(argv=None) -> int:
                 print(f"{name}: skipped ({type(exc).__name__}: {exc})".splitlines()[0], flush=True)
                 rows[row] = {"skipped": f"{type(exc).__name__}: {exc}"[:300]}
     # Interleaved: every repeat runs every row once, so drift in the machine's speed hits all rows alike.
+    if a.no_quick:
+        quick = [q for q in quick if q[0] == "ceiling (fwd+bwd)"]
     runs: dict[str, list[dict]] = {name: [] for name, *_ in quick}
     for _ in range(a.repeat):
         for name, fn, args, _note in quick:
@@ -257,24 +308,43 @@ def main(argv=None) -> int:
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "rows": rows,
     }
+    if a.union_only:
+        full, only, rates = run_union_only(model, data, device, bs, a.seed)
+        add("rbx union suite, full (for union-only)", full, "run just before the union-only row, same images and seed")
+        add(f"rbx union suite, union-only ({' > '.join(only['order'])})", only,
+            f"union flags identical to the full run's: {only['union_flags_equal_full']} "
+            f"({only['union_flags_differ']} differ); per-norm: only {only['order'][0]} measured")
+        result["union_only"] = {"full": full, "union_only": only, "rates": rates,
+                                "speedup": round(full["seconds"] / only["seconds"], 2)}
     if a.standard:
         fast_opts = SearchOptions(precision="bf16", channels_last=True)
-        rbx, fast, aa = run_standard(model, data, device, bs, a.seed, fast_opts)
-        add("rbx union suite (3 threats)", rbx, "per-norm cascades + union stage; clean pass and checks included")
+        rbx, fast, aa = run_standard(model, data, device, bs, a.seed, fast_opts, Path(a.aa_cache) if a.aa_cache else None,
+                                     a.refresh_aa)
+        add("rbx union suite (3 threats)", rbx, "per-norm cascades + union stage; clean pass and checks included; points AA "
+            f"broke that rbx did not: union {rbx['union_broken_by_aa_not_rbx']}, per threat "
+            + ", ".join(f"{k} {v}" for k, v in rbx["per_threat_broken_by_aa_not_rbx"].items()))
         add("rbx union suite, bf16 + channels_last", fast, "successes re-verified in float32; union flags equal to fp32: "
             f"{fast['union_flags_equal_fp32']}")
-        add("pyautoattack standard (3 threats)", aa, "Linf, L2 standard; L1 apgd-ce + apgd-t")
+        when = "; ".join(f"{k} measured {v}" for k, v in aa["cached_at"].items())
+        add("pyautoattack standard (3 threats)", aa, "Linf, L2 standard; L1 apgd-ce + apgd-t"
+            + (f"; CACHED result (benchmarks/aa_cache.py): {when}" if when else "; measured in this run"))
     ceil = rows["ceiling (fwd+bwd)"]["throughput"]
     for r in rows.values():
         if r.get("throughput"):
             r["of_ceiling"] = r["throughput"] / ceil
-    ratios = {} if "skipped" in rows[f"torchattacks pgd-{S}"] else {
+    ratios = {} if a.no_quick or "skipped" in rows[f"torchattacks pgd-{S}"] else {
         "torchattacks_over_rbx_pgd_equal_work": rows[f"torchattacks pgd-{S}"]["seconds"] / rows[f"rbx pgd-{S} (no early stop)"]["seconds"],
         "torchattacks_over_rbx_pgd_default": rows[f"torchattacks pgd-{S}"]["seconds"] / rows[f"rbx pgd-{S}"]["seconds"],
     }
-    ratios |= {
-        "pyautoattack_over_rbx_apgd_ce": rows[f"pyautoattack apgd-ce-{a.apgd_steps}"]["seconds"] / rows[f"rbx apgd-ce-{a.apgd_steps}"]["seconds"],
-    }
+    if not a.no_quick:
+        ratios |= {
+            "pyautoattack_over_rbx_apgd_ce": rows[f"pyautoattack apgd-ce-{a.apgd_steps}"]["seconds"] / rows[f"rbx apgd-ce-{a.apgd_steps}"]["seconds"],
+        }
+    if a.union_only:
+        ratios["rbx_full_over_union_only"] = result["union_only"]["speedup"]
+        if a.standard:
+            ratios["pyautoattack_standard_over_rbx_union_only"] = (rows["pyautoattack standard (3 threats)"]["seconds"]
+                                                                   / result["union_only"]["union_only"]["seconds"])
     if a.standard:
         ratios["pyautoattack_standard_over_rbx_union"] = rows["pyautoattack standard (3 threats)"]["seconds"] / rows["rbx union suite (3 threats)"]["seconds"]
         ratios["pyautoattack_standard_over_rbx_union_bf16"] = rows["pyautoattack standard (3 threats)"]["seconds"] / rows["rbx union suite, bf16 + channels_last"]["seconds"]
@@ -299,6 +369,17 @@ def to_markdown(r: dict) -> str:
         rob = f"{100 * row['robust']:.1f}" if row.get("robust") is not None else "-"
         lines.append(f"| {name} | {row['seconds']:.2f} | {thr} | {of} | {rob} | {row.get('note', '')} |")
     lines += ["", "Ratios (peer seconds / rbx seconds): " + ", ".join(f"{k} = {v:.2f}" for k, v in r["ratios"].items()) + "."]
+    if "union_only" in r:
+        u = r["union_only"]
+        lines += ["", f"Union-only: {u['full']['seconds']:.2f} s full vs {u['union_only']['seconds']:.2f} s union-only = "
+                  f"{u['speedup']}x, union flags identical: {u['union_only']['union_flags_equal_full']}.", "",
+                  "Points broken per second per threat model in the full run (each attacked every clean-correct point): "
+                  "the measurement behind `union_order` in benchmarks/cifar10-union.toml.", "",
+                  "| threat | points broken | seconds | broken / s | passes |", "| --- | ---: | ---: | ---: | ---: |"]
+        for k, v in u["rates"]["per_threat"].items():
+            lines.append(f"| {k} | {v['broken']} | {v['seconds']:.2f} | {v['broken_per_second']:.2f} | {v['passes']} |")
+        lines += ["", f"Order by measured rate: {' > '.join(u['rates']['order_by_rate'])}; order used: "
+                  f"{' > '.join(u['union_only']['order'])}."]
     return "\n".join(lines)
 
 

@@ -28,6 +28,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 from torch import Tensor, nn
 
+from .devutils import derive_seed
 from .errors import AttackContractError, RbxError, UnsupportedNormError
 from .geometry import Geometry
 from .progress import StepReport
@@ -94,6 +95,28 @@ class AttackResult:
         return tuple(s / max(c, 1) for s, c in zip(self.loss_sum, self.loss_count))
 
 
+@dataclass(frozen=True)
+class SampleSeeds:
+    """Per-sample seeding: a seed and one integer key per sample of the batch (``keys`` ``[N]`` int64, CPU).
+
+    With it, every random start an attack draws through :meth:`AttackContext.per_sample` comes from a
+    generator seeded by (``seed``, the sample's key, the draw's number), so a sample's outcome does not
+    depend on which other samples share its batch: the runner's key is the sample's index in the dataset.
+    This is what makes a union-only run (fewer points per later stage) give the full run's flags.
+    """
+
+    seed: int
+    keys: Tensor
+
+    def subset(self, rows: Tensor) -> "SampleSeeds":
+        """The keys of the samples at ``rows`` of this batch."""
+        return SampleSeeds(self.seed, self.keys[rows.cpu()])
+
+    def child(self, i: int) -> "SampleSeeds":
+        """Seeds for the ``i``-th sub-attack (a cascade stage): same keys, a seed derived from ``i``."""
+        return SampleSeeds(derive_seed(self.seed, 7919, int(i)), self.keys)
+
+
 class AttackContext:
     """What an attack's search gets besides the data: the (counting) model, the threat model(s) with their
     geometry, a seeded generator, the progress callback and the loss curve.
@@ -104,10 +127,16 @@ class AttackContext:
     :meth:`value_and_grad`, :meth:`value_and_grads` and :meth:`value` average over, so that for a
     randomized model the gradient and the objective are means over ``eot`` draws of its randomness. 1:
     one pass, exactly as without EOT.
+    ``samples``: per-sample seeds (:class:`SampleSeeds`) or None (random draws then come from
+    ``generator``, batch-wise); ``rows``: the loop sets it to the batch rows its next random start is for.
     """
 
     def __init__(self, model: nn.Module, threat: ThreatModel | None, generator: torch.Generator,
-                 progress: StepReport | None = None, threats: Sequence[ThreatModel] = (), eot: int = 1) -> None:
+                 progress: StepReport | None = None, threats: Sequence[ThreatModel] = (),
+                 samples: SampleSeeds | None = None, eot: int = 1) -> None:
+        self.samples = samples
+        self.rows: Tensor | None = None
+        self._draws = 0
         self.model = model if isinstance(model, CountingModel) else CountingModel(model)
         self.eot = int(eot)
         self.threat = threat
@@ -238,6 +267,23 @@ class AttackContext:
             return None
         return lambda f: self.progress(lo + (hi - lo) * f)
 
+    def per_sample(self, x0: Tensor, draw: Callable[[Tensor, torch.Generator], Tensor]) -> Tensor:
+        """``draw(x0, generator)``: a random start (or any random draw shaped like ``x0`` ``[M, ...]``).
+
+        Without per-sample seeds, one draw for the batch from the attack's generator. With them, each
+        row from its own generator, seeded by (seed, the sample's key, the number of this draw within the
+        call): a sample gets the same draws whatever else is in its batch, as long as it is attacked in
+        the same segments (true of the loop: a segment draws for the points it attacks, in a fixed order).
+        ``x0``'s rows are ``self.rows`` of the batch (all rows when None).
+        """
+        if self.samples is None:
+            return draw(x0, self.generator)
+        rows = self.rows if self.rows is not None else torch.arange(x0.shape[0])
+        keys = self.samples.subset(rows).keys.tolist()
+        k, self._draws = self._draws, self._draws + 1
+        gens = [torch.Generator(device=x0.device).manual_seed(derive_seed(self.samples.seed, int(key), k)) for key in keys]
+        return torch.cat([draw(x0[i:i + 1], g) for i, g in enumerate(gens)]) if keys else draw(x0, self.generator)
+
     def spawn_seed(self) -> int:
         """A seed for a sub-attack, drawn from this attack's generator (so it is reproducible)."""
         return int(torch.randint(0, 2**62, (1,), generator=self.generator, device=self.generator.device).item())
@@ -332,11 +378,15 @@ class AttackBase(ABC):
         return x.detach(), y.long()
 
     def _context(self, model: nn.Module, x: Tensor, seed: int, progress: StepReport | None,
-                 threat: ThreatModel | None = None, threats: Sequence[ThreatModel] = ()) -> AttackContext:
-        """A context with a generator seeded by ``seed`` and this attack's ``eot`` (checked here)."""
+                 threat: ThreatModel | None = None, threats: Sequence[ThreatModel] = (),
+                 samples: SampleSeeds | None = None) -> AttackContext:
+        """A context with a generator seeded by ``seed``, the per-sample seeds (if any) and this attack's
+        ``eot`` (checked here)."""
         self.check_eot()
+        if samples is not None and len(samples.keys) != x.shape[0]:
+            raise RbxError(f"per-sample seeds: {len(samples.keys)} keys for a batch of {x.shape[0]}")
         return AttackContext(model, threat, torch.Generator(device=x.device).manual_seed(int(seed)), progress, threats,
-                             eot=getattr(self, "eot", 1))
+                             samples, eot=getattr(self, "eot", 1))
 
 
 class Attack(AttackBase):
@@ -347,10 +397,11 @@ class Attack(AttackBase):
         """Search for adversarial examples; return candidates ``[N, ...]`` (the base class checks them)."""
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seed: int = 0,
-                 progress: StepReport | None = None) -> AttackResult:
+                 progress: StepReport | None = None, samples: SampleSeeds | None = None) -> AttackResult:
         """Attack ``model`` at ``x`` ``[N, C, H, W]`` (values in [0, 1]) with labels ``y`` ``[N]`` under ``threat``.
 
         ``seed`` fixes every random choice of the attack: the same seed gives the same result on CPU.
+        ``samples`` (per-sample seeds) makes the random starts each sample's own (:class:`SampleSeeds`).
         ``progress``, if given, is called with the fraction of the work done as the attack steps.
         """
         self.require(threat)
@@ -358,7 +409,7 @@ class Attack(AttackBase):
         if x.shape[0] == 0:
             empty = torch.zeros(0, dtype=torch.float64, device=x.device) if self.minimum_norm else None
             return AttackResult(x.float().clone(), torch.zeros(0, dtype=torch.bool, device=x.device), min_norm=empty)
-        ctx = self._context(model, x, seed, progress, threat=threat)
+        ctx = self._context(model, x, seed, progress, threat=threat, samples=samples)
         x_adv = check_in_threat_model(self.name, x, self.run(ctx, x, y), threat)
         min_norm = None
         if self.minimum_norm:
@@ -489,12 +540,12 @@ class MultiThreatAttack(AttackBase):
         """Return one candidate ``[N, ...]`` per threat model of ``ctx.threats``, in order."""
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, threats: Sequence[ThreatModel], *,
-                 seed: int = 0, progress: StepReport | None = None) -> MultiThreatResult:
+                 seed: int = 0, progress: StepReport | None = None, samples: SampleSeeds | None = None) -> MultiThreatResult:
         threats = list(threats)
         if not threats:
             raise RbxError(f"attack '{self.name}' needs at least one threat model")
         x, y = self._prepare(x, y)
-        ctx = self._context(model, x, seed, progress, threats=threats)
+        ctx = self._context(model, x, seed, progress, threats=threats, samples=samples)
         cands = self.run(ctx, x, y) if x.shape[0] else [x.clone() for _ in threats]
         if len(cands) != len(threats):
             raise AttackContractError(f"attack '{self.name}' returned {len(cands)} candidates for {len(threats)} threat models")

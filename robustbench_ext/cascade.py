@@ -93,7 +93,8 @@ def run_cascade(stages: Sequence[Stage], model: nn.Module, x: Tensor, y: Tensor,
         if idx.numel() == 0:
             break
         sub = None if progress is None else (lambda f, i=i: progress((i + f) / len(stages)))
-        res = stage.attack(model, x[idx], y[idx], threat, seed=seed, progress=sub)
+        samples = None if ctx is None or ctx.samples is None else ctx.samples.child(i).subset(idx)
+        res = stage.attack(model, x[idx], y[idx], threat, seed=seed, progress=sub, samples=samples)
         if ctx is not None:
             ctx.absorb(res)
         out[idx] = res.x_adv

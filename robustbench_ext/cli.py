@@ -178,11 +178,15 @@ def list_cmd(kind: str) -> None:
 @click.option("--curve", is_flag=True,
               help="With a minimum-norm attack (fmn, cw, deepfool): robust accuracy vs eps from one run, in the record, "
                    "checked against the fixed-eps cascade at each threat model's eps.")
+@click.option("--union-only", is_flag=True, default=None,
+              help="Only union robust accuracy counts (a CI gate): threat models run in the suite's measured "
+                   "union_order and each attacks only points robust under all before it. Same union flags as a full "
+                   "run; per-norm accuracy only for the first threat model (the others are 'n/m', not measured).")
 @quiet_option
 def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs, attack_specs, union_specs, eps_sweep,
             n_examples, batch_size, device, seed, results_dir, as_json, progress, resume, shards, precision,
             channels_last, compile_, num_classes, output, allow_class_subset, skip_stages, randomized, draws, curve,
-            quiet) -> None:
+            union_only, quiet) -> None:
     """Evaluate a model: clean accuracy, robust accuracy per threat model, and union robust accuracy.
 
     Under torchrun (WORLD_SIZE > 1) the work is split over the processes (see README, "Scaling").
@@ -211,6 +215,8 @@ def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs,
         raise RbxError(f"--draws must be a positive integer (fresh passes per re-check), got {draws}")
     if shards and (randomized is not None or draws is not None or curve):
         raise RbxError("--randomized, --draws and --curve are not available with --shards; evaluate a --dataset instead")
+    if union_only and (shards or factors):
+        raise RbxError("--union-only does not go with --shards or --eps-sweep (both measure every threat model on every point)")
     resolve_device(device)
     if normalize:
         parse_normalization(normalize)
@@ -221,7 +227,8 @@ def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs,
     if corruption_suite is not None:  # common corruptions instead of threat models: robustbench_ext.corruptions
         unused = [flag for flag, given in (("--threat", threat_specs), ("--attack", attack_specs), ("--union-attack", union_specs),
                                            ("--eps-sweep", factors), ("--shards", shards), ("--precision", precision != "fp32"),
-                                           ("--channels-last", channels_last), ("--compile", compile_), ("--resume", resume)) if given]
+                                           ("--channels-last", channels_last), ("--compile", compile_), ("--resume", resume),
+                                           ("--union-only", union_only)) if given]
         if unused:
             raise RbxError(f"{', '.join(unused)} do not apply to the corruption suite '{corruption_suite.name}' (no attacks run)")
         _run_corruptions(corruption_suite, model_spec, arch, normalize, dataset_spec, n_examples, batch_size, device, seed,
@@ -259,7 +266,7 @@ def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs,
                       seed=seed, batch_size=batch_size, device=device, progress=show, state_dir=results_dir / STATE_DIR,
                       resume=resume, eps_sweep=factors, search=search, dist=dist, output=output,
                       allow_class_subset=allow_class_subset, skip_stages=skip_stages, randomized=randomized,
-                      **({"draws": draws} if draws is not None else {}), curve=curve)
+                      **({"draws": draws} if draws is not None else {}), curve=curve, union_only=union_only)
         if not dist.is_main:
             return
         path = ev.write(results_dir)

@@ -113,17 +113,21 @@ def shards_cmd(dataset_spec: str, n_examples: int | None, shard_size: int, out: 
 @click.option("--candidate", type=click.Path(path_type=Path), required=True, help="Candidate record (or results directory).")
 @click.option("--alpha", type=float, default=0.05, show_default=True, help="Family-wise significance level of the gate.")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--only", "only", multiple=True, metavar="THREAT|union",
+              help="Gate only these comparisons (repeatable), e.g. --only union for a union-only run; a threat model "
+                   "a union-only run did not measure is refused.")
 @click.option("--allow-different-attacks", is_flag=True,
               help="Compare runs made with different attacks or seeds anyway (the report warns; the verdict then "
                    "says little about the model).")
-def regress_cmd(baseline: Path, candidate: Path, alpha: float, as_json: bool, allow_different_attacks: bool) -> None:
+def regress_cmd(baseline: Path, candidate: Path, alpha: float, as_json: bool, only: tuple[str, ...],
+                allow_different_attacks: bool) -> None:
     """Regression gate: exit 1 if robust accuracy (any threat model or the union) changed significantly, 0 if not,
     2 if the runs cannot be compared."""
     import dataclasses as dc
 
     from .regress import compare, resolve_pairs
 
-    results = [compare(b, c, alpha, allow_different_attacks) for b, c in resolve_pairs(baseline, candidate)]
+    results = [compare(b, c, alpha, allow_different_attacks, only) for b, c in resolve_pairs(baseline, candidate)]
     if as_json:
         click.echo(json.dumps([{**dc.asdict(r), "failed": r.failed} for r in results], indent=2))
     else:

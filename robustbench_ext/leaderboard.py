@@ -25,7 +25,7 @@ import pandas as pd
 from . import plots
 from .errors import RbxError
 from .provenance import utc_now
-from .records import RunRecord, atomic_write_bytes, atomic_write_text, iter_records, read_flags
+from .records import NOT_MEASURED, RunRecord, atomic_write_bytes, atomic_write_text, iter_records, read_flags
 from .stats import interval, percent
 
 
@@ -42,8 +42,10 @@ def record_row(path: Path, r: RunRecord) -> dict:
     """
     if r.corruptions is not None:
         return _corruption_row(path, r)
+    union_only = bool(r.config.get("union_only"))
     row = {
-        "suite": r.suite_label,
+        # A union-only run has its own board: it must never replace a full run's per-norm numbers.
+        "suite": r.suite_label + (" (union-only)" if union_only else ""),
         "model": r.model.get("name"),
         "architecture": r.model.get("architecture"),
         "dataset": r.dataset.get("source"),
@@ -53,8 +55,9 @@ def record_row(path: Path, r: RunRecord) -> dict:
         "clean_ci": tuple(_pct(v) for v in r.clean.ci95),
     }
     for t in r.threats:
-        row[t.threat] = _pct(t.robust.accuracy)
-        row[f"{t.threat} ci"] = tuple(_pct(v) for v in t.robust.ci95)
+        # Not measured (union-only): None, shown as NOT_MEASURED ("n/m") everywhere, never as a number.
+        row[t.threat] = _pct(t.robust.accuracy) if t.measured else None
+        row[f"{t.threat} ci"] = tuple(_pct(v) for v in t.robust.ci95) if t.measured else None
     row.update({
         "union": _pct(r.union.accuracy),
         "union_ci": tuple(_pct(v) for v in r.union.ci95),
@@ -166,13 +169,20 @@ def build_boards(results_dir: Path) -> list[Board]:
     return boards
 
 
-def _fmt(acc: float, ci: tuple[float, float]) -> str:
+def _missing(acc: Any) -> bool:
+    """A cell with no measured accuracy (a union-only run's later threat models): None or NaN."""
+    return acc is None or (isinstance(acc, float) and acc != acc)
+
+
+def _fmt(acc: float | None, ci: tuple[float, float] | None) -> str:
+    if _missing(acc):
+        return NOT_MEASURED
     return f"{percent(acc)} ({interval(ci)})"
 
 
-def _num(x: float) -> float:
-    """A fraction as the CSV's percentage with two decimals (the same rounding as every table)."""
-    return float(percent(x, 2))
+def _num(x: float | None) -> float | str:
+    """A fraction as the CSV's percentage with two decimals (the same rounding as every table); "n/m" if not measured."""
+    return NOT_MEASURED if _missing(x) else float(percent(x, 2))
 
 
 def board_markdown(board: Board, link_base: Path | None = None, plot_links: dict[str, list[tuple[str, str]]] | None = None) -> str:
@@ -260,7 +270,8 @@ def leaderboard_csv(boards: list[Board]) -> str:
 
 def _csv_acc(name: str, acc, ci) -> dict[str, list[float]]:
     """CSV columns ``name``, ``name_lo``, ``name_hi`` in percent (rounded once, as in every table)."""
-    return {name: [_num(a) for a in acc], f"{name}_lo": [_num(c[0]) for c in ci], f"{name}_hi": [_num(c[1]) for c in ci]}
+    return {name: [_num(a) for a in acc], f"{name}_lo": [_num(None if _missing(a) else c[0]) for a, c in zip(acc, ci)],
+            f"{name}_hi": [_num(None if _missing(a) else c[1]) for a, c in zip(acc, ci)]}
 
 
 def _corruption_csv(b: Board) -> pd.DataFrame:
@@ -362,8 +373,9 @@ def render_html(boards: list[Board], n_records: int) -> str:
             rows.append({
                 "rank": int(r["rank"]), "model": r["model"], "architecture": r["architecture"],
                 "clean": r["clean"], "clean_s": percent(r["clean"]), "clean_ci": interval(r["clean_ci"]),
-                "acc": {t: r[t] for t in b.threats}, "acc_s": {t: percent(r[t]) for t in b.threats},
-                "ci": {t: interval(r[f"{t} ci"]) for t in b.threats},
+                "acc": {t: "" if _missing(r[t]) else r[t] for t in b.threats},
+                "acc_s": {t: NOT_MEASURED if _missing(r[t]) else percent(r[t]) for t in b.threats},
+                "ci": {t: "not measured" if _missing(r[t]) else interval(r[f"{t} ci"]) for t in b.threats},
                 "union": r[rank], "union_s": percent(r[rank]), "union_ci": interval(r[f"{rank}_ci"]),
                 "n": int(r["n"]), "attacks": r["attacks"],
                 "dataset": r["dataset"], "device": r["device"], "date": r["date"], "record": Path(r["record"]).name,

@@ -109,7 +109,9 @@ class IterativeAttack(Attack):
 
     def start(self, ctx: AttackContext, x0: Tensor, eps: float, p: Segment) -> Tensor:
         """Starting point of a fresh segment (default: uniform in ball ∩ box, or the clean point)."""
-        return ctx.geometry.random_init(x0, eps, ctx.generator) if self.random_start else x0.clone()
+        if not self.random_start:
+            return x0.clone()
+        return ctx.per_sample(x0, lambda x, g: ctx.geometry.random_init(x, eps, g))
 
     def begin(self, ctx: AttackContext, x0: Tensor, y0: Tensor, x_start: Tensor, eps: float, p: Segment) -> dict[str, Any]:
         """Per-segment state; tensors with first dimension N are compacted with the points."""
@@ -152,6 +154,7 @@ class IterativeAttack(Attack):
                 break
             eps = ctx.eps * p.eps_scale
             x0, y0 = x[idx], y[idx]
+            ctx.rows = idx  # whose random start the next draw is (per-sample seeds)
             xk = geom.project(x0, warm[idx], eps) if (p.warm_start and warm is not None) else self.start(ctx, x0, eps, p)
             state = self.begin(ctx, x0, y0, xk, eps, p)
             m = self.momentum(geom)

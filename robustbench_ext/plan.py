@@ -5,6 +5,15 @@ models' cascades, then the union-stage attacks. Each :class:`PlannedStage` names
 break points in, the ``broken_by`` value it writes there, and the key of its attack calls' seeds: the
 runner needs nothing else to walk, checkpoint and resume a run (AutoAttack's flat loop over
 ``robust_flags``, made explicit).
+
+Union-only plans (``rbx run --union-only``): when only union robust accuracy matters, a point broken
+under any threat model needs no further attack. The main threat models' cascades then run in a given
+order (the suite's measured ``union_order``: the threat model that breaks the most points per second
+first) and every stage attacks only the points robust under ALL main threat models so far (its
+``pool``). Every sample still meets every stage it would meet in a full run unless it is already
+broken, and with per-sample seeds its outcome in a stage does not depend on its batch: the union
+flags equal the full run's. Only the first threat model's robust accuracy is exact (it attacked every
+clean-correct point); the others are not measured.
 """
 
 from __future__ import annotations
@@ -41,6 +50,12 @@ class PlannedStage:
     marks: tuple[int, ...]
     seed_key: tuple[int, int]
     threat: ThreatModel | None = None
+    pool: tuple[int, ...] = ()  # union-only: the columns a point must be robust in to be attacked (default: columns)
+
+    @property
+    def pool_columns(self) -> tuple[int, ...]:
+        """The flag columns a point must still be robust in for this stage to attack it."""
+        return self.pool or self.columns
 
     @property
     def what(self) -> str:
@@ -55,18 +70,42 @@ class StagePlan:
     threats: tuple[ThreatSpec, ...]  # main threat models, then eps-sweep ones: one flag column each
     n_main: int
     stages: tuple[PlannedStage, ...]
+    union_only: tuple[int, ...] = ()  # union-only: the main columns in the order they run (empty: a full run)
+
+    @property
+    def exact_columns(self) -> tuple[int, ...]:
+        """Columns whose robust accuracy is exact: all in a full run, the first one run in a union-only run."""
+        return self.union_only[:1] if self.union_only else tuple(range(len(self.threats)))
 
     def column_stages(self, column: int) -> list[int]:
         """Indices of the stages of ``column``'s own cascade (the union stage excluded)."""
         return [i for i, s in enumerate(self.stages) if s.kind != "union" and s.columns == (column,)]
 
 
-def compile_plan(threats: Sequence[ThreatSpec], union: Sequence[AttackSpec] = (), eps_sweep: Sequence[float] = ()) -> StagePlan:
+def compile_plan(threats: Sequence[ThreatSpec], union: Sequence[AttackSpec] = (), eps_sweep: Sequence[float] = (),
+                 union_only: bool = False, order: Sequence[str] = ()) -> StagePlan:
     """Compile threat models (with cascades), eps-sweep factors and union attacks into a :class:`StagePlan`.
 
-    Every attack is built here, so bad names, parameters or norms fail before anything runs.
+    Every attack is built here, so bad names, parameters or norms fail before anything runs. With
+    ``union_only``, the main threat models' stages run in ``order`` (threat labels; those it leaves out
+    follow in their given order) and each attacks only points robust under every main threat model.
     """
     main = list(threats)
+    if union_only:
+        plan = compile_plan(threats, union, eps_sweep)
+        if eps_sweep:
+            raise RbxError("--union-only and --eps-sweep do not go together: a sweep measures each threat model on "
+                           "every clean-correct point, which union-only skips")
+        labels = [t.threat.label for t in main]
+        unknown = [o for o in order if o not in labels]
+        if unknown:
+            raise RbxError(f"union_order names {', '.join(unknown)}, which the run does not evaluate; its threat "
+                           f"models: {', '.join(labels)}")
+        cols = [labels.index(o) for o in dict.fromkeys(order)] + [i for i, lab in enumerate(labels) if lab not in order]
+        pool = tuple(range(len(main)))
+        staged = [dataclasses.replace(s, pool=pool) for c in cols for s in plan.stages if s.kind != "union" and s.columns == (c,)]
+        staged += [s for s in plan.stages if s.kind == "union"]
+        return dataclasses.replace(plan, stages=tuple(staged), union_only=tuple(cols))
     columns = main + _sweep_specs(main, eps_sweep)
     stages: list[PlannedStage] = []
     lengths = []

@@ -84,7 +84,8 @@ def per_class(record: RunRecord, flags: SampleFlags) -> bytes:
         classes = list(CIFAR10_CLASSES)
     classes = classes or [str(c) for c in sorted(np.unique(flags.y))]
     k = len(classes)
-    series = [("clean", flags.clean_correct)] + [(t, flags.robust[:, i]) for i, t in enumerate(flags.threats)]
+    series = [("clean", flags.clean_correct)] + [(t, flags.robust[:, i]) for i, t in enumerate(flags.threats)
+                                                 if flags.is_measured(t)]  # union-only: not-measured columns left out
     series.append(("union", flags.union))
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * k + 2), 3.6))
@@ -118,7 +119,10 @@ def attribution(record: RunRecord, flags: SampleFlags) -> bytes:
         for j, name in enumerate(names):
             color = cmap((stage_names.index(name) if name in stage_names else len(stage_names) + j) % 10)
             segments.append((name, int((bb == j).sum()), color))
-        segments.append(("robust", int((bb == -1).sum()), "#2ca02c"))
+        if t.measured:
+            segments.append(("robust", int((bb == -1).sum()), "#2ca02c"))
+        else:  # union-only: broken earlier (never attacked here) or survived; not measured
+            segments.append(("not measured (union-only)", int((bb == -1).sum()), "#dddddd"))
         for label, count, color in segments:
             ax.barh(i, count, left=left, color=color, label=label if i == 0 or label not in ax.get_legend_handles_labels()[1] else None)
             if count:

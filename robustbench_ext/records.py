@@ -6,7 +6,9 @@ Record (``schema = "rbx.record/1"``), a :class:`RunRecord`:
   ``dataset`` (name, source, location, split, n, selection, sha256 of the evaluated slice);
 - ``n``, ``clean`` / ``union`` (:class:`Accuracy`: accuracy, count, n, 95% Wilson interval);
 - ``threats``: per threat model its robust :class:`Accuracy` and the attack cascade
-  (:class:`StageResult`: name, parameters, seconds, points attacked and broken, passes, loss curve);
+  (:class:`StageResult`: name, parameters, seconds, points attacked and broken, passes, loss curve); in a
+  union-only run (``config.union_only``) the robust accuracy of every threat model but the first one run
+  is ``null``, with ``not_measured`` saying why (and the flags npz then has ``measured`` [T] bool);
 - ``sweeps``: with ``--eps-sweep``, per threat model the robust accuracy at each swept eps;
 - ``union_attacks``: the union stage (multi-threat attacks run last on union-robust points), if any;
 - ``config`` (seed, batch size, device) and ``provenance`` (rbx version, git commit, torch/CUDA
@@ -55,6 +57,11 @@ from .stats import wilson_interval
 SCHEMA = "rbx.record/1"
 ROBUST = -1
 MISCLASSIFIED = -2
+#: ``not_measured`` of a threat model a union-only run attacked only on points robust under those before it.
+NOT_MEASURED_UNION_ONLY = ("union-only run: attacked only the points robust under the threat models run before it, "
+                           "so its robust accuracy was not measured (the union's is exact)")
+#: How tables, boards and CSV show a robust accuracy that was not measured.
+NOT_MEASURED = "n/m"
 
 
 @dataclass(frozen=True)
@@ -102,19 +109,30 @@ class StageResult:
 
 @dataclass(frozen=True)
 class ThreatResult:
-    """Robust accuracy under one threat model and the cascade that produced it."""
+    """Robust accuracy under one threat model and the cascade that produced it.
+
+    ``robust`` is None when it was not measured (a union-only run's later threat models); ``not_measured``
+    then says why. Such a number is never shown as if it were one: tables print :data:`NOT_MEASURED`.
+    """
 
     threat: str
     norm: str
     eps: float
-    robust: Accuracy
+    robust: Accuracy | None
     attacks: tuple[StageResult, ...]
     seconds: float
+    not_measured: str | None = None
+
+    @property
+    def measured(self) -> bool:
+        return self.robust is not None
 
     @classmethod
     def from_dict(cls, d: dict) -> "ThreatResult":
-        return cls(d["threat"], d["norm"], float(d["eps"]), Accuracy.from_dict(d["robust"]),
-                   tuple(StageResult.from_dict(a) for a in d["attacks"]), float(d["seconds"]))
+        robust = Accuracy.from_dict(d["robust"]) if d["robust"] is not None else None
+        reason = d.get("not_measured") or (None if robust is not None else "not measured")
+        return cls(d["threat"], d["norm"], float(d["eps"]), robust,
+                   tuple(StageResult.from_dict(a) for a in d["attacks"]), float(d["seconds"]), reason)
 
 
 @dataclass(frozen=True)
@@ -252,6 +270,9 @@ class RunRecord:
             del d["corruptions"]  # only corruption runs carry the block: other records keep their exact shape
         if not d["curves"]:
             del d["curves"]
+        for t in d["threats"]:
+            if t["not_measured"] is None:
+                del t["not_measured"]  # only union-only runs' later threat models carry it
         return {"schema": d.pop("schema"), **d}
 
     def to_json(self) -> str:
@@ -307,6 +328,13 @@ class SampleFlags:
     sweep_threats: tuple[str, ...] = ()
     corruption_correct: np.ndarray | None = None
     corruption_keys: tuple[str, ...] = ()
+    #: [T] bool, union-only runs only: whether column t is a measured robust flag (else only "not broken by
+    #: this threat model among the points it attacked"; the union is exact either way). None: all measured.
+    measured: np.ndarray | None = None
+
+    def is_measured(self, threat: str) -> bool:
+        """Whether ``threat``'s column holds measured per-sample robustness (False in a union-only run's later threats)."""
+        return self.measured is None or bool(self.measured[self.threats.index(threat)])
 
     @property
     def union(self) -> np.ndarray:
@@ -326,6 +354,7 @@ class SampleFlags:
             "sweep_threats": np.array(self.sweep_threats, dtype=str),
             **({"corruption_correct": self.corruption_correct.astype(bool),
                 "corruption_keys": np.array(self.corruption_keys, dtype=str)} if self.corruption_correct is not None else {}),
+            **({"measured": np.asarray(self.measured, dtype=bool)} if self.measured is not None else {}),
         }
 
     @classmethod
@@ -337,7 +366,8 @@ class SampleFlags:
                            z["sweep_robust"] if "sweep_robust" in z.files else None,
                            tuple(str(t) for t in z["sweep_threats"]) if "sweep_threats" in z.files else (),
                            z["corruption_correct"] if "corruption_correct" in z.files else None,
-                           tuple(str(t) for t in z["corruption_keys"]) if "corruption_keys" in z.files else ())
+                           tuple(str(t) for t in z["corruption_keys"]) if "corruption_keys" in z.files else (),
+                           z["measured"] if "measured" in z.files else None)
         except Exception as exc:
             raise ResultsError(f"cannot read flags file {path}: {exc}") from None
 

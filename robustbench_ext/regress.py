@@ -9,6 +9,10 @@ keeps its false-alarm rate at ``alpha``.
 
 A significant drop fails the gate (robustness regressed), and so does a significant rise: with the
 same model, a rise in robust accuracy usually means the attack got weaker.
+
+Union-only records (``rbx run --union-only``) gate the union (their union flags equal a full run's, so
+either side may be union-only) and the threat models measured in both runs; a gate that names a threat
+model one of the runs did not measure (``only``) is refused with a message saying so.
 """
 
 from __future__ import annotations
@@ -139,12 +143,14 @@ def _setup_differences(b: RunRecord, c: RunRecord) -> list[str]:
     return out
 
 
-def compare(baseline: Path, candidate: Path, alpha: float = 0.05, allow_different_attacks: bool = False) -> GateResult:
+def compare(baseline: Path, candidate: Path, alpha: float = 0.05, allow_different_attacks: bool = False,
+            only: Sequence[str] = ()) -> GateResult:
     """Gate one candidate record against one baseline record.
 
     The two runs must have evaluated the same images with the same attacks, parameters and seed: else a
     change in robust accuracy says nothing about the model. ``allow_different_attacks`` compares anyway,
-    with a warning in the report.
+    with a warning in the report. ``only`` (threat labels and/or ``union``) restricts the gate to those
+    comparisons; a named threat model that either run did not measure (union-only) is refused.
     """
     if not 0 < alpha < 1:
         raise UnusableInput(f"--alpha must be in (0, 1), got {alpha}")
@@ -164,9 +170,17 @@ def compare(baseline: Path, candidate: Path, alpha: float = 0.05, allow_differen
     skipped = sorted(set(fb.threats) ^ set(fc.threats))
     if skipped:
         notes.append(f"not compared (in one run only): {', '.join(skipped)}")
-    series = [(t, fb.robust[:, fb.threats.index(t)], fc.robust[:, fc.threats.index(t)]) for t in common]
+    unmeasured = [t for t in common if not (fb.is_measured(t) and fc.is_measured(t))]
+    _check_only(only, common, unmeasured, set(fb.threats) == set(fc.threats), b, c)
+    if unmeasured and not only:
+        notes.append(f"not compared (not measured in a union-only run): {', '.join(unmeasured)}")
+    if bool(b.config.get("union_only")) != bool(c.config.get("union_only")):
+        notes.append("one run is union-only: its union flags are those of the full run (same attacks and seed)")
+    series = [(t, fb.robust[:, fb.threats.index(t)], fc.robust[:, fc.threats.index(t)]) for t in common
+              if t not in unmeasured and (not only or t in only)]
     if set(fb.threats) == set(fc.threats):
-        series.append(("union", fb.union, fc.union))
+        if not only or "union" in only:
+            series.append(("union", fb.union, fc.union))
     else:
         notes.append("union not compared: the runs evaluated different threat models")
     raw = []
@@ -182,14 +196,30 @@ def compare(baseline: Path, candidate: Path, alpha: float = 0.05, allow_differen
     return GateResult(str(baseline), str(candidate), b.n, alpha, comps, tuple(notes))
 
 
+def _check_only(only: Sequence[str], common: Sequence[str], unmeasured: Sequence[str], same_threats: bool,
+                b: RunRecord, c: RunRecord) -> None:
+    """Refuse a gate on a comparison the runs cannot give: an unknown name, a threat model not measured, no union."""
+    for name in only:
+        if name == "union":
+            if not same_threats:
+                raise UnusableInput("--only union: the runs evaluated different threat models, so their unions differ")
+        elif name not in common:
+            raise UnusableInput(f"--only {name}: not a threat model of both runs (common: {', '.join(common)}, union)")
+        elif name in unmeasured:
+            which = [r.run_id for r in (b, c) if r.config.get("union_only") and name not in r.config["union_only"].get("exact", ())]
+            raise UnusableInput(f"--only {name}: its robust accuracy was not measured in the union-only run "
+                                f"{' and '.join(which)} (only the union and {', '.join(sorted(set(common) - set(unmeasured))) or 'no threat model'} are); "
+                                "gate the union (--only union) or evaluate without --union-only")
+
+
 def paired_mcnemar(fa: SampleFlags, fb: SampleFlags) -> dict[str, dict]:
-    """Two models on the same images, per metric (clean, each shared threat model, union): the accuracies of
+    """Two models on the same images, per metric (clean, each threat model both measured, union): the accuracies of
     a and b in %, the discordant pairs (a only, b only) and the exact two-sided McNemar p-value (raw, not
     Holm-corrected). For reproductions that compare different training arms; :func:`compare` is the gate."""
     if not (np.array_equal(fa.index, fb.index) and np.array_equal(fa.y, fb.y)):
         raise UnusableInput("the two evaluations did not see the same images; evaluate both on the same slice")
     series = {"clean": (fa.clean_correct, fb.clean_correct)}
-    for t in (t for t in fa.threats if t in fb.threats):
+    for t in (t for t in fa.threats if t in fb.threats and fa.is_measured(t) and fb.is_measured(t)):
         series[t] = (fa.robust[:, fa.threats.index(t)], fb.robust[:, fb.threats.index(t)])
     if set(fa.threats) == set(fb.threats):
         series["union"] = (fa.union, fb.union)

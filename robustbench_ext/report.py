@@ -8,12 +8,14 @@ from typing import Any, Sequence
 from . import plots
 from .draws import describe_rule
 from .stats import percent
-from .records import RunRecord, atomic_write_bytes, atomic_write_text, read_flags, read_record
+from .records import NOT_MEASURED, RunRecord, atomic_write_bytes, atomic_write_text, read_flags, read_record
 
 
 def format_table(record: RunRecord) -> str:
     """The run as a small text table: clean, each threat model, union, with intervals and seconds."""
     def row(label: str, acc, seconds: str = "", note: str = "") -> str:
+        if acc is None:  # not measured (union-only run): never shown as a number
+            return f"{label:<14} {NOT_MEASURED:>6}   {'':^14}   {seconds:>8}  {note}".rstrip()
         lo, hi = acc.ci95
         return f"{label:<14} {percent(acc.accuracy, 2):>6}   [{percent(lo):>5}, {percent(hi):>5}]   {seconds:>8}  {note}".rstrip()
 
@@ -33,11 +35,15 @@ def format_table(record: RunRecord) -> str:
     ]
     for t in record.threats:
         note = ", ".join(f"{a.attack} ({a.n_broken})" for a in t.attacks)
+        if not t.measured:
+            note += "; not measured: attacked only points robust under the threat models before it"
         lines.append(row(t.threat, t.robust, f"{t.seconds:.1f}", note))
     for a in record.union_attacks:
         lines.append(f"{'+ ' + a.attack:<14} {'':>6}   {'':^14}   {a.seconds:>8.1f}  union stage: broke {a.n_broken} "
                      f"of {a.n_attacked} union-robust points")
-    lines.append(row("union", record.union, f"{prov['wall_seconds']:.1f}", "all threat models"))
+    order = (record.config.get("union_only") or {}).get("order")
+    lines.append(row("union", record.union, f"{prov['wall_seconds']:.1f}",
+                     f"union-only run, order {' > '.join(order)}" if order else "all threat models"))
     for sw in record.sweeps:
         pts = ", ".join(f"{p['label'].split(':', 1)[1]}: {percent(p['robust']['accuracy'])}" for p in sw["points"])
         lines.append(f"eps sweep {sw['threat']}: {pts}")

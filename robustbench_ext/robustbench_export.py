@@ -51,6 +51,9 @@ def entries(record: RunRecord, meta: dict[str, Any] | None = None,
     for t in record.threats:
         if t.norm not in BOARDS:
             continue
+        if not t.measured:
+            raise RbxError(f"{t.threat} was not measured in this union-only run ({record.run_id}): a RobustBench entry "
+                           "needs its robust accuracy; export a full run (rbx run without --union-only)")
         aa = t if _is_autoattack(t) else None
         if aa is None and autoattack_record is not None:
             aa = next((x for x in autoattack_record.threats if x.threat == t.threat and _is_autoattack(x)), None)

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from . import provenance
 from .acceleration import SearchOptions, search_model
-from .attack import verified_success
+from .attack import SampleSeeds, verified_success
 from .checks import cheap_checks, summarize
 from .data import EvalData, as_eval_data
 from .devutils import check_batch_size, derive_seed, frozen, resolve_device
@@ -48,7 +48,7 @@ from .errors import DataError, RbxError
 from .eval_state import EvaluationState, StageTotals, evaluation_desc, run_key
 from .models import LoadedModel, as_loaded_model
 from .progress import PointBar, RunClock, log as progress_log, stage_line
-from .records import (MISCLASSIFIED, ROBUST, Accuracy, RunRecord, RunSettings, SampleFlags, StageResult, ThreatResult,
+from .records import (MISCLASSIFIED, NOT_MEASURED_UNION_ONLY, ROBUST, Accuracy, RunRecord, RunSettings, SampleFlags, StageResult, ThreatResult,
                       atomic_write_bytes, build_record, remove_if_empty, write_run)
 from .boundary import ModelBoundary, check_agreement
 from .curve_run import build_curves, check_curve_plan
@@ -106,6 +106,8 @@ def evaluate(
     draws: int = DEFAULT_DRAWS,
     draw_seed: int | None = None,
     curve: bool = False,
+    union_only: bool | None = None,
+    union_order: Sequence[str] | None = None,
 ) -> Evaluation:
     """Evaluate a model: clean accuracy, robust accuracy per threat model and union robust accuracy.
 
@@ -124,7 +126,12 @@ def evaluate(
     - ``union_attacks``: multi-threat attacks (``union-worst``) run last on the points still union-robust;
       their ``broken_by`` index continues after each threat model's own cascade;
     - ``eps_sweep`` (factors such as 0.25, 0.5, 2): also every threat model's cascade at ``eps * factor``
-      on all clean-correct points, into the record's ``sweeps`` (never into the union).
+      on all clean-correct points, into the record's ``sweeps`` (never into the union);
+    - ``union_only`` (default: the suite's ``union_only``, else False): only union robust accuracy counts, so
+      the threat models run in ``union_order`` (default: the suite's measured ``union_order``) and each
+      attacks only the points robust under all the others so far (:mod:`robustbench_ext.plan`). The union
+      flags equal a full run's on the same images and seed; only the first threat model's robust accuracy
+      is exact, the others are recorded as not measured (``robust: null``).
 
     Before anything runs, the model and data must agree (:func:`robustbench_ext.boundary.check_agreement`:
     channels, input size, class count; ``allow_class_subset`` for data whose classes are a subset of the
@@ -160,7 +167,9 @@ def evaluate(
             named = model.dataset
         suite = default_suite(named)
     bench = plan_benchmark(suite, tuple(threats or ()), attacks, union_attacks)
-    plan = compile_plan(bench.threats, bench.union, eps_sweep)
+    union_only = bench.union_only if union_only is None else bool(union_only)
+    order = tuple(bench.union_order if union_order is None else union_order)
+    plan = compile_plan(bench.threats, bench.union, eps_sweep, union_only=union_only, order=order)
     loaded = as_loaded_model(model, normalize)
     data = as_eval_data(data if data is not None else (loaded.dataset or bench.dataset), n_examples)
     dev = resolve_device(device)
@@ -180,11 +189,11 @@ def evaluate(
         suite=bench.suite, threats=tuple((t.threat.label, tuple(a.label for a in t.attacks)) for t in bench.threats),
         union_attacks=tuple(a.label for a in bench.union), seed=seed, batch_size=batch_size, device=str(dev),
         search=search.describe(), distributed=dist.describe() if dist.world > 1 else None, notes=notes,
-        extra={"meaningless": meaningless} if meaningless else {})
+        extra={**({"meaningless": meaningless} if meaningless else {}), **_union_only_config(plan)})
     draw_setting = Draws(draws, seed if draw_seed is None else int(draw_seed))  # checks R before anything runs
     state_path = None
     if state_dir is not None:
-        desc = evaluation_desc(loaded, plan.threats, bench.union, seed, batch_size)
+        desc = evaluation_desc(loaded, plan.threats, bench.union, seed, batch_size) | _union_only_config(plan)
         if randomized is not None or draws != DEFAULT_DRAWS or draw_seed is not None:
             desc["draws"] = [randomized, draws, draw_setting.seed]  # (kept out of plain runs' keys: they resume as before)
         key = run_key(desc, data.sha256(), dev, plan.n_main, search.describe() if search != SearchOptions() else None,
@@ -224,6 +233,14 @@ def _curves(plan: StagePlan, net: nn.Module, data: EvalData, state: EvaluationSt
     with frozen(net):
         return build_curves(plan, net, data, state.clean_correct, state.robust, captured or {}, seed, batch_size, dev,
                             reference)
+
+
+def _union_only_config(plan: StagePlan) -> dict[str, Any]:
+    """The record's (and the state key's) ``union_only`` block: the order the threat models ran in; {} for a full run."""
+    if not plan.union_only:
+        return {}
+    return {"union_only": {"order": [plan.threats[c].threat.label for c in plan.union_only],
+                           "exact": [plan.threats[c].threat.label for c in plan.exact_columns]}}
 
 
 def _meaningless_threats(plan: StagePlan, data: EvalData) -> list[str]:
@@ -343,7 +360,7 @@ class _Walk:
         while state.stage < len(plan.stages):
             stage = plan.stages[state.stage]
             if state.stage_points is None:
-                state.stage_points = np.flatnonzero(state.robust[:, list(stage.columns)].all(1))
+                state.stage_points = np.flatnonzero(state.robust[:, list(stage.pool_columns)].all(1))
                 state.totals = StageTotals.fresh(len(stage.columns))
             name = stage_names(plan)[state.stage]
             if name in self.skip:
@@ -357,7 +374,7 @@ class _Walk:
                     raise self._failed(name, exc) from exc
                 result = self._close_stage(stage)
             if self.dist.is_main:
-                robust_now = int(state.robust[:, list(stage.columns)].all(1).sum())
+                robust_now = int(state.robust[:, list(stage.pool_columns)].all(1).sum())
                 progress_log.info(stage_line(stage.what, stage.label, result.n_attacked, result.n_broken, robust_now,
                                              self.data.n, result.seconds, clock, self._units_done(state.stage)))
             state.stage, state.batch, state.stage_points, state.totals = state.stage + 1, 0, None, None
@@ -412,14 +429,17 @@ class _Walk:
         """Attack one batch; return the points broken per column (verified by the float32 model) and the result."""
         xb, yb = self.data.x[chunk].to(self.dev), self.data.y[chunk].to(self.dev)
         seed = derive_seed(self.seed, *stage.seed_key, bi)
+        # Random starts are seeded per sample (by its dataset index), not per batch: a sample's outcome does
+        # not depend on which points share its batch, so a union-only run's smaller pools give the same flags.
+        samples = SampleSeeds(derive_seed(self.seed, *stage.seed_key), torch.as_tensor(chunk, dtype=torch.int64))
         if stage.kind == "union":
             threats = [self.plan.threats[c].threat for c in stage.columns]
-            res = stage.attack(self.net, xb, yb, threats, seed=seed, progress=report)
+            res = stage.attack(self.net, xb, yb, threats, seed=seed, progress=report, samples=samples)
             success = torch.stack([self._majority(xa, yb, self._verified(xa, yb, s), stage, bi, c)
                                    for c, (xa, s) in enumerate(zip(res.x_adv, res.success.unbind(1)))], 1)
             success = success.cpu().numpy()
             return [[int(i) for i in chunk[success[:, c]]] for c in range(len(stage.columns))], res
-        res = stage.attack(self.net, xb, yb, stage.threat, seed=seed, progress=report)
+        res = stage.attack(self.net, xb, yb, stage.threat, seed=seed, progress=report, samples=samples)
         self.state.totals.add_curve(res.loss_sum, res.loss_count)
         if self.captured is not None and res.min_norm is not None:
             self.captured.setdefault(self.state.stage, np.full(self.data.n, np.nan))[chunk] = res.min_norm.cpu().numpy()
@@ -471,13 +491,16 @@ def _finish(model: LoadedModel, data: EvalData, plan: StagePlan, state: Evaluati
     columns = []
     for ti, spec in enumerate(plan.threats):
         own = tuple(results[i] for i in plan.column_stages(ti))
+        exact = ti in plan.exact_columns
         columns.append(ThreatResult(spec.threat.label, spec.threat.norm, spec.threat.eps,
-                                    Accuracy.from_flags(state.robust[:, ti]), own, round(sum(s.seconds for s in own), 3)))
+                                    Accuracy.from_flags(state.robust[:, ti]) if exact else None, own,
+                                    round(sum(s.seconds for s in own), 3), None if exact else NOT_MEASURED_UNION_ONLY))
     main, sweeps = columns[:plan.n_main], columns[plan.n_main:]
     n_main = plan.n_main
+    measured = None if not plan.union_only else np.isin(np.arange(n_main), plan.exact_columns)
     flags = SampleFlags(np.arange(data.n), data.y.numpy(), state.clean_correct, state.robust[:, :n_main],
                         state.broken_by[:, :n_main], tuple(t.threat for t in main), sweep_robust=state.robust[:, n_main:],
-                        sweep_threats=tuple(r.threat for r in sweeps))
+                        sweep_threats=tuple(r.threat for r in sweeps), measured=measured)
     union = tuple(r for r, s in zip(results, plan.stages) if s.kind == "union")
     record = build_record(settings, model=model.describe(), dataset=data.describe(), flags=flags, threats=main,
                           provenance=prov, checks=state.checks, union_attacks=union, sweeps=_sweeps(main, sweeps),

@@ -13,6 +13,9 @@ A suite file (``benchmarks/<name>.toml``)::
     [union]                      # optional: multi-threat attacks run last, on points still union-robust
     attacks = ["union-worst:attack=apgd-ce"]
 
+    union_order = ["L1:12", "Linf:8/255"]   # optional: the order a union-only run attacks in (measured)
+    union_only = false                      # optional: true = the suite runs union-only by default
+
 A corruption suite (``kind = "corruptions"``) evaluates common corruptions instead of threat models
 (:mod:`robustbench_ext.corruptions`): a corruption dataset and, optionally, which corruptions and severities
 (default: the 15 x 5 of RobustBench's corruptions threat model)::
@@ -115,6 +118,8 @@ class Suite:
     kind: str = "threats"
     corruptions: tuple[str, ...] = ()
     severities: tuple[int, ...] = ()
+    union_only: bool = False  # run union-only by default (rbx run --union-only)
+    union_order: tuple[str, ...] = ()  # the threat models' order in a union-only run (fastest to empty the pool first)
 
     def attacks_for(self, norm: str) -> tuple[AttackSpec, ...] | None:
         """The attack list this suite uses for ``norm`` (the first threat of that norm), if any."""
@@ -152,6 +157,8 @@ class Benchmark:
     dataset: str
     threats: tuple[ThreatSpec, ...]
     union: tuple[AttackSpec, ...] = ()
+    union_only: bool = False
+    union_order: tuple[str, ...] = ()
 
 
 def plan_benchmark(suite: "str | Suite | None" = None, threats: Sequence["str | ThreatModel | ThreatSpec"] = (),
@@ -195,7 +202,10 @@ def plan_benchmark(suite: "str | Suite | None" = None, threats: Sequence["str | 
         union = (tuple(AttackSpec.parse(a) for a in union_attacks) if union_attacks
                  else (loaded.union if loaded and not threats else ()))
         same = loaded is not None and not threats and not attacks and not union_attacks
-        bench = Benchmark(loaded.name if same else None, loaded.dataset if loaded else "cifar10", specs, union)
+        run_labels = {t.threat.label for t in specs}
+        order = tuple(o for o in loaded.union_order if o in run_labels) if loaded else ()
+        bench = Benchmark(loaded.name if same else None, loaded.dataset if loaded else "cifar10", specs, union,
+                          bool(loaded and loaded.union_only), order)
     labels = [t.threat.label for t in bench.threats]
     if not labels:
         raise RbxError("no threat models to evaluate: give --suite or at least one --threat")
@@ -233,6 +243,18 @@ def read_suite(path: Path) -> Suite:
     if not isinstance(union_raw, dict):
         raise RbxError(f"{where}: [union] must be a table with an 'attacks' list")
     union = tuple(AttackSpec.parse(Spec.from_mapping(a, f"{where} [union]")) for a in union_raw.get("attacks", []))
+    union_only, order = raw.get("union_only", False), raw.get("union_order", [])
+    if not isinstance(union_only, bool):
+        raise RbxError(f"{where}: union_only must be true or false, got {union_only!r}")
+    if not isinstance(order, list) or not all(isinstance(o, str) for o in order):
+        raise RbxError(f"{where}: union_order must be a list of threat models, e.g. [\"L1:12\", \"Linf:8/255\"]")
+    labels = [t.threat.label for t in threats]
+    order_labels = []
+    for o in order:
+        label = ThreatModel.parse(o).label
+        if label not in labels:
+            raise RbxError(f"{where}: union_order names {o!r}, which is not one of the suite's threat models ({', '.join(labels)})")
+        order_labels.append(label)
     return Suite(
         name=str(raw.get("name") or Path(path).stem),
         dataset=str(raw.get("dataset", "cifar10")),
@@ -240,6 +262,8 @@ def read_suite(path: Path) -> Suite:
         description=str(raw.get("description", "")),
         path=str(path),
         union=union,
+        union_only=union_only,
+        union_order=tuple(order_labels),
     )
 
 
