@@ -30,7 +30,7 @@ import torch
 from robustbench_ext import provenance
 from robustbench_ext._compat import import_pyautoattack
 from robustbench_ext.models import load_model
-from robustbench_ext.records import atomic_write_text
+from robustbench_ext.record_io import atomic_write_text
 from robustbench_ext.registry import DATASETS
 from robustbench_ext.devutils import frozen, resolve_device
 from robustbench_ext.records import union_flags

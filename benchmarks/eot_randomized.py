@@ -35,7 +35,7 @@ from robustbench_ext import provenance
 from robustbench_ext.devutils import derive_seed
 from robustbench_ext.draws import majority_wrong
 from robustbench_ext.models import load_model
-from robustbench_ext.records import atomic_write_text
+from robustbench_ext.record_io import atomic_write_text
 from robustbench_ext.registry import ATTACKS, DATASETS
 from robustbench_ext.regress import mcnemar_exact
 from robustbench_ext.runner import evaluate

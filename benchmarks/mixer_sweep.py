@@ -34,7 +34,7 @@ from robustbench_ext.defenses.smoothing_mixer import fit_mixednuts
 from robustbench_ext import provenance
 from robustbench_ext.models import load_model
 from robustbench_ext.plots import png_bytes
-from robustbench_ext.records import atomic_write_bytes, atomic_write_text
+from robustbench_ext.record_io import atomic_write_bytes, atomic_write_text
 from robustbench_ext.registry import DATASETS
 from robustbench_ext.devutils import frozen
 from robustbench_ext.runner import evaluate

@@ -32,7 +32,7 @@ import torch
 
 from robustbench_ext import provenance
 from robustbench_ext.models import load_model
-from robustbench_ext.records import atomic_write_text
+from robustbench_ext.record_io import atomic_write_text
 from robustbench_ext.registry import DATASETS
 from robustbench_ext.regress import paired_mcnemar
 from robustbench_ext.runner import evaluate

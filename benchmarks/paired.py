@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from robustbench_ext.records import read_flags
+from robustbench_ext.record_io import read_flags
 from robustbench_ext.regress import paired_mcnemar
 
 

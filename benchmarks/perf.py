@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from robustbench_ext import provenance
 from robustbench_ext._compat import import_pyautoattack
 from robustbench_ext.models import load_model
-from robustbench_ext.records import atomic_write_text
+from robustbench_ext.record_io import atomic_write_text
 from robustbench_ext.registry import DATASETS
 from robustbench_ext.suites import AttackSpec
 from robustbench_ext.acceleration import SearchOptions, search_model

@@ -508,7 +508,7 @@ class AdaptiveSmoothing(Defense):
     def save(self, out_dir, model) -> None:
         import io
 
-        from robustbench_ext.records import atomic_write_bytes, atomic_write_text
+        from robustbench_ext.record_io import atomic_write_bytes, atomic_write_text
 
         buf = io.BytesIO()
         torch.save(model.mixnet.state_dict(), buf)

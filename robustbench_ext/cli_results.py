@@ -24,7 +24,7 @@ from .suites import DEFAULT_SUITE
 def leaderboard_cmd(results_dir: Path, readme: Path | None, readme_suite: str) -> None:
     """Write leaderboard.md, .csv, .html and plots/ in RESULTS_DIR from every record there (one board per suite)."""
     from .leaderboard import embed_in_readme, write_all
-    from .records import ensure_writable
+    from .record_io import ensure_writable
 
     if not results_dir.is_dir():
         raise RbxError(f"no results directory {results_dir}: run `rbx run` first or pass --results-dir")
@@ -65,7 +65,7 @@ def report_cmd(record: Path, out: Path | None) -> None:
               help="A record of the same model and images evaluated with --attack autoattack.")
 def export_cmd(record: Path, fmt: str, model_id: str, out: Path, meta: Path | None, autoattack_record: Path | None) -> None:
     """Export a record as RobustBench leaderboard entries (model_info/<dataset>/<Linf|L2>/<id>.json)."""
-    from .records import read_record
+    from .record_io import read_record
     from .robustbench_export import export, left_out
 
     if not record.is_file():

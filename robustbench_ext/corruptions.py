@@ -35,7 +35,8 @@ from .devutils import check_batch_size, frozen, resolve_device
 from .errors import DataError, RbxError
 from .models import LoadedModel, as_loaded_model
 from .progress import PointBar, RunClock, fmt_seconds, log as progress_log
-from .records import RunRecord, RunSettings, SampleFlags, build_record, write_run
+from .records import RunRecord, RunSettings, SampleFlags, build_record
+from .record_io import write_run
 from .registry import DATASETS
 
 log = logging.getLogger(__name__)

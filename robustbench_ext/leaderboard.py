@@ -25,7 +25,8 @@ import pandas as pd
 from . import plots
 from .errors import RbxError
 from .provenance import utc_now
-from .records import NOT_MEASURED, RunRecord, atomic_write_bytes, atomic_write_text, iter_records, read_flags
+from .records import NOT_MEASURED, RunRecord
+from .record_io import atomic_write_bytes, atomic_write_text, iter_records, read_flags
 from .stats import interval, percent
 
 

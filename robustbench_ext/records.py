@@ -39,20 +39,16 @@ rule (:func:`union_flags`) sits here, beside the per-sample flags it reads.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import io
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from .accuracies import Accuracy, CorruptionAccuracy, CorruptionsResult, MeanAccuracy  # noqa: F401 (re-exported)
 from .errors import ResultsError
-from .stats import wilson_interval
 
 SCHEMA = "rbx.record/1"
 ROBUST = -1
@@ -62,26 +58,6 @@ NOT_MEASURED_UNION_ONLY = ("union-only run: attacked only the points robust unde
                            "so its robust accuracy was not measured (the union's is exact)")
 #: How tables, boards and CSV show a robust accuracy that was not measured.
 NOT_MEASURED = "n/m"
-
-
-@dataclass(frozen=True)
-class Accuracy:
-    """``count`` of ``n`` samples; ``accuracy = count / n``; ``ci95`` the Wilson interval."""
-
-    accuracy: float
-    count: int
-    n: int
-    ci95: tuple[float, float]
-
-    @classmethod
-    def from_flags(cls, flags: np.ndarray) -> "Accuracy":
-        flags = np.asarray(flags, dtype=bool)
-        n, k = int(flags.size), int(flags.sum())
-        return cls(k / n if n else 0.0, k, n, wilson_interval(k, n))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Accuracy":
-        return cls(float(d["accuracy"]), int(d["count"]), int(d["n"]), tuple(d["ci95"]))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -133,97 +109,6 @@ class ThreatResult:
         reason = d.get("not_measured") or (None if robust is not None else "not measured")
         return cls(d["threat"], d["norm"], float(d["eps"]), robust,
                    tuple(StageResult.from_dict(a) for a in d["attacks"]), float(d["seconds"]), reason)
-
-
-@dataclass(frozen=True)
-class MeanAccuracy:
-    """The mean of K accuracies measured on the same ``n_images`` images (K = ``n_cells``).
-
-    ``ci95`` is a Wilson interval over the images on each image's mean correctness: conservative, since a
-    mean of correlated outcomes varies no more than one outcome does, and (unlike pooling the N x K
-    outcomes as if independent) not too narrow.
-    """
-
-    accuracy: float
-    n_images: int
-    n_cells: int
-    ci95: tuple[float, float]
-
-    @classmethod
-    def from_flags(cls, flags: np.ndarray) -> "MeanAccuracy":
-        """``flags`` [N, K] bool -> the mean over all N x K with its interval over the N images."""
-        flags = np.asarray(flags, dtype=bool)
-        n, k = flags.shape
-        per_image = flags.mean(axis=1) if k else np.zeros(n)
-        total = float(per_image.sum())
-        return cls(total / n if n else 0.0, int(n), int(k), wilson_interval(min(total, n), n))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "MeanAccuracy":
-        return cls(float(d["accuracy"]), int(d["n_images"]), int(d["n_cells"]), tuple(d["ci95"]))  # type: ignore[arg-type]
-
-
-@dataclass(frozen=True)
-class CorruptionAccuracy:
-    """Accuracy on the images under one corruption at one severity (1-5)."""
-
-    corruption: str
-    severity: int
-    accuracy: Accuracy
-    seconds: float = 0.0
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "CorruptionAccuracy":
-        return cls(str(d["corruption"]), int(d["severity"]), Accuracy.from_dict(d["accuracy"]), float(d.get("seconds", 0.0)))
-
-
-@dataclass(frozen=True)
-class CorruptionsResult:
-    """A common-corruption run: its source, every (corruption, severity) accuracy, and their means.
-
-    ``per_corruption``: corruption -> mean over its severities, in evaluation order; ``mean``: over every
-    (corruption, severity) evaluated; ``complete``: all 15 corruptions at all 5 severities were evaluated, so
-    ``mean`` is RobustBench's corruptions accuracy (on these images, from this source).
-    """
-
-    source: dict[str, Any]
-    results: tuple[CorruptionAccuracy, ...]
-    per_corruption: dict[str, MeanAccuracy]
-    mean: MeanAccuracy
-    complete: bool
-
-    @property
-    def corruptions(self) -> tuple[str, ...]:
-        return tuple(self.per_corruption)
-
-    @property
-    def severities(self) -> tuple[int, ...]:
-        return tuple(sorted({r.severity for r in self.results}))
-
-    def accuracy(self, corruption: str, severity: int) -> Accuracy:
-        for r in self.results:
-            if r.corruption == corruption and r.severity == severity:
-                return r.accuracy
-        raise KeyError((corruption, severity))
-
-    @classmethod
-    def from_flags(cls, correct: np.ndarray, keys: Sequence[str], source: dict[str, Any],
-                   seconds: Sequence[float] = (), complete: bool = False) -> "CorruptionsResult":
-        """Accuracies from ``correct`` [N, K] and ``keys`` [K] (``"<corruption>/<severity>"``)."""
-        correct = np.asarray(correct, dtype=bool)
-        pairs = [(k.rsplit("/", 1)[0], int(k.rsplit("/", 1)[1])) for k in keys]
-        secs = list(seconds) or [0.0] * len(pairs)
-        results = tuple(CorruptionAccuracy(c, s, Accuracy.from_flags(correct[:, i]), round(float(secs[i]), 3))
-                        for i, (c, s) in enumerate(pairs))
-        order = list(dict.fromkeys(c for c, _ in pairs))
-        per = {c: MeanAccuracy.from_flags(correct[:, [i for i, (ci, _) in enumerate(pairs) if ci == c]]) for c in order}
-        return cls(dict(source), results, per, MeanAccuracy.from_flags(correct), bool(complete))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "CorruptionsResult":
-        return cls(dict(d["source"]), tuple(CorruptionAccuracy.from_dict(r) for r in d["results"]),
-                   {str(c): MeanAccuracy.from_dict(m) for c, m in d["per_corruption"].items()},
-                   MeanAccuracy.from_dict(d["mean"]), bool(d["complete"]))
 
 
 @dataclass(frozen=True)
@@ -452,128 +337,3 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, tuple):
         return list(obj)
     return str(obj)
-
-
-# ---- files ------------------------------------------------------------------------------------------
-def ensure_writable(results_dir: Path) -> Path:
-    """Prove ``results_dir`` is writable before any work is done, and leave nothing behind.
-
-    Folders that did not exist are created for the test and removed again, so a run that fails later
-    (a missing model, say) leaves no empty results directory; writers create them when they write.
-    """
-    results_dir = Path(results_dir)
-    missing = []
-    p = results_dir.absolute()
-    while not p.exists() and p != p.parent:
-        missing.append(p)
-        p = p.parent
-    try:
-        results_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=results_dir, prefix=".rbx-write-test-", delete=True):
-            pass
-    except OSError as exc:
-        raise ResultsError(f"cannot write to results directory {results_dir} ({exc.strerror or exc}); pass a writable --results-dir") from None
-    finally:
-        for d in missing:  # innermost first
-            try:
-                d.rmdir()
-            except OSError:
-                break
-    return results_dir
-
-
-def remove_if_empty(folder: Path) -> None:
-    """Remove ``folder`` if it exists and is empty (a checkpoint folder after its run finished)."""
-    try:
-        Path(folder).rmdir()
-    except OSError:
-        pass
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be shared
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def write_run(record: RunRecord, flags: SampleFlags, results_dir: Path, stem: str) -> Path:
-    """Write ``<stem>.npz`` then ``<stem>.json`` atomically under ``results_dir/records``; return the JSON path."""
-    out = Path(results_dir) / "records"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **flags.to_arrays())
-        blob = buf.getvalue()
-        flags_path = out / f"{stem}.npz"
-        atomic_write_bytes(flags_path, blob)
-        record = dataclasses.replace(record, flags_file=flags_path.name, flags_sha256=hashlib.sha256(blob).hexdigest())
-        json_path = out / f"{stem}.json"
-        atomic_write_text(json_path, record.to_json() + "\n")
-    except OSError as exc:
-        raise ResultsError(f"cannot write results to {out} ({exc.strerror or exc}); pass a writable --results-dir") from None
-    return json_path
-
-
-def read_record(path: Path) -> RunRecord:
-    try:
-        d = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ResultsError(f"cannot read record {path}: {exc}") from None
-    if not isinstance(d, dict):
-        raise ResultsError(f"{path} is not an rbx record")
-    return RunRecord.from_dict(d)
-
-
-def read_flags(record_path: Path, record: RunRecord | None = None) -> SampleFlags:
-    """The flags npz of the record at ``record_path``, checked against the record's sha256."""
-    record = record or read_record(record_path)
-    path = Path(record_path).parent / record.flags_file
-    if record.flags_sha256:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
-        if digest != record.flags_sha256:
-            raise ResultsError(f"flags file {path} is missing or does not match its record's sha256")
-    return SampleFlags.load(path)
-
-
-def iter_records(results_dir: Path) -> Iterator[tuple[Path, RunRecord]]:
-    """Every readable rbx record under ``results_dir`` (recursively, shard parts of streamed runs excepted), oldest first."""
-    found = []
-    for p in sorted(Path(results_dir).rglob("*.json")):
-        if p.name.startswith("."):
-            continue
-        try:
-            d = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if isinstance(d, dict) and str(d.get("schema", "")).startswith("rbx.record/"):
-            if (d.get("config") or {}).get("stream", {}).get("role") == "shard":
-                continue  # one shard of a streamed run: the merged record stands for it
-            try:
-                found.append((p, RunRecord.from_dict(d)))
-            except ResultsError:
-                continue
-    found.sort(key=lambda pr: (pr[1].provenance.get("started", ""), str(pr[0])))
-    return iter(found)

@@ -25,7 +25,8 @@ from typing import Sequence
 import numpy as np
 
 from .errors import RbxError
-from .records import RunRecord, SampleFlags, iter_records, read_flags, read_record
+from .records import RunRecord, SampleFlags
+from .record_io import iter_records, read_flags, read_record
 from .stats import percent
 
 

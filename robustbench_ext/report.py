@@ -8,7 +8,8 @@ from typing import Any, Sequence
 from . import plots
 from .draws import describe_rule
 from .stats import percent
-from .records import NOT_MEASURED, RunRecord, atomic_write_bytes, atomic_write_text, read_flags, read_record
+from .records import NOT_MEASURED, RunRecord
+from .record_io import atomic_write_bytes, atomic_write_text, read_flags, read_record
 
 
 def format_table(record: RunRecord) -> str:

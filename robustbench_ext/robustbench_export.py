@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RbxError
-from .records import RunRecord, atomic_write_text
+from .records import RunRecord
+from .record_io import atomic_write_text
 from .stats import percent
 from .threat import format_eps
 

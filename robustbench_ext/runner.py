@@ -38,23 +38,22 @@ from torch import Tensor, nn
 
 from . import provenance
 from .acceleration import SearchOptions, search_model
-from .attack import SampleSeeds, verified_success
 from .checks import cheap_checks, summarize
 from .data import EvalData, as_eval_data
-from .devutils import check_batch_size, derive_seed, frozen, resolve_device
+from .devutils import check_batch_size, frozen, resolve_device
 from .draws import DEFAULT_DRAWS, Draws, batch_seed, majority_wrong
 from .distributed import Dist
 from .errors import DataError, RbxError
-from .eval_state import EvaluationState, StageTotals, evaluation_desc, run_key
+from .eval_state import EvaluationState, evaluation_desc, run_key
 from .models import LoadedModel, as_loaded_model
-from .progress import PointBar, RunClock, log as progress_log, stage_line
-from .records import (MISCLASSIFIED, NOT_MEASURED_UNION_ONLY, ROBUST, Accuracy, RunRecord, RunSettings, SampleFlags, StageResult, ThreatResult,
-                      atomic_write_bytes, build_record, remove_if_empty, write_run)
+from .records import MISCLASSIFIED, NOT_MEASURED_UNION_ONLY, ROBUST, Accuracy, RunRecord, RunSettings, SampleFlags, StageResult, ThreatResult, build_record
+from .record_io import atomic_write_bytes, remove_if_empty, write_run
 from .boundary import ModelBoundary, check_agreement
 from .curve_run import build_curves, check_curve_plan
-from .plan import PlannedStage, StagePlan, compile_plan, fit_plan, stage_names
+from .plan import StagePlan, compile_plan, fit_plan, stage_names
 from .suites import AttackSpec, ThreatSpec, default_suite, plan_benchmark
 from .threat import ThreatModel
+from .walk import StageWalk, _batches
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +205,7 @@ def evaluate(
         if rule is not None:
             settings = dataclasses.replace(settings, draws=rule.describe())
         save = _saver(state_path if dist.is_main else None, state, every_batch=dist.world == 1)
-        runner = _Walk(plan, state, search_model(net, search, dev), None if search.plain else net, data, seed,
+        runner = StageWalk(plan, state, search_model(net, search, dev), None if search.plain else net, data, seed,
                        batch_size, dev, progress and dist.is_main, save, dist, skip, state_path, rule,
                        {} if curve else None)
         runner.walk()
@@ -327,162 +326,6 @@ def _run_checks(net: nn.Module, data: EvalData, dev: torch.device) -> dict[str, 
         if not r.passed:
             log.warning("check %s: %s", r.name, r.message)
     return summarize(results)
-
-
-def _batches(idx: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    return [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
-
-
-@dataclass
-class _Walk:
-    """Walks a :class:`StagePlan` with one index, batch by batch, saving the state after each batch."""
-
-    plan: StagePlan
-    state: EvaluationState
-    net: nn.Module  # the model the attacks search on (maybe bf16 / channels_last / compiled)
-    verify: nn.Module | None  # the float32 model that re-verifies every success, when the search model differs
-    data: EvalData
-    seed: int
-    batch_size: int
-    dev: torch.device
-    show_bar: bool
-    save: Any
-    dist: Dist
-    skip: tuple[str, ...] = ()
-    state_path: Path | None = None
-    draws: Draws | None = None  # a randomized model: every verdict by majority over draws
-    captured: dict[int, np.ndarray] | None = None  # --curve: per stage, the minimal norms it reported (NaN: not seen)
-
-    def walk(self) -> None:
-        state, plan = self.state, self.plan
-        t0, base = time.perf_counter(), state.elapsed
-        clock = RunClock(len(plan.threats) + (1 if any(s.kind == "union" for s in plan.stages) else 0), state.elapsed)
-        while state.stage < len(plan.stages):
-            stage = plan.stages[state.stage]
-            if state.stage_points is None:
-                state.stage_points = np.flatnonzero(state.robust[:, list(stage.pool_columns)].all(1))
-                state.totals = StageTotals.fresh(len(stage.columns))
-            name = stage_names(plan)[state.stage]
-            if name in self.skip:
-                result = self._close_stage(stage, skipped=True)
-            else:
-                try:
-                    self._run_stage(stage, lambda: self.save(base + time.perf_counter() - t0))
-                except KeyboardInterrupt:
-                    raise
-                except Exception as exc:
-                    raise self._failed(name, exc) from exc
-                result = self._close_stage(stage)
-            if self.dist.is_main:
-                robust_now = int(state.robust[:, list(stage.pool_columns)].all(1).sum())
-                progress_log.info(stage_line(stage.what, stage.label, result.n_attacked, result.n_broken, robust_now,
-                                             self.data.n, result.seconds, clock, self._units_done(state.stage)))
-            state.stage, state.batch, state.stage_points, state.totals = state.stage + 1, 0, None, None
-            self.save(base + time.perf_counter() - t0)
-
-    def _failed(self, name: str, exc: Exception) -> RbxError:
-        """The error for a stage that failed: which stage, that the finished ones are kept, how to go on."""
-        i, n = self.state.stage, len(self.plan.stages)
-        cause = str(exc) if isinstance(exc, RbxError) else f"internal error {type(exc).__name__}: {str(exc).strip()[:200]}"
-        kept = (f"the {i} finished stages are kept in {self.state_path}: fix the cause and run the same command "
-                f"again to resume, or finish without this stage with --skip-stage '{name}'"
-                if self.state_path is not None else "nothing was saved (no state folder)")
-        err = RbxError(f"stage {i + 1} of {n} ({name}) failed: {cause.splitlines()[0] if cause else ''}; {kept}")
-        err.exit_code = exc.exit_code if isinstance(exc, RbxError) else 1
-        return err
-
-    def _units_done(self, index: int) -> float:
-        """Threat models (then the union stage) finished once stage ``index`` is: for the ETA."""
-        stage = self.plan.stages[index]
-        if stage.kind == "union":
-            return len(self.plan.threats) + 1
-        own = self.plan.column_stages(stage.columns[0])
-        return stage.columns[0] + (own.index(index) + 1) / len(own)
-
-    def _run_stage(self, stage: PlannedStage, save) -> None:
-        state = self.state
-        chunks = _batches(state.stage_points, self.batch_size)
-        starts = np.cumsum([0] + [len(c) for c in chunks])
-        bar = PointBar(len(state.stage_points), f"{stage.what} {stage.label}", initial=int(starts[state.batch]),
-                       show=self.show_bar)
-        for bi in range(state.batch, len(chunks)):
-            chunk = chunks[bi]
-            if self.dist.mine(bi):
-                t_batch = time.perf_counter()
-                hits, res = self._attack(stage, chunk, bar.batch(int(starts[bi]), len(chunk)), bi)
-                for c, h in enumerate(hits):
-                    state.totals.broken[c].extend(h)
-                self._mark(stage, hits)
-                state.totals.n_forward += res.n_forward
-                state.totals.n_backward += res.n_backward
-                state.totals.n_nonfinite += res.n_nonfinite
-                state.totals.seconds += time.perf_counter() - t_batch
-            state.batch = bi + 1
-            bar.done_through(int(starts[bi + 1]))
-            save()
-        bar.close()
-        if self.dist.world > 1:  # every rank gets every rank's hits and counts; the stage ends identically everywhere
-            state.totals = StageTotals.merge(self.dist.all_gather(state.totals))
-            self._mark(stage, state.totals.broken)
-
-    def _attack(self, stage: PlannedStage, chunk: np.ndarray, report, bi: int) -> tuple[list[list[int]], Any]:
-        """Attack one batch; return the points broken per column (verified by the float32 model) and the result."""
-        xb, yb = self.data.x[chunk].to(self.dev), self.data.y[chunk].to(self.dev)
-        seed = derive_seed(self.seed, *stage.seed_key, bi)
-        # Random starts are seeded per sample (by its dataset index), not per batch: a sample's outcome does
-        # not depend on which points share its batch, so a union-only run's smaller pools give the same flags.
-        samples = SampleSeeds(derive_seed(self.seed, *stage.seed_key), torch.as_tensor(chunk, dtype=torch.int64))
-        if stage.kind == "union":
-            threats = [self.plan.threats[c].threat for c in stage.columns]
-            res = stage.attack(self.net, xb, yb, threats, seed=seed, progress=report, samples=samples)
-            success = torch.stack([self._majority(xa, yb, self._verified(xa, yb, s), stage, bi, c)
-                                   for c, (xa, s) in enumerate(zip(res.x_adv, res.success.unbind(1)))], 1)
-            success = success.cpu().numpy()
-            return [[int(i) for i in chunk[success[:, c]]] for c in range(len(stage.columns))], res
-        res = stage.attack(self.net, xb, yb, stage.threat, seed=seed, progress=report, samples=samples)
-        self.state.totals.add_curve(res.loss_sum, res.loss_count)
-        if self.captured is not None and res.min_norm is not None:
-            self.captured.setdefault(self.state.stage, np.full(self.data.n, np.nan))[chunk] = res.min_norm.cpu().numpy()
-        success = self._majority(res.x_adv, yb, self._verified(res.x_adv, yb, res.success), stage, bi, 0)
-        return [[int(i) for i in chunk[success.cpu().numpy()]]], res
-
-    def _majority(self, x_adv: Tensor, y: Tensor, success: Tensor, stage: PlannedStage, bi: int, column: int) -> Tensor:
-        """``success`` for a deterministic model; for a randomized one, the majority verdict over the run's draws
-        on every returned point (a single pass's lucky successes are dropped; points one pass missed but most
-        draws misclassify count as broken)."""
-        if self.draws is None:
-            return success
-        net = self.verify if self.verify is not None else self.net
-        return majority_wrong(net, x_adv, y, self.draws.r, batch_seed(self.draws, 1, *stage.seed_key, bi, column))
-
-    def _verified(self, x_adv: Tensor, y: Tensor, success: Tensor) -> Tensor:
-        """The attack's success, or (search switches on) the float32 model's verdict on the same points."""
-        if self.verify is None:
-            return success
-        with torch.no_grad():
-            return verified_success(self.verify(x_adv), y)
-
-    def _mark(self, stage: PlannedStage, broken: Sequence[Sequence[int]]) -> None:
-        """Mark the stage's broken points (idempotent: a point only ever goes from robust to broken here)."""
-        for c, mark, hit in zip(stage.columns, stage.marks, broken):
-            hit = np.asarray(hit, dtype=np.int64)
-            self.state.robust[hit, c] = False
-            self.state.broken_by[hit, c] = mark
-
-    def _close_stage(self, stage: PlannedStage, skipped: bool = False) -> StageResult:
-        state, totals = self.state, self.state.totals
-        n_attacked = len(state.stage_points)
-        robust_after = int(state.robust[state.stage_points][:, list(stage.columns)].all(1).sum()) if n_attacked else 0
-        if totals.n_nonfinite:
-            log.warning("%s %s: %d non-finite input-gradient entries (NaN or inf) were zeroed: the model's gradient is "
-                        "not finite everywhere (e.g. sqrt or log at 0); the count is in the record",
-                        stage.what, stage.label, totals.n_nonfinite)
-        result = StageResult(attack=stage.label, params=stage.attack.params(), seconds=round(totals.seconds, 3),
-                             n_attacked=n_attacked, n_broken=n_attacked - robust_after, robust_after=robust_after,
-                             n_forward=totals.n_forward, n_backward=totals.n_backward, loss_curve=totals.curve,
-                             nonfinite_grads=totals.n_nonfinite, skipped=skipped)
-        state.results.append(dataclasses.asdict(result))
-        return result
 
 
 def _finish(model: LoadedModel, data: EvalData, plan: StagePlan, state: EvaluationState, settings: RunSettings,

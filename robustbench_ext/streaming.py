@@ -42,8 +42,8 @@ from .errors import DataError, ResultsError
 from .models import LoadedModel, file_sha256
 from .devutils import derive_seed
 from .eval_state import evaluation_desc
-from .records import (Accuracy, RunSettings, SampleFlags, StageResult, ThreatResult, atomic_write_bytes, build_record,
-                      read_flags, read_record, slug, write_run)
+from .records import Accuracy, RunSettings, SampleFlags, StageResult, ThreatResult, build_record, slug
+from .record_io import atomic_write_bytes, read_flags, read_record, write_run
 from .runner import Evaluation, evaluate
 from .suites import AttackSpec, ThreatSpec
 

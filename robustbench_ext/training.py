@@ -38,7 +38,7 @@ from .errors import RbxError
 from .losses import accuracy
 from .models import LoadedModel, build_architecture, file_sha256, load_model
 from .progress import PointBar, RunClock, log as progress_log
-from .records import atomic_write_bytes, atomic_write_text
+from .record_io import atomic_write_bytes, atomic_write_text
 from .registry import DATASETS, DEFENSES
 
 log = logging.getLogger(__name__)

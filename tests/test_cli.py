@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from robustbench_ext.cli import cli
-from robustbench_ext.records import read_record
+from robustbench_ext.record_io import read_record
 
 SMALL = ["--model", "cifar10-smallcnn-linf-at", "--dataset", "cifar10-1k", "--n-examples", "20", "--batch-size", "10", "--no-progress"]
 
@@ -129,7 +129,7 @@ REPRODUCE = [
 @pytest.mark.parametrize("cli_args, kwargs", REPRODUCE)
 def test_evaluate_reproduces_rbx_run(cli_args, kwargs, in_tmp):
     """evaluate() is what `rbx run` calls: the same arguments give the same record and flags."""
-    from robustbench_ext.records import read_flags
+    from robustbench_ext.record_io import read_flags
     from robustbench_ext.runner import evaluate
 
     res = invoke("run", "--model", "cifar10-smallcnn-linf-at", "--dataset", "cifar10-1k", "--n-examples", "12",

@@ -18,7 +18,8 @@ from robustbench_ext.corruption_data import (CORRUPTIONS, EXTRA_CORRUPTIONS, che
 from robustbench_ext.corruptions import evaluate_corruptions
 from robustbench_ext.errors import DataError, RbxError
 from robustbench_ext.leaderboard import build_boards, leaderboard_markdown
-from robustbench_ext.records import RunRecord, read_flags, read_record
+from robustbench_ext.records import RunRecord
+from robustbench_ext.record_io import read_flags, read_record
 from robustbench_ext.registry import DATASETS
 from robustbench_ext.suites import load_suite, plan_benchmark, read_suite
 

@@ -23,22 +23,22 @@ LAYERS: list[tuple[str, ...]] = [
     # 2: engine switches that know nothing of attacks
     ("acceleration", "distributed"),
     # 3: the attack contract; the one cascade; the shared first-order loop; the gradient-masking checks
-    ("attack",), ("cascade", "loop", "min_norm"), ("draws",), ("checks",),
+    ("attack_context",), ("attack",), ("cascade", "loop", "min_norm"), ("draws",), ("checks",),
     # 4: plugins: attacks (they import layers <= 3 and the registry)
     ("attacks", "attacks.*"),
     # 5: data, architectures, the common-corruption image sets, models (with their inference wrappers)
     ("data", "architectures"), ("imagenet_data", "corruption_data"), ("models",), ("model_sources", "boundary"),
     # 6: records (the schema, the union rule, the one record builder) and what reads them; the corruption
     #    evaluation (records, data, models; never the runner)
-    ("records",), ("corruptions", "regress", "plots", "robustbench_export", "report"),
+    ("accuracies",), ("records",), ("record_io",), ("corruptions", "regress", "plots", "robustbench_export", "report"),
     # 7: suites (and the benchmark plan), then the stage plan compiled from them
     ("suites",), ("plan",), ("curve_run",),
     # 8: the runner: evaluation state, the runner, streaming
-    ("eval_state",), ("runner",), ("streaming",),
+    ("eval_state",), ("walk",), ("runner",), ("streaming",),
     # 9: defenses and the training engine, then the defense plugins
     ("defense",), ("training",), ("defenses", "defenses.*"),
     # 10: what users call: leaderboards, the CLI, the package facade
-    ("leaderboard",), ("cli_results",), ("cli",), ("__init__",),
+    ("leaderboard",), ("cli_common",), ("cli_results", "cli_model"), ("cli",), ("__init__",),
 ]
 
 

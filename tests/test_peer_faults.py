@@ -17,7 +17,7 @@ from torch import nn
 from robustbench_ext.cli import cli
 from robustbench_ext.errors import RbxError
 from robustbench_ext.models import LoadedModel
-from robustbench_ext.records import read_flags, read_record
+from robustbench_ext.record_io import read_flags, read_record
 from robustbench_ext.registry import ARCHITECTURES, ATTACKS, MODELS
 from robustbench_ext.runner import evaluate
 from robustbench_ext.threat import ThreatModel

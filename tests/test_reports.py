@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from robustbench_ext._compat import import_robustbench
 from robustbench_ext.cli import cli
 from robustbench_ext.leaderboard import embed_in_readme, write_all
-from robustbench_ext.records import read_record
+from robustbench_ext.record_io import read_record
 from robustbench_ext.robustbench_export import KEYS, entries, export
 from robustbench_ext.runner import evaluate
 from robustbench_ext.suites import AttackSpec, ThreatSpec

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from robustbench_ext.records import (MISCLASSIFIED, ROBUST, Accuracy, read_flags,
-                                     read_record)
+from robustbench_ext.records import MISCLASSIFIED, ROBUST, Accuracy
+from robustbench_ext.record_io import read_flags, read_record
 from robustbench_ext.devutils import derive_seed
 from robustbench_ext.records import union_flags
 from robustbench_ext.runner import evaluate

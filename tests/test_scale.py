@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from robustbench_ext.acceleration import SearchOptions
-from robustbench_ext.records import iter_records, read_flags, read_record
+from robustbench_ext.record_io import iter_records, read_flags, read_record
 from robustbench_ext.registry import DATASETS
 from robustbench_ext.eval_state import StageTotals
 from robustbench_ext.runner import evaluate

@@ -18,7 +18,8 @@ from click.testing import CliRunner
 from robustbench_ext.cli import cli as rbx
 from robustbench_ext.errors import RbxError
 from robustbench_ext.leaderboard import write_all
-from robustbench_ext.records import NOT_MEASURED, read_flags, read_record
+from robustbench_ext.records import NOT_MEASURED
+from robustbench_ext.record_io import read_flags, read_record
 from robustbench_ext.regress import UnusableInput, compare
 from robustbench_ext.registry import DATASETS
 from robustbench_ext.report import format_table
