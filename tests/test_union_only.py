@@ -158,7 +158,8 @@ def test_suite_option_and_bad_order(tmp_path, small_cnn):
 
 
 def test_cli_union_only(tmp_path):
-    res = CliRunner().invoke(rbx, ["run", "--dataset", DATA, "--n-examples", "16", "--threat", "Linf:8/255", "--threat", "L2:0.5",
+    res = CliRunner().invoke(rbx, ["run", "--model", "cifar10-smallcnn-linf-at", "--dataset", DATA, "--n-examples", "16",
+                                   "--threat", "Linf:8/255", "--threat", "L2:0.5",
                                    "--attack", "pgd:steps=2", "--union-only", "--results-dir", str(tmp_path), "-q"])
     assert res.exit_code == 0, res.output
     lines = {line.split()[0]: line for line in res.output.splitlines() if line.split()}
