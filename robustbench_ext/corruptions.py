@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -35,27 +33,15 @@ from .devutils import check_batch_size, frozen, resolve_device
 from .errors import DataError, RbxError
 from .models import LoadedModel, as_loaded_model
 from .progress import PointBar, RunClock, fmt_seconds, log as progress_log
-from .records import RunRecord, RunSettings, SampleFlags, build_record
-from .record_io import write_run
+from .records import RunSettings, SampleFlags, build_record
+from .record_io import Evaluation
 from .registry import DATASETS
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class CorruptionEvaluation:
-    """A finished corruption run: the record (files not yet written) and the per-sample flags."""
-
-    record: RunRecord
-    flags: SampleFlags
-
-    @property
-    def stem(self) -> str:
-        return self.record.run_id
-
-    def write(self, results_dir: Path) -> Path:
-        """Write ``records/<stem>.{npz,json}`` atomically; return the JSON path."""
-        return write_run(self.record, self.flags, results_dir, self.stem)
+#: A finished corruption run: the same object as an attack evaluation's (record + flags, ``write``).
+CorruptionEvaluation = Evaluation
 
 
 def is_corruption_dataset(spec: str) -> bool:

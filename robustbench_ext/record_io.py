@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -141,3 +142,20 @@ def iter_records(results_dir: Path) -> Iterator[tuple[Path, RunRecord]]:
                 continue
     found.sort(key=lambda pr: (pr[1].provenance.get("started", ""), str(pr[0])))
     return iter(found)
+
+
+@dataclass
+class Evaluation:
+    """A finished run (an attack evaluation or a corruption evaluation): the record (files not yet written) and the per-sample flags."""
+
+    record: RunRecord
+    flags: SampleFlags
+
+    @property
+    def stem(self) -> str:
+        """File name stem for this run's record and flags (its run id)."""
+        return self.record.run_id
+
+    def write(self, results_dir: Path) -> Path:
+        """Write ``records/<stem>.{npz,json}`` atomically; return the JSON path."""
+        return write_run(self.record, self.flags, results_dir, self.stem)

@@ -24,12 +24,7 @@ def format_table(record: RunRecord) -> str:
     if record.corruptions is not None:
         return _corruption_table(record)
     lines = [
-        f"model    {record.model['name']} ({record.model['architecture']})",
-        f"dataset  {record.dataset['source']}, first {record.n}",
-        f"suite    {record.suite_label}",
-        f"device   {prov['device_name']}, seed {prov['seed']}",
-        *([f"judged   {rule}: a point counts as broken (clean: misclassified) only if most draws misclassify it"]
-          if (rule := describe_rule(record.config.get("draws"))) else []),
+        *_header(record),
         "",
         f"{'':<14} {'acc %':>6}   {'95% CI':^14}   {'seconds':>8}  attacks (points broken)",
         row("clean", record.clean),
@@ -63,12 +58,7 @@ def _corruption_table(record: RunRecord) -> str:
 
     source = c.source.get("description", "")
     lines = [
-        f"model    {record.model['name']} ({record.model['architecture']})",
-        f"dataset  {record.dataset['source']}, first {record.n}",
-        f"suite    {record.suite_label}",
-        f"device   {prov['device_name']}, seed {prov['seed']}",
-        *([f"judged   {rule}: a point counts as broken (clean: misclassified) only if most draws misclassify it"]
-          if (rule := describe_rule(record.config.get("draws"))) else []),
+        *_header(record),
         "",
         f"{'':<17} {'acc %':>6}   {'95% CI':^14}   {'seconds':>8}  per severity (acc %)",
         row("clean", record.clean.accuracy, record.clean.ci95),
@@ -124,3 +114,14 @@ def curve_lines(curves: Sequence[dict[str, Any]]) -> list[str]:
             lines.append(f"  at {ch['threat']}: curve {percent(ch['curve'])}% vs fixed-eps {percent(ch['cascade'])}% "
                          f"({ch['reference']}){flag}")
     return lines
+
+
+def _header(record: RunRecord) -> list[str]:
+    """The lines every table starts with: model, dataset, suite, device and seed, the draws rule if any."""
+    prov = record.provenance
+    return [f"model    {record.model['name']} ({record.model['architecture']})",
+            f"dataset  {record.dataset['source']}, first {record.n}",
+            f"suite    {record.suite_label}",
+            f"device   {prov['device_name']}, seed {prov['seed']}",
+            *([f"judged   {rule}: a point counts as broken (clean: misclassified) only if most draws misclassify it"]
+              if (rule := describe_rule(record.config.get("draws"))) else [])]

@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -46,8 +45,8 @@ from .distributed import Dist
 from .errors import DataError, RbxError
 from .eval_state import EvaluationState, evaluation_desc, run_key
 from .models import LoadedModel, as_loaded_model
-from .records import MISCLASSIFIED, NOT_MEASURED_UNION_ONLY, ROBUST, Accuracy, RunRecord, RunSettings, SampleFlags, StageResult, ThreatResult, build_record
-from .record_io import atomic_write_bytes, remove_if_empty, write_run
+from .records import MISCLASSIFIED, NOT_MEASURED_UNION_ONLY, ROBUST, Accuracy, RunSettings, SampleFlags, StageResult, ThreatResult, build_record
+from .record_io import Evaluation, atomic_write_bytes, remove_if_empty
 from .boundary import ModelBoundary, check_agreement
 from .curve_run import build_curves, check_curve_plan
 from .plan import StagePlan, compile_plan, fit_plan, stage_names
@@ -59,23 +58,6 @@ log = logging.getLogger(__name__)
 
 #: Images the pre-evaluation checks look at.
 CHECK_BATCH = 64
-
-
-@dataclass
-class Evaluation:
-    """A finished run: the record (files not yet written) and the per-sample flags."""
-
-    record: RunRecord
-    flags: SampleFlags
-
-    @property
-    def stem(self) -> str:
-        """File name stem for this run's record and flags (its run id)."""
-        return self.record.run_id
-
-    def write(self, results_dir: Path) -> Path:
-        """Write ``records/<stem>.{npz,json}`` atomically; return the JSON path."""
-        return write_run(self.record, self.flags, results_dir, self.stem)
 
 
 # ---- the run ---------------------------------------------------------------------------------------
