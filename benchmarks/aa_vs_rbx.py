@@ -32,6 +32,7 @@ from robustbench_ext._compat import import_pyautoattack
 from robustbench_ext.models import load_model
 from robustbench_ext.record_io import atomic_write_text
 from robustbench_ext.registry import DATASETS
+from robustbench_ext.acceleration import SearchOptions
 from robustbench_ext.devutils import frozen, resolve_device
 from robustbench_ext.records import union_flags
 from robustbench_ext.runner import evaluate
@@ -80,6 +81,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="output stem (default results/aa_vs_rbx/<device>_<model>_n<N>)")
     ap.add_argument("--skip-aa", action="store_true", help="only run rbx (for tuning)")
     ap.add_argument("--union-only", action="store_true", help="rbx in union-only mode (rbx run --union-only)")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="rbx's search in channels_last memory format (rbx run --channels-last; float32, successes re-verified)")
     ap.add_argument("--aa-cache", default=str(Path(__file__).resolve().parent.parent / "results" / "aa_cache"),
                     help="AutoAttack result cache folder ('' = no cache); see benchmarks/aa_cache.py")
     ap.add_argument("--refresh-aa", action="store_true", help="re-measure AutoAttack even when cached (and store it)")
@@ -126,7 +129,8 @@ def main(argv=None) -> int:
     def run_rbx(s):
         t0, c0 = time.perf_counter(), time.process_time()
         ev = evaluate(model, data, s.threats, union_attacks=s.union, suite=s.name, seed=a.seed, batch_size=a.batch_size,
-                      device=device, progress=False, **({"union_only": True, "union_order": [o for o in s.union_order if o in {t.threat.label for t in s.threats}]} if a.union_only else {}))
+                      device=device, progress=False, search=SearchOptions(channels_last=a.channels_last),
+                      **({"union_only": True, "union_order": [o for o in s.union_order if o in {t.threat.label for t in s.threats}]} if a.union_only else {}))
         if device.type == "cuda":
             torch.cuda.synchronize()
         return ev, time.perf_counter() - t0, time.process_time() - c0
@@ -140,7 +144,7 @@ def main(argv=None) -> int:
         "torch": torch.__version__, "python": platform.python_version(), "rbx_version": provenance.rbx_version(),
         "git_commit": provenance.git_state()["commit"], "date": provenance.utc_now(),
         "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
-        "threads": torch.get_num_threads(), "union_only": bool(a.union_only),
+        "threads": torch.get_num_threads(), "union_only": bool(a.union_only), "channels_last": bool(a.channels_last),
         "threat_subset": list(a.only_threats) if a.only_threats else None,
         "clean": rec.clean.accuracy,
         "rbx": {"seconds": round(rbx_seconds, 2), "cpu_seconds": round(rbx_cpu, 2), "record": str(record_path),
