@@ -1,6 +1,6 @@
 """APGD: Auto-PGD with its step-size schedule (Croce & Hein, ICML 2020), for Linf, L2 and L1.
 
-On the shared :class:`~robustbench_ext.attack.IterativeAttack` loop (:mod:`robustbench_ext.loop`), APGD contributes:
+On the shared :class:`~robustbench_ext.attack.base.IterativeAttack` loop (:mod:`robustbench_ext.attack.iterative`), APGD contributes:
 
 - start: the projection of ``x + N(0, I)`` onto ball ∩ box (for L1 this is a sparse start, as in
   Croce & Hein, ICCV 2021; for Linf/L2 a point near the ball's surface);
@@ -21,7 +21,7 @@ On the shared :class:`~robustbench_ext.attack.IterativeAttack` loop (:mod:`robus
 
 Training settings (the RAMP authors' ``apgd_train``, ``is_train=True``, used for E-AT, MAX and RAMP):
 ``random_start=false`` (start at the clean point) and ``init_sparsity=0.05``; see
-:data:`robustbench_ext.defense.TRAINING_APGD`. The defaults are AutoAttack's evaluation settings.
+:data:`robustbench_ext.training.contract.TRAINING_APGD`. The defaults are AutoAttack's evaluation settings.
 
 ``apgd-t`` loops over the ``n_targets`` most likely wrong classes (by the clean logits), one run per
 target, on the targeted DLR loss; every run only sees points still robust.
@@ -37,11 +37,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from robustbench_ext.attack import AttackContext, require_positive_ints
-from robustbench_ext.loop import IterativeAttack, Segment, Track
+from robustbench_ext.attack.base import AttackContext, require_positive_ints
+from robustbench_ext.attack.iterative import IterativeAttack, Segment, Track
 from robustbench_ext.errors import RbxError
-from robustbench_ext.geometry import Geometry
-from robustbench_ext.losses import LOSSES, dlr_targeted
+from robustbench_ext.attack.geometry import Geometry
+from robustbench_ext.attack.losses import LOSSES, dlr_targeted
 from robustbench_ext.registry import ATTACKS
 
 #: Untargeted losses APGD can maximize (ce and dlr as in AutoAttack; pm and margin for comparisons).

@@ -1,6 +1,6 @@
 """AutoAttack (Croce & Hein, ICML 2020) as a reference attack, through the ``pyautoattack`` package.
 
-``autoattack`` is an :class:`~robustbench_ext.attack.Ensemble` of AutoAttack's own components, in
+``autoattack`` is an :class:`~robustbench_ext.attack.base.Ensemble` of AutoAttack's own components, in
 the order the chosen ``version`` runs them, so that the runner's cascade and per-sample records say
 which component broke each point. Each component (``aa-apgd-ce``, ``aa-apgd-t``, ``aa-fab-t``,
 ``aa-square``, ``aa-apgd-dlr``, ``aa-fab``) is pyautoattack's ``AutoAttack`` configured by that version
@@ -28,11 +28,11 @@ import torch
 from torch import Tensor, nn
 
 from robustbench_ext._compat import import_pyautoattack
-from robustbench_ext.attack import Attack, AttackContext
-from robustbench_ext.cascade import Ensemble
+from robustbench_ext.attack.base import Attack, AttackContext
+from robustbench_ext.attack.cascade import Ensemble
 from robustbench_ext.errors import AttackContractError, RbxError
 from robustbench_ext.registry import ATTACKS
-from robustbench_ext.threat import ThreatModel
+from robustbench_ext.attack.threat import ThreatModel
 
 VERSIONS = ("standard", "plus", "rand", "custom")
 COMPONENTS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")

@@ -26,10 +26,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from robustbench_ext.attack import AttackContext, require_positive_ints
+from robustbench_ext.attack.base import AttackContext, require_positive_ints
 from robustbench_ext.errors import RbxError
-from robustbench_ext.losses import cw_margin, logit_margin
-from robustbench_ext.min_norm import MinNormAttack
+from robustbench_ext.attack.losses import cw_margin, logit_margin
+from robustbench_ext.attack.min_norm import MinNormAttack
 from robustbench_ext.registry import ATTACKS
 
 _ADAM_BETAS = (0.9, 0.999)

@@ -8,7 +8,7 @@ r = (|f_k| + 1e-4) / ||w_k||_* * u_k, with u_k the unit steepest-ascent directio
 model's norm (sign for Linf, normalized for L2; so <w_k, u_k> = ||w_k||_*). Steps accumulate, and the
 iterate is x + (1 + overshoot) * sum r, clipped to the box. A point stops at its first misclassified
 iterate. Defaults as in the paper and Foolbox: overshoot 0.02, 50 steps, 10 candidates. The search
-ignores the threat model's eps (:mod:`robustbench_ext.min_norm` fits the result to it).
+ignores the threat model's eps (:mod:`robustbench_ext.attack.min_norm` fits the result to it).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from robustbench_ext.attack import AttackContext, require_positive_ints
+from robustbench_ext.attack.base import AttackContext, require_positive_ints
 from robustbench_ext.errors import RbxError
-from robustbench_ext.min_norm import MinNormAttack
+from robustbench_ext.attack.min_norm import MinNormAttack
 from robustbench_ext.registry import ATTACKS
 
 

@@ -22,10 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from robustbench_ext.attack import Attack, require_positive_ints
-from robustbench_ext.cascade import Ensemble
+from robustbench_ext.attack.base import Attack, require_positive_ints
+from robustbench_ext.attack.cascade import Ensemble
 from robustbench_ext.registry import ATTACKS
-from robustbench_ext.threat import ThreatModel
+from robustbench_ext.attack.threat import ThreatModel
 
 from .apgd import APGDT
 from .pma import PMA

@@ -16,7 +16,7 @@ The step alpha and the radius factor gamma decay by cosine annealing from ``alph
 ``alpha_final`` (default alpha_init / 100) and from ``gamma_init`` = 0.05 to ``gamma_final`` = 0.001, the
 paper's defaults. All per-norm math (norm, dual norm, exact projection onto ball ∩ box) is the
 geometry's; the step itself is Euclidean for every norm, as in the paper. The search ignores the
-threat model's eps (:mod:`robustbench_ext.min_norm` fits the result to it).
+threat model's eps (:mod:`robustbench_ext.attack.min_norm` fits the result to it).
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from robustbench_ext.attack import AttackContext, require_positive_ints
+from robustbench_ext.attack.base import AttackContext, require_positive_ints
 from robustbench_ext.errors import RbxError
-from robustbench_ext.geometry import get_geometry
-from robustbench_ext.losses import logit_margin
-from robustbench_ext.min_norm import MinNormAttack
+from robustbench_ext.attack.geometry import get_geometry
+from robustbench_ext.attack.losses import logit_margin
+from robustbench_ext.attack.min_norm import MinNormAttack
 from robustbench_ext.registry import ATTACKS
 
 _EUCLIDEAN = get_geometry("L2")

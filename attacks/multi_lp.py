@@ -21,9 +21,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from robustbench_ext.attack import AttackContext, MultiThreatAttack, require_positive_ints
+from robustbench_ext.attack.base import AttackContext, MultiThreatAttack, require_positive_ints
 from robustbench_ext.errors import RbxError
-from robustbench_ext.losses import cross_entropy
+from robustbench_ext.attack.losses import cross_entropy
 from robustbench_ext.registry import ATTACKS
 
 

@@ -15,9 +15,9 @@ import torch
 from torch import Tensor
 
 from robustbench_ext.errors import RbxError
-from robustbench_ext.losses import LOSSES
-from robustbench_ext.attack import AttackContext
-from robustbench_ext.loop import IterativeAttack, Segment, madry_step
+from robustbench_ext.attack.losses import LOSSES
+from robustbench_ext.attack.base import AttackContext
+from robustbench_ext.attack.iterative import IterativeAttack, Segment, madry_step
 from robustbench_ext.registry import ATTACKS
 
 

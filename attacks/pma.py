@@ -29,9 +29,9 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from robustbench_ext.loop import IterativeAttack, Segment
+from robustbench_ext.attack.iterative import IterativeAttack, Segment
 from robustbench_ext.errors import RbxError
-from robustbench_ext.losses import logits_true_and_best_other, probabilities_true_and_best_other
+from robustbench_ext.attack.losses import logits_true_and_best_other, probabilities_true_and_best_other
 from robustbench_ext.registry import ATTACKS
 
 

@@ -48,8 +48,8 @@ def cached_run(cache_dir: Path | None, fields: dict[str, Any], run: Callable[[],
     matching entry exists (``cached_at`` then holds the UTC date it was measured). A fresh result is stored
     at once, so a long comparison keeps every finished threat model even if it is stopped later.
     """
-    from robustbench_ext.provenance import utc_now
-    from robustbench_ext.record_io import atomic_write_text
+    from robustbench_ext.records.provenance import utc_now
+    from robustbench_ext.paths import atomic_write_text
 
     path = None if cache_dir is None else Path(cache_dir) / f"{cache_key(fields)}.json"
     if path is not None and path.is_file() and not refresh:

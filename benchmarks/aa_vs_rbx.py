@@ -27,16 +27,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robustbench_ext import provenance
+from robustbench_ext.records import provenance
 from robustbench_ext._compat import import_pyautoattack
-from robustbench_ext.models import load_model
-from robustbench_ext.record_io import atomic_write_text
+from robustbench_ext.models.loading import load_model
+from robustbench_ext.paths import atomic_write_text
 from robustbench_ext.registry import DATASETS
-from robustbench_ext.acceleration import SearchOptions
-from robustbench_ext.devutils import frozen, resolve_device
-from robustbench_ext.records import union_flags
-from robustbench_ext.runner import evaluate
-from robustbench_ext.suites import load_suite
+from robustbench_ext.attack.search import SearchOptions
+from robustbench_ext.runtime import frozen, resolve_device
+from robustbench_ext.records.schema import union_flags
+from robustbench_ext import evaluate
+from robustbench_ext.evaluation.suites import load_suite
 
 
 def run_autoattack(net, x, y, threat, device, batch_size, seed):

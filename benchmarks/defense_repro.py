@@ -32,16 +32,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robustbench_ext import provenance
-from robustbench_ext.models import load_model
-from robustbench_ext.plots import png_bytes
-from robustbench_ext.record_io import atomic_write_bytes, atomic_write_text
+from robustbench_ext.records import provenance
+from robustbench_ext.models.loading import load_model
+from robustbench_ext.reporting.plots import png_bytes
+from robustbench_ext.paths import atomic_write_bytes, atomic_write_text
 from robustbench_ext.registry import ATTACKS, DATASETS
-from robustbench_ext.devutils import frozen
-from robustbench_ext.runner import evaluate
-from robustbench_ext.suites import load_suite
-from robustbench_ext.threat import ThreatModel
-from robustbench_ext.training import TrainConfig, Trainer
+from robustbench_ext.runtime import frozen
+from robustbench_ext import evaluate
+from robustbench_ext.evaluation.suites import load_suite
+from robustbench_ext.attack.threat import ThreatModel
+from robustbench_ext.training.engine import TrainConfig, Trainer
 
 EXPERIMENTS = {
     "ramp": [("e-at", "e-at"), ("max", "max"), ("ramp", "ramp:mode=finetune")],
@@ -71,7 +71,7 @@ def margins_under_pgd(model, data, device, steps=20) -> np.ndarray:
 
 
 def histogram_png(margins: dict[str, np.ndarray], title: str) -> bytes:
-    import matplotlib.pyplot as plt  # the Agg backend: robustbench_ext.plots sets it
+    import matplotlib.pyplot as plt  # the Agg backend: robustbench_ext.reporting.plots sets it
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     bins = np.linspace(-6, 8, 57)

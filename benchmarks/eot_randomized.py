@@ -31,16 +31,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robustbench_ext import provenance
-from robustbench_ext.devutils import derive_seed
-from robustbench_ext.draws import majority_wrong
-from robustbench_ext.models import load_model
-from robustbench_ext.record_io import atomic_write_text
+from robustbench_ext.records import provenance
+from robustbench_ext.runtime import derive_seed
+from robustbench_ext.evaluation.majority import majority_wrong
+from robustbench_ext.models.loading import load_model
+from robustbench_ext.paths import atomic_write_text
 from robustbench_ext.registry import ATTACKS, DATASETS
-from robustbench_ext.regress import mcnemar_exact
-from robustbench_ext.runner import evaluate
-from robustbench_ext.stats import percent
-from robustbench_ext.threat import ThreatModel
+from robustbench_ext.reporting.regress import mcnemar_exact
+from robustbench_ext import evaluate
+from robustbench_ext.records.stats import percent
+from robustbench_ext.attack.threat import ThreatModel
 
 
 def run_arm(model_spec, data, attack, a, results):

@@ -31,15 +31,15 @@ import numpy as np
 import torch
 
 from robustbench_ext.defenses.smoothing_mixer import fit_mixednuts
-from robustbench_ext import provenance
-from robustbench_ext.models import load_model
-from robustbench_ext.plots import png_bytes
-from robustbench_ext.record_io import atomic_write_bytes, atomic_write_text
+from robustbench_ext.records import provenance
+from robustbench_ext.models.loading import load_model
+from robustbench_ext.reporting.plots import png_bytes
+from robustbench_ext.paths import atomic_write_bytes, atomic_write_text
 from robustbench_ext.registry import DATASETS
-from robustbench_ext.devutils import frozen
-from robustbench_ext.runner import evaluate
-from robustbench_ext.suites import load_suite
-from robustbench_ext.training import TrainConfig, Trainer
+from robustbench_ext.runtime import frozen
+from robustbench_ext import evaluate
+from robustbench_ext.evaluation.suites import load_suite
+from robustbench_ext.training.engine import TrainConfig, Trainer
 
 
 def point(record, path) -> dict:
@@ -80,7 +80,7 @@ def fit_nuts(rob_spec: str, fit_n: int, device, beta: float) -> dict:
 
 
 def plot(points: dict, title: str) -> bytes:
-    import matplotlib.pyplot as plt  # the Agg backend: robustbench_ext.plots sets it
+    import matplotlib.pyplot as plt  # the Agg backend: robustbench_ext.reporting.plots sets it
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     sweep = sorted(points["constant"], key=lambda p: p["alpha"])

@@ -7,7 +7,7 @@ images, with the same schedule, number of epochs and student attack budget (10 P
 Linf 8/255), with `rbx train`'s engine; each trained student is evaluated with the same suite (default:
 rbx's union suite) on the same test images. MTARD is then compared with each baseline per test image:
 for clean accuracy, each threat model and the union, the discordant pairs (MTARD right where the baseline
-is wrong, and the reverse) give an exact McNemar p-value (robustbench_ext.regress.mcnemar_exact; raw
+is wrong, and the reverse) give an exact McNemar p-value (robustbench_ext.reporting.regress.mcnemar_exact; raw
 p-values, no multiple-comparison correction). Records go to RESULTS/records, the summary to
 RESULTS/mtard_<tag>.json and .md.
 
@@ -30,14 +30,14 @@ from pathlib import Path
 
 import torch
 
-from robustbench_ext import provenance
-from robustbench_ext.models import load_model
-from robustbench_ext.record_io import atomic_write_text
+from robustbench_ext.records import provenance
+from robustbench_ext.models.loading import load_model
+from robustbench_ext.paths import atomic_write_text
 from robustbench_ext.registry import DATASETS
-from robustbench_ext.regress import paired_mcnemar
-from robustbench_ext.runner import evaluate
-from robustbench_ext.suites import AttackSpec, ThreatSpec, load_suite
-from robustbench_ext.training import TrainConfig, Trainer
+from robustbench_ext.reporting.regress import paired_mcnemar
+from robustbench_ext import evaluate
+from robustbench_ext.evaluation.suites import AttackSpec, ThreatSpec, load_suite
+from robustbench_ext.training.engine import TrainConfig, Trainer
 
 STUDENT_PGD = "pgd:steps={steps},rel_step_size=0.25,start_std=0.001"  # 2/255 steps at 8/255
 

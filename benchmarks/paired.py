@@ -5,7 +5,7 @@
 
 For each candidate: per metric (clean, each threat model, union) the two accuracies, the discordant pairs
 (candidate right and baseline wrong, and the reverse) and the raw two-sided exact McNemar p-value
-(:func:`robustbench_ext.regress.paired_mcnemar`). Prints Markdown (``--json`` for JSON). ``rbx regress``
+(:func:`robustbench_ext.reporting.regress.paired_mcnemar`). Prints Markdown (``--json`` for JSON). ``rbx regress``
 is the gate for one model against itself; this is the comparison of training arms.
 """
 
@@ -16,8 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from robustbench_ext.record_io import read_flags
-from robustbench_ext.regress import paired_mcnemar
+from robustbench_ext.records.store import read_flags
+from robustbench_ext.reporting.regress import paired_mcnemar
 
 
 def main(argv=None) -> int:

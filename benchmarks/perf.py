@@ -48,15 +48,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from robustbench_ext import provenance
+from robustbench_ext.records import provenance
 from robustbench_ext._compat import import_pyautoattack
-from robustbench_ext.models import load_model
-from robustbench_ext.record_io import atomic_write_text
+from robustbench_ext.models.loading import load_model
+from robustbench_ext.paths import atomic_write_text
 from robustbench_ext.registry import DATASETS
-from robustbench_ext.suites import AttackSpec
-from robustbench_ext.acceleration import SearchOptions, search_model
-from robustbench_ext.devutils import frozen, resolve_device
-from robustbench_ext.threat import ThreatModel
+from robustbench_ext.evaluation.suites import AttackSpec
+from robustbench_ext.attack.search import SearchOptions, search_model
+from robustbench_ext.runtime import frozen, resolve_device
+from robustbench_ext.attack.threat import ThreatModel
 
 
 def _sync(device: torch.device) -> None:
@@ -139,8 +139,8 @@ def run_aa_apgd(net, x, y, bs, threat, steps, device, seed):
 
 def run_union_only(model, data, device, bs, seed):
     """The default suite in full, then union-only (its measured ``union_order``), back to back."""
-    from robustbench_ext.runner import evaluate
-    from robustbench_ext.suites import load_suite
+    from robustbench_ext import evaluate
+    from robustbench_ext.evaluation.suites import load_suite
 
     suite = load_suite("cifar10-union")
     kw = dict(union_attacks=suite.union, suite=suite.name, seed=seed, batch_size=bs, device=device, progress=False)
@@ -180,9 +180,9 @@ def run_standard(model, data, device, bs, seed, search=None, cache_dir=None, ref
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import aa_vs_rbx  # noqa: E402
 
-    from robustbench_ext.records import union_flags
-    from robustbench_ext.runner import evaluate
-    from robustbench_ext.suites import load_suite
+    from robustbench_ext.records.schema import union_flags
+    from robustbench_ext import evaluate
+    from robustbench_ext.evaluation.suites import load_suite
 
     suite = load_suite("cifar10-union")
     runs = []  # the suite ``repeat`` times, back to back: its time is the median (one run varied by 15-25% here)

@@ -4,7 +4,7 @@
 Multi-norm training (E-AT, MAX, RAMP) crafts its examples with APGD-CE, 10 steps, early stop off (the
 highest-loss point). The RAMP authors' training APGD (``autopgd_train.py apgd_train``, ``is_train=True``)
 starts at the clean point and its L1 steps start at 5% sparsity (rbx: ``random_start=false,init_sparsity=0.05``,
-``robustbench_ext.defense.TRAINING_APGD``); rbx's training adversary used to start at a random point with
+``robustbench_ext.training.contract.TRAINING_APGD``); rbx's training adversary used to start at a random point with
 evaluation APGD's 20%. This script compares them on the first N training images: lower accuracy at the
 returned points = a stronger adversary. Random-start variants run once per seed.
 
@@ -20,12 +20,12 @@ import time
 
 import torch
 
-from robustbench_ext import provenance
-from robustbench_ext.defense import TRAINING_APGD, build_attack
-from robustbench_ext.models import load_model
+from robustbench_ext.records import provenance
+from robustbench_ext.training.contract import TRAINING_APGD, build_attack
+from robustbench_ext.models.loading import load_model
 from robustbench_ext.registry import DATASETS
-from robustbench_ext.devutils import frozen
-from robustbench_ext.threat import ThreatModel
+from robustbench_ext.runtime import frozen
+from robustbench_ext.attack.threat import ThreatModel
 
 VARIANTS = {
     "authors' training APGD (clean start, 5% initial sparsity)": (TRAINING_APGD, False),

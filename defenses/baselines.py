@@ -10,7 +10,7 @@ norms E-AT and MAX.
   adversarial examples; by default Linf 8/255, L2 0.5 and L1 12, as in the paper and the RAMP code's
   ``MAX.py`` (``--l_norms 'Linf L1 L2'``).
 
-The multi-norm adversaries are the RAMP authors' training APGD (:data:`~robustbench_ext.defense.TRAINING_APGD`:
+The multi-norm adversaries are the RAMP authors' training APGD (:data:`~robustbench_ext.training.contract.TRAINING_APGD`:
 10 APGD-CE steps from the clean point, L1 steps starting at 5% sparsity), not the evaluation APGD.
 """
 
@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustbench_ext.defense import TRAINING_APGD, Defense, build_attack, threat_list
+from robustbench_ext.training.contract import TRAINING_APGD, Defense, build_attack, threat_list
 from robustbench_ext.errors import RbxError
-from robustbench_ext.losses import accuracy
+from robustbench_ext.attack.losses import accuracy
 from robustbench_ext.registry import DEFENSES
-from robustbench_ext.threat import ThreatModel
+from robustbench_ext.attack.threat import ThreatModel
 
 
 def trades_kl(logits_clean: Tensor, logits_adv: Tensor) -> Tensor:

@@ -4,7 +4,7 @@ Adversarial Training", arXiv 2111.02331), inside AT or TRADES.
 The one-hot labels of the base objective become soft labels ``q = softmax(z_teacher(x) / tau_teacher)``
 from a frozen teacher at a low temperature (tau_teacher < 1 sharpens). The student's logits are divided
 by a fixed ``tau_student`` in training AND at inference: the temperature is part of the model
-(:class:`~robustbench_ext.defense.Temperature`, saved with it), so it cannot mask gradients the way
+(:class:`~robustbench_ext.training.contract.Temperature`, saved with it), so it cannot mask gradients the way
 defensive distillation's train-only temperature does, and attacks see exactly the deployed model.
 Choices not pinned by a public implementation (none exists; see ../shared/research/defenses.md §c): the
 teacher labels the clean input; defaults tau_teacher = 0.5 and tau_student = 2 (the reproduction grid's
@@ -22,14 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustbench_ext.defense import Defense, build_attack
-from robustbench_ext.devutils import frozen
+from robustbench_ext.training.contract import Defense, build_attack
+from robustbench_ext.runtime import frozen
 from robustbench_ext.errors import RbxError
-from robustbench_ext.models import Temperature, load_model
+from robustbench_ext.models.loading import Temperature, load_model
 from robustbench_ext.registry import DEFENSES
-from robustbench_ext.threat import ThreatModel
+from robustbench_ext.attack.threat import ThreatModel
 
-from robustbench_ext.losses import accuracy
+from robustbench_ext.attack.losses import accuracy
 
 from .baselines import default_base_attack, trades_kl
 

@@ -12,7 +12,7 @@ one T_nat and an adversarially trained one T_adv. Per batch:
   are updated before the loss of the same batch is formed, as in the official code); loss = w_adv L_adv + w_nat L_nat.
 - eta = 0.025, multiplied by 0.1 at each learning-rate decay in the official code (LR x0.1 at epochs 215,
   260, 285 of 300). With rbx's schedules, eta is multiplied by exactly the factor the trainer applies to
-  the learning rate at that batch (:func:`robustbench_ext.training.lr_factor`): on ``--schedule piecewise``
+  the learning rate at that batch (:func:`robustbench_ext.training.engine.lr_factor`): on ``--schedule piecewise``
   that is the official x0.1 per decay; on ``onecycle`` eta also warms up and decays linearly with the LR.
 
 Temperatures: the ECCV code uses temperature 1 for both teachers (the research note agrees). The
@@ -46,13 +46,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustbench_ext.attacks.pgd import PGD
-from robustbench_ext.loop import Segment
-from robustbench_ext.defense import Defense, build_attack
+from robustbench_ext.attack.iterative import Segment
+from robustbench_ext.training.contract import Defense, build_attack
 from robustbench_ext.errors import RbxError
-from robustbench_ext.models import load_model
+from robustbench_ext.models.loading import load_model
 from robustbench_ext.registry import DEFENSES
-from robustbench_ext.threat import ThreatModel
-from robustbench_ext.training import lr_factor
+from robustbench_ext.attack.threat import ThreatModel
+from robustbench_ext.training.engine import lr_factor
 
 from .baselines import accuracy
 

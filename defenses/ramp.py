@@ -8,7 +8,7 @@ Per batch (attacks with the model in eval mode): APGD adversaries under the ``so
 
 the KL taken over the samples whose source adversarial example is classified correctly (the mask is
 detached, both sides keep their gradients; :func:`ramp_kl`). The adversaries are the authors' training
-APGD (:data:`~robustbench_ext.defense.TRAINING_APGD`). With ``gp``, once per epoch, a natural model
+APGD (:data:`~robustbench_ext.training.contract.TRAINING_APGD`). With ``gp``, once per epoch, a natural model
 trains one clean epoch from the epoch's starting weights, and the two updates are combined layer by layer
 (:func:`gradient_projection`): theta_old + (1 - beta) g_adv + beta max(0, cos(g_adv, g_nat)) g_nat.
 As in the official ``RAMP.py``, the natural model has ONE optimizer for the whole run (its momentum
@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustbench_ext.defense import TRAINING_APGD, Defense, build_attack
+from robustbench_ext.training.contract import TRAINING_APGD, Defense, build_attack
 from robustbench_ext.errors import RbxError
-from robustbench_ext.losses import accuracy
+from robustbench_ext.attack.losses import accuracy
 from robustbench_ext.registry import DEFENSES
-from robustbench_ext.threat import ThreatModel
+from robustbench_ext.attack.threat import ThreatModel
 
 MODES = {"finetune": {"lbd": 1.5, "gp": False}, "scratch": {"lbd": 5.0, "gp": True}}
 
@@ -109,7 +109,7 @@ class RAMP(Defense):
     def setup(self, trainer):
         if not self.gp:
             return
-        from robustbench_ext.training import make_optimizer
+        from robustbench_ext.training.engine import make_optimizer
 
         # One natural model, optimizer and schedule for the whole run (the weights are reset every epoch).
         self._nat_model = copy.deepcopy(trainer.model)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from robustbench_ext.errors import RbxError
-from robustbench_ext.models import LoadedModel, load_model
+from robustbench_ext.models.loading import LoadedModel, load_model
 from robustbench_ext.registry import MODELS
 
 

@@ -58,12 +58,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustbench_ext.defense import Defense, Recipe, build_attack
+from robustbench_ext.training.contract import Defense, Recipe, build_attack
 from robustbench_ext.errors import ModelLoadError, RbxError
-from robustbench_ext.losses import accuracy
-from robustbench_ext.models import LoadedModel, file_sha256, load_model, read_state_dict
+from robustbench_ext.attack.losses import accuracy
+from robustbench_ext.models.loading import LoadedModel, file_sha256, load_model, read_state_dict
 from robustbench_ext.registry import DEFENSES, MODELS
-from robustbench_ext.threat import ThreatModel
+from robustbench_ext.attack.threat import ThreatModel
 
 log = logging.getLogger(__name__)
 
@@ -508,7 +508,7 @@ class AdaptiveSmoothing(Defense):
     def save(self, out_dir, model) -> None:
         import io
 
-        from robustbench_ext.record_io import atomic_write_bytes, atomic_write_text
+        from robustbench_ext.paths import atomic_write_bytes, atomic_write_text
 
         buf = io.BytesIO()
         torch.save(model.mixnet.state_dict(), buf)

@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustbench_ext.defense import Defense, build_attack
+from robustbench_ext.training.contract import Defense, build_attack
 from robustbench_ext.errors import RbxError
 from robustbench_ext.registry import DEFENSES
-from robustbench_ext.threat import ThreatModel
+from robustbench_ext.attack.threat import ThreatModel
 
-from robustbench_ext.losses import accuracy
+from robustbench_ext.attack.losses import accuracy
 
 from .baselines import default_base_attack, trades_kl
 

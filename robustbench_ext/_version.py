@@ -1,3 +1,3 @@
 """rbx's version (a leaf, so that provenance need not import the package's public facade)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -5,12 +5,12 @@ There is one :class:`Registry` per kind of plugin:
 ========================  ===================  ==========================================
 registry                  entry-point group    what ``create(spec, ...)`` returns
 ========================  ===================  ==========================================
-:data:`ATTACKS`           ``rbx.attacks``      an :class:`~robustbench_ext.attack.Attack`
+:data:`ATTACKS`           ``rbx.attacks``      an :class:`~robustbench_ext.attack.base.Attack`
 :data:`DEFENSES`          ``rbx.defenses``     a defense (training objective / wrapper)
-:data:`MODELS`            ``rbx.models``       a :class:`~robustbench_ext.models.LoadedModel`
+:data:`MODELS`            ``rbx.models``       a :class:`~robustbench_ext.models.loading.LoadedModel`
 :data:`ARCHITECTURES`     ``rbx.architectures`` an untrained ``torch.nn.Module``
-:data:`DATASETS`          ``rbx.datasets``     a :class:`~robustbench_ext.data.EvalData`
-:data:`SUITES`            ``rbx.suites``       a :class:`~robustbench_ext.suites.Suite`
+:data:`DATASETS`          ``rbx.datasets``     a :class:`~robustbench_ext.data.datasets.EvalData`
+:data:`SUITES`            ``rbx.suites``       a :class:`~robustbench_ext.evaluation.suites.Suite`
 ========================  ===================  ==========================================
 
 A spec (:mod:`robustbench_ext.specs`, the one grammar) is a name (``pgd``), a name with parameters
@@ -35,9 +35,11 @@ import fnmatch
 import importlib
 import inspect
 import logging
+import pkgutil
 import types
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Callable, Generic, Iterable, TypeVar
 
 from .errors import RbxError, UnknownNameError
@@ -47,18 +49,22 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Modules whose import registers rbx's built-in plugins (imported on first use of any registry).
-_BUILTIN_MODULES = (
-    "robustbench_ext.architectures",
-    "robustbench_ext.model_sources",
-    "robustbench_ext.data",
-    "robustbench_ext.imagenet_data",
-    "robustbench_ext.corruption_data",
-    "robustbench_ext.suites",
-    "robustbench_ext.attacks",
-    "robustbench_ext.defenses",
-)
+#: The plugin packages installed from the repository's top level (``attacks/``, ``defenses/``); the engine's
+#: own sub-packages are found by walking the package (:func:`_builtin_packages`).
+PLUGIN_PACKAGES = ("robustbench_ext.attacks", "robustbench_ext.defenses")
+#: Sub-packages that register nothing (the command line sits above every registry user).
+_NOT_PLUGINS = frozenset({"cli"})
 _builtins_loaded = False
+
+
+def _builtin_packages() -> list[str]:
+    """Every sub-package of rbx (found, not listed) and the plugin packages: importing a package registers
+    what it holds, since its ``__init__`` imports its registering modules. A new dataset, model source or
+    suite module inside a package needs no list edit here."""
+    here = str(Path(__file__).resolve().parent)
+    found = [f"robustbench_ext.{m.name}" for m in pkgutil.iter_modules([here])
+             if m.ispkg and m.name not in _NOT_PLUGINS and not m.name.startswith("_")]
+    return list(dict.fromkeys(found + list(PLUGIN_PACKAGES)))
 
 
 def _load_builtins() -> None:
@@ -66,7 +72,7 @@ def _load_builtins() -> None:
     if _builtins_loaded:
         return
     _builtins_loaded = True
-    for mod in _BUILTIN_MODULES:
+    for mod in _builtin_packages():
         importlib.import_module(mod)
 
 

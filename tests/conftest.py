@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from robustbench_ext.data import EvalData
+from robustbench_ext.data.datasets import EvalData
 from robustbench_ext.errors import DataError, ModelLoadError
-from robustbench_ext.models import LoadedModel, find_checkpoint, load_model
+from robustbench_ext.models.loading import LoadedModel, find_checkpoint, load_model
 from robustbench_ext.registry import DATASETS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ def _missing(what: str) -> str | None:
         if what == "resnet18":
             find_checkpoint("cifar10_resnet18_linf_at.pt")
         elif what == "cifar10-full":
-            from robustbench_ext.data import data_dirs
+            from robustbench_ext.data.datasets import data_dirs
 
             if not any((d / "cifar10" / "test_jpeg.npz").is_file() or (d / "cifar-10-batches-py").is_dir() for d in data_dirs()):
                 raise DataError("no local CIFAR-10 test set")

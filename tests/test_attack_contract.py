@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from conftest import tiny_batch, tiny_model
-from robustbench_ext.attack import Attack, AttackResult, MultiThreatAttack
+from robustbench_ext.attack.base import Attack, AttackResult, MultiThreatAttack
 from robustbench_ext.errors import AttackContractError, RbxError, UnsupportedNormError
 from robustbench_ext.registry import ATTACKS
-from robustbench_ext.threat import NORMS, ThreatModel
+from robustbench_ext.attack.threat import NORMS, ThreatModel
 
 EPS = {"Linf": [4 / 255, 0.3], "L2": [0.5, 3.0], "L1": [5.0, 40.0]}
 MULTI = [n for n in ATTACKS.names() if issubclass(ATTACKS.get(n).factory, MultiThreatAttack)]
@@ -137,7 +137,7 @@ class _LinfOnly(Attack):
 
 
 def test_unsupported_norm_is_refused_not_skipped(monkeypatch):
-    from robustbench_ext.suites import AttackSpec, ThreatSpec
+    from robustbench_ext.evaluation.suites import AttackSpec, ThreatSpec
 
     model, x = tiny_model(), tiny_batch()
     with pytest.raises(UnsupportedNormError, match="does not support L1; it supports: Linf"):

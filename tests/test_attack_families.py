@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from robustbench_ext.attack import AttackContext
-from robustbench_ext.curves import eps_grid, robust_accuracy_curve
+from robustbench_ext.attack.base import AttackContext
+from robustbench_ext.records.curves import eps_grid, robust_accuracy_curve
 from robustbench_ext.errors import RbxError
 from robustbench_ext.registry import ATTACKS
-from robustbench_ext.devutils import frozen
-from robustbench_ext.suites import AttackSpec
-from robustbench_ext.threat import ThreatModel
+from robustbench_ext.runtime import frozen
+from robustbench_ext.evaluation.suites import AttackSpec
+from robustbench_ext.attack.threat import ThreatModel
 
 N = 40
 

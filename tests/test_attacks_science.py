@@ -6,10 +6,10 @@ import torch
 
 from robustbench_ext._compat import import_pyautoattack
 from robustbench_ext.registry import ATTACKS
-from robustbench_ext.devutils import frozen
-from robustbench_ext.runner import evaluate
-from robustbench_ext.suites import AttackSpec, ThreatSpec
-from robustbench_ext.threat import ThreatModel
+from robustbench_ext.runtime import frozen
+from robustbench_ext import evaluate
+from robustbench_ext.evaluation.suites import AttackSpec, ThreatSpec
+from robustbench_ext.attack.threat import ThreatModel
 
 N = 200
 

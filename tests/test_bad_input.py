@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from robustbench_ext.cli import cli
-from robustbench_ext.models import LoadedModel
+from robustbench_ext.models.loading import LoadedModel
 from robustbench_ext.registry import MODELS
 
 SMALL = ["--model", "cifar10-smallcnn-linf-at", "--dataset", "cifar10-1k", "--n-examples", "20", "--batch-size", "10", "--no-progress",
@@ -111,14 +111,14 @@ def _args(case, tmp: Path, small_cnn, monkeypatch):
     if isinstance(extra, list):
         return extra
     if extra == "no-resnet":  # a user's machine: no ../shared, no $RBX_MODELS, only the package's own model
-        import robustbench_ext.models as models_mod
+        import robustbench_ext.models.loading as models_mod
 
         monkeypatch.setattr(models_mod, "model_dirs", lambda: [tmp / "models", models_mod.ASSETS])
         return ["--model", "cifar10-resnet18-linf-at"]
     if extra == "offline":  # no local CIFAR-10 and no network
         import torchvision.datasets as tvd
 
-        import robustbench_ext.data as data_mod
+        import robustbench_ext.data.datasets as data_mod
 
         def no_network(root, train, download):
             Path(root).mkdir(parents=True, exist_ok=True)
@@ -130,7 +130,7 @@ def _args(case, tmp: Path, small_cnn, monkeypatch):
     if extra == "offline-cifar100":
         import torchvision.datasets as tvd
 
-        import robustbench_ext.data as data_mod
+        import robustbench_ext.data.datasets as data_mod
 
         def no_network_100(root, train, download):
             Path(root).mkdir(parents=True, exist_ok=True)
@@ -140,7 +140,7 @@ def _args(case, tmp: Path, small_cnn, monkeypatch):
         monkeypatch.setattr(tvd, "CIFAR100", no_network_100)
         return ["--dataset", "cifar100"]
     if extra == "no-imagenet":
-        import robustbench_ext.data as data_mod
+        import robustbench_ext.data.datasets as data_mod
 
         monkeypatch.setattr(data_mod, "data_dirs", lambda: [tmp / "nowhere"])
         return ["--dataset", "imagenet"]

@@ -13,10 +13,10 @@ from torch import nn
 
 from robustbench_ext.cli import cli
 from robustbench_ext.errors import RbxError
-from robustbench_ext.models import load_model
-from robustbench_ext.record_io import read_flags, read_record
+from robustbench_ext.models.loading import load_model
+from robustbench_ext.records.store import read_flags, read_record
 from robustbench_ext.registry import ARCHITECTURES
-from robustbench_ext.runner import evaluate
+from robustbench_ext import evaluate
 
 FAST = ["--threat", "Linf:8/255", "--attack", "pgd:steps=2", "--batch-size", "8", "--quiet"]
 
@@ -141,7 +141,7 @@ def test_class_subset_is_allowed_only_when_asked(tmp_path):
 
 def test_cifar100_zoo_model_runs_on_cifar100_or_is_refused_never_on_cifar10(tmp_path, monkeypatch):
     """robustbench:cifar100/Linf/ID without --dataset is evaluated on CIFAR-100; on CIFAR-10 it is refused."""
-    from robustbench_ext.model_sources import dataset_hint
+    from robustbench_ext.models.sources import dataset_hint
 
     assert dataset_hint("robustbench:cifar100/Linf/Addepalli2022Efficient_RN18") == "cifar100"
     assert dataset_hint("robustbench:cifar10/Linf/Addepalli2021Towards_RN18") == "cifar10"
@@ -163,7 +163,7 @@ def test_cifar100_zoo_model_runs_on_cifar100_or_is_refused_never_on_cifar10(tmp_
     # Without --dataset the run goes to the model's own dataset: here CIFAR-100 is not on this machine, so it
     # says so (it never falls back to CIFAR-10).
     monkeypatch.setenv("RBX_DATA", str(tmp_path / "nodata"))
-    import robustbench_ext.data as data_mod
+    import robustbench_ext.data.datasets as data_mod
 
     monkeypatch.setattr(data_mod, "data_dirs", lambda: [tmp_path / "nodata"])
     import torchvision.datasets as tvd
@@ -175,14 +175,14 @@ def test_cifar100_zoo_model_runs_on_cifar100_or_is_refused_never_on_cifar10(tmp_
 
 
 def test_a_run_without_a_suite_takes_its_datasets_own_suite():
-    from robustbench_ext.suites import DEFAULT_SUITE, default_suite
+    from robustbench_ext.evaluation.suites import DEFAULT_SUITE, default_suite
 
     assert default_suite("cifar100") == "cifar100-union"
     assert default_suite("imagenet:/some/where,preprocessing=Res224") == "imagenet-union"
     assert default_suite("cifar10-1k") == default_suite("cifar10") == default_suite(None) == DEFAULT_SUITE
     assert default_suite("mnist") == DEFAULT_SUITE  # no MNIST suite: the default (users give --threat)
 
-    from robustbench_ext.data import EvalData
+    from robustbench_ext.data.datasets import EvalData
 
     torch.manual_seed(0)
     net = ARCHITECTURES.create("smallcnn", num_classes=100).eval()

@@ -7,15 +7,15 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from robustbench_ext.checks import (check_deterministic, check_probabilities, check_zero_gradients, cheap_checks,
+from robustbench_ext.evaluation.checks import (check_deterministic, check_probabilities, check_zero_gradients, cheap_checks,
                                     full_checks)
 from robustbench_ext.cli import cli
-from robustbench_ext.models import LoadedModel
+from robustbench_ext.models.loading import LoadedModel
 from robustbench_ext.registry import ATTACKS, MODELS
-from robustbench_ext.devutils import frozen
-from robustbench_ext.runner import evaluate
-from robustbench_ext.suites import AttackSpec, ThreatSpec
-from robustbench_ext.threat import ThreatModel
+from robustbench_ext.runtime import frozen
+from robustbench_ext import evaluate
+from robustbench_ext.evaluation.suites import AttackSpec, ThreatSpec
+from robustbench_ext.attack.threat import ThreatModel
 
 N = 60
 

@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from robustbench_ext.cli import cli
-from robustbench_ext.record_io import read_record
+from robustbench_ext.records.store import read_record
 
 SMALL = ["--model", "cifar10-smallcnn-linf-at", "--dataset", "cifar10-1k", "--n-examples", "20", "--batch-size", "10", "--no-progress"]
 
@@ -129,8 +129,8 @@ REPRODUCE = [
 @pytest.mark.parametrize("cli_args, kwargs", REPRODUCE)
 def test_evaluate_reproduces_rbx_run(cli_args, kwargs, in_tmp):
     """evaluate() is what `rbx run` calls: the same arguments give the same record and flags."""
-    from robustbench_ext.record_io import read_flags
-    from robustbench_ext.runner import evaluate
+    from robustbench_ext.records.store import read_flags
+    from robustbench_ext import evaluate
 
     res = invoke("run", "--model", "cifar10-smallcnn-linf-at", "--dataset", "cifar10-1k", "--n-examples", "12",
                  "--batch-size", "6", "--quiet", *cli_args, "--results-dir", in_tmp / "cli")
@@ -150,7 +150,7 @@ def test_evaluate_reproduces_rbx_run(cli_args, kwargs, in_tmp):
 
 def test_evaluate_takes_a_plain_module_and_tensors(small_cnn, cifar200):
     """The Python API takes what researchers have: an nn.Module, a tensor pair, threat strings."""
-    from robustbench_ext.runner import evaluate
+    from robustbench_ext import evaluate
 
     x, y = cifar200.x[:8], cifar200.y[:8].to(torch.int32)  # labels of another integer dtype are cast at the boundary
     ev = evaluate(small_cnn.module, (x, y), ["Linf:8/255"], attacks=["pgd:steps=3"], progress=False)

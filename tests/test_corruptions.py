@@ -10,18 +10,19 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import robustbench_ext.data as data_mod
+import robustbench_ext.data.datasets as data_mod
 from robustbench_ext._compat import CORRUPTIONS_EXTRA, import_imagecorruptions
 from robustbench_ext.cli import cli
-from robustbench_ext.corruption_data import (CORRUPTIONS, EXTRA_CORRUPTIONS, check_selection, generate, image_seed,
+from robustbench_ext.data.corrupted import (CORRUPTIONS, EXTRA_CORRUPTIONS, check_selection, generate, image_seed,
                                              official_rows)
-from robustbench_ext.corruptions import evaluate_corruptions
+from robustbench_ext.evaluation.corruptions import evaluate_corruptions
 from robustbench_ext.errors import DataError, RbxError
-from robustbench_ext.leaderboard import build_boards, leaderboard_markdown
-from robustbench_ext.records import RunRecord
-from robustbench_ext.record_io import read_flags, read_record
+from robustbench_ext.reporting.boards import build_boards, leaderboard_markdown
+from robustbench_ext.records.schema import RunRecord
+from robustbench_ext.records.store import read_flags, read_record
 from robustbench_ext.registry import DATASETS
-from robustbench_ext.suites import load_suite, plan_benchmark, read_suite
+from robustbench_ext.evaluation.suites import load_suite, plan_benchmark, read_suite
+from robustbench_ext.evaluation.plan import compile_plan
 
 TINY_SUITE = """
 name = "tiny-corruptions"
@@ -216,7 +217,7 @@ def test_evaluate_corruptions_counts_real_predictions(small_cnn, cifar200):
 
 
 def test_a_plain_record_has_no_corruptions_key(small_cnn, cifar200):
-    from robustbench_ext.runner import evaluate
+    from robustbench_ext import evaluate
 
     ev = evaluate(small_cnn, (cifar200.x[:10], cifar200.y[:10]), ["Linf:8/255"], attacks=["pgd:steps=2"], progress=False)
     assert "corruptions" not in json.loads(ev.record.to_json())
@@ -244,7 +245,8 @@ def test_corruption_suite_format(tmp_path):
 @pytest.mark.parametrize("name", ["cifar100-union", "imagenet-linf", "imagenet-union"])
 def test_new_threat_suites_plan(name):
     suite = load_suite(name)
-    bench = plan_benchmark(name)  # every attack builds, every norm is supported
+    bench = plan_benchmark(name)
+    compile_plan(bench.threats, bench.union)  # every attack builds, every norm is supported
     assert bench.suite == name and suite.description
     expected = {"cifar100-union": ("cifar100", ["Linf:8/255", "L2:0.5", "L1:12"]),
                 "imagenet-linf": ("imagenet", ["Linf:4/255"]),
@@ -300,7 +302,7 @@ def test_boards_rank_corruption_runs_by_their_mean(tmp_path, small_cnn, cifar200
 
     good = evaluate_corruptions(small_cnn, cifar200.first(20), corruptions=["brightness"], severities=[1], suite="s",
                                 device="cpu", progress=False)
-    from robustbench_ext.models import load_model
+    from robustbench_ext.models.loading import load_model
 
     weak = load_model("cifar10-smallcnn-linf-at")  # a weaker model: the small CNN with noisy weights
     with torch.no_grad():

@@ -8,12 +8,12 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import DATA
-from robustbench_ext import plots
+from robustbench_ext.reporting import plots
 from robustbench_ext.cli import cli
 from robustbench_ext.errors import RbxError
-from robustbench_ext.records import RunRecord
-from robustbench_ext.report import format_table
-from robustbench_ext.runner import evaluate
+from robustbench_ext.records.schema import RunRecord
+from robustbench_ext.reporting.tables import format_table
+from robustbench_ext import evaluate
 
 EPS8 = 8 / 255
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-import robustbench_ext.data as data_mod
-from robustbench_ext.data import EMBEDDED_FILE, cifar10
+import robustbench_ext.data.datasets as data_mod
+from robustbench_ext.data.datasets import EMBEDDED_FILE, cifar10
 from robustbench_ext.errors import DataError
 from robustbench_ext.registry import DATASETS
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-import robustbench_ext.data as data_mod
+import robustbench_ext.data.datasets as data_mod
 from robustbench_ext._compat import robustbench_helper_file
 import robustbench_ext._compat as compat_mod
-from robustbench_ext.data import as_eval_data
-from robustbench_ext.imagenet_data import IMAGENET_CLASS_MAP_FILE, IMAGENET_SUBSET_FILE
+from robustbench_ext.data.datasets import as_eval_data
+from robustbench_ext.data.imagenet import IMAGENET_CLASS_MAP_FILE, IMAGENET_SUBSET_FILE
 from robustbench_ext.errors import DataError
 from robustbench_ext.registry import DATASETS
 

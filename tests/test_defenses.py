@@ -15,13 +15,13 @@ from robustbench_ext.defenses.ltd import soft_cross_entropy, soft_labels
 from robustbench_ext.defenses.ramp import RAMP, gradient_projection, ramp_kl
 from robustbench_ext.defenses.sovr import SOVR, logit_margin, ovr_loss, switching_loss
 from robustbench_ext.cli import cli
-from robustbench_ext.defense import TRAINING_APGD, StepContext, build_attack
-from robustbench_ext.models import Temperature
+from robustbench_ext.training.contract import TRAINING_APGD, StepContext, build_attack
+from robustbench_ext.models.loading import Temperature
 from robustbench_ext.errors import RbxError
-from robustbench_ext.models import file_sha256, load_model, read_state_dict
+from robustbench_ext.models.loading import file_sha256, load_model, read_state_dict
 from robustbench_ext.registry import ATTACKS, DEFENSES
-from robustbench_ext.threat import ThreatModel
-from robustbench_ext.training import TrainConfig, Trainer, augment, lr_factor
+from robustbench_ext.attack.threat import ThreatModel
+from robustbench_ext.training.engine import TrainConfig, Trainer, augment, lr_factor
 
 
 def sp(v):
@@ -359,7 +359,7 @@ def test_l1_training_apgd_first_step_moves_init_sparsity_coordinates(batch):
 
 
 def test_train_eval_hook_measures_the_saved_weights_and_records_max_norms(tmp_path, monkeypatch):
-    import robustbench_ext.runner as runner
+    import robustbench_ext.evaluation.api as runner
 
     suite = tmp_path / "tiny.toml"
     suite.write_text('name = "tiny"\ndescription = "test"\ndataset = "cifar10-1k"\n'

@@ -11,12 +11,12 @@ import json
 import pytest
 import torch
 
-from robustbench_ext.checks import check_draw_spread
-from robustbench_ext.draws import Draws, majority_wrong, wrong_counts
+from robustbench_ext.evaluation.checks import check_draw_spread
+from robustbench_ext.evaluation.majority import Draws, majority_wrong, wrong_counts
 from robustbench_ext.errors import RbxError
-from robustbench_ext.records import RunRecord
-from robustbench_ext.report import format_table
-from robustbench_ext.runner import evaluate
+from robustbench_ext.records.schema import RunRecord
+from robustbench_ext.reporting.tables import format_table
+from robustbench_ext import evaluate
 
 LEVELS = torch.tensor([0.0, 0.1, 0.9, 1.0])  # misclassification probability per pass, by the level in pixel (0, 0, 0)
 

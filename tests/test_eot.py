@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_batch, tiny_model
-from robustbench_ext.attack import AttackContext, MultiThreatAttack
+from robustbench_ext.attack.base import AttackContext, MultiThreatAttack
 from robustbench_ext.defenses.randomized import GaussianNoiseInput
 from robustbench_ext.errors import RbxError
 from robustbench_ext.registry import ATTACKS
-from robustbench_ext.threat import ThreatModel
+from robustbench_ext.attack.threat import ThreatModel
 
 EPS = {"Linf": 8 / 255, "L2": 0.5, "L1": 5.0}
 ALL = ATTACKS.names()

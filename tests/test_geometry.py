@@ -6,8 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from robustbench_ext.geometry import get_geometry
-from robustbench_ext.threat import NORMS
+from robustbench_ext.attack.geometry import get_geometry
+from robustbench_ext.attack.threat import NORMS
 
 scipy_optimize = pytest.importorskip("scipy.optimize")
 

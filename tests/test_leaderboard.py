@@ -5,10 +5,10 @@ import re
 
 import torch
 
-from robustbench_ext.leaderboard import leaderboard_markdown, records_table, write_leaderboard
-from robustbench_ext.models import load_model
-from robustbench_ext.runner import evaluate
-from robustbench_ext.suites import load_suite
+from robustbench_ext.reporting.boards import leaderboard_markdown, records_table, write_leaderboard
+from robustbench_ext.models.loading import load_model
+from robustbench_ext import evaluate
+from robustbench_ext.evaluation.suites import load_suite
 
 
 def _run(model, data, suite, started, tmp_path):

@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from robustbench_ext.defenses.smoothing_mixer import (FEATURES, GELU_MIN, MixedClassifier, MixnetSettings, _new_mixnet, fit_mixednuts, log_mix,
                                      nuts_map, value_with_grad_of)
 from robustbench_ext.errors import RbxError
-from robustbench_ext.models import load_model
+from robustbench_ext.models.loading import load_model
 from robustbench_ext.registry import ATTACKS
-from robustbench_ext.devutils import frozen
-from robustbench_ext.threat import ThreatModel
+from robustbench_ext.runtime import frozen
+from robustbench_ext.attack.threat import ThreatModel
 
 PAIR = "cifar10-smallcnn-linf-at+cifar10-smallcnn-linf-at"
 
@@ -286,7 +286,7 @@ def test_mixnet_alpha_is_bounded_at_inference(bases, x):
 
 
 def test_mixnet_settings_are_saved_and_old_mixnets_get_the_defaults(tmp_path):
-    from robustbench_ext.training import TrainConfig, Trainer
+    from robustbench_ext.training.engine import TrainConfig, Trainer
 
     init = f"mix:{PAIR},alpha=net"
     cfg = TrainConfig(defense="adaptive-smoothing:attack=apgd-ce:steps=1,alpha_min=0.3,eval_gamma_bias=1.5", out=str(tmp_path / "m"),

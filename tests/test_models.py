@@ -7,7 +7,7 @@ import torch
 
 from robustbench_ext._compat import import_robustbench
 from robustbench_ext.errors import ModelLoadError, RbxError, UnknownNameError
-from robustbench_ext.models import file_sha256, find_checkpoint, load_model
+from robustbench_ext.models.loading import file_sha256, find_checkpoint, load_model
 from robustbench_ext.paths import ASSETS
 
 from conftest import needs_shared
@@ -28,7 +28,7 @@ def test_reference_models_found_and_identified(small_cnn):
 
 def test_embedded_model_ships_with_the_package(monkeypatch, tmp_path):
     """With no $RBX_MODELS, ./models or ../shared (a user's fresh install), the small CNN comes from package data."""
-    import robustbench_ext.models as m
+    import robustbench_ext.models.loading as m
 
     monkeypatch.setattr(m, "model_dirs", lambda: [tmp_path / "nowhere", ASSETS])
     loaded = load_model("cifar10-smallcnn-linf-at")
@@ -143,7 +143,7 @@ def test_robustbench_unknown_id_suggests_close_names():
 def test_own_resnet18_matches_robustbench_without_robustbench(monkeypatch, cifar200):
     """Where robustbench cannot be imported (a bare GPU image), resnet18 falls back to rbx's own definition:
     same state-dict keys (strict load of one checkpoint into both) and the same logits."""
-    import robustbench_ext.architectures as arch
+    import robustbench_ext.models.architectures as arch
 
     torch.manual_seed(0)
     rb_net = arch.resnet18()

@@ -11,11 +11,11 @@ from torch import nn
 
 from robustbench_ext.defenses.mtard import (MTARD, RSLAD, SoftLabelPGD, _Schedule, balance_step, distill_kl, mean_entropy,
                             temperature_step)
-from robustbench_ext.attack import AttackContext
-from robustbench_ext.loop import Segment
-from robustbench_ext.defense import StepContext
+from robustbench_ext.attack.base import AttackContext
+from robustbench_ext.attack.iterative import Segment
+from robustbench_ext.training.contract import StepContext
 from robustbench_ext.registry import ATTACKS
-from robustbench_ext.threat import ThreatModel
+from robustbench_ext.attack.threat import ThreatModel
 
 
 def _kl_by_hand(student, teacher, tau=1.0):

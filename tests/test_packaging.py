@@ -20,7 +20,7 @@ def test_wheel_installs_plugins_under_the_package_name(tmp_path):
     assert "attacks" not in tops and "defenses" not in tops, sorted(tops)
     for must in ("robustbench_ext/attacks/pgd.py", "robustbench_ext/defenses/ramp.py",
                  "robustbench_ext/assets/cifar10_smallcnn_linf_at.pt", "robustbench_ext/assets/cifar10_test_1k.npz",
-                 "robustbench_ext/assets/README.md", "robustbench_ext/templates/leaderboard.html.j2"):
+                 "robustbench_ext/assets/README.md", "robustbench_ext/reporting/templates/leaderboard.html.j2"):
         assert must in names, must
 
 

@@ -16,11 +16,11 @@ from torch import nn
 
 from robustbench_ext.cli import cli
 from robustbench_ext.errors import RbxError
-from robustbench_ext.models import LoadedModel
-from robustbench_ext.record_io import read_flags, read_record
+from robustbench_ext.models.loading import LoadedModel
+from robustbench_ext.records.store import read_flags, read_record
 from robustbench_ext.registry import ARCHITECTURES, ATTACKS, MODELS
-from robustbench_ext.runner import evaluate
-from robustbench_ext.threat import ThreatModel
+from robustbench_ext import evaluate
+from robustbench_ext.attack.threat import ThreatModel
 
 from conftest import DATA
 
@@ -236,7 +236,7 @@ def test_broken_checkpoints_are_one_line_never_unpickling_advice_never_130(kind,
         spec = ["robustbench:Addepalli2021Towards_RN18"]
         path = tmp_path / "zoo" / "cifar10" / "Linf" / "Addepalli2021Towards_RN18.pt"
     else:  # the package's own model, as a broken install would leave it
-        import robustbench_ext.models as models_mod
+        import robustbench_ext.models.loading as models_mod
 
         monkeypatch.setattr(models_mod, "model_dirs", lambda: [tmp_path / "assets"])
         spec, path = ["cifar10-smallcnn-linf-at"], tmp_path / "assets" / "cifar10_smallcnn_linf_at.pt"
@@ -273,7 +273,7 @@ def test_an_exception_inside_the_users_model_names_the_model_and_the_input_shape
 # ---- records and reports tell the truth --------------------------------------------------------------------
 def test_streamed_record_has_the_users_seed_and_the_packed_datasets_name(tmp_path):
     from robustbench_ext.registry import DATASETS
-    from robustbench_ext.streaming import pack_shards
+    from robustbench_ext.data.shards import pack_shards
 
     pack_shards(DATASETS.create(DATA, n_examples=20), tmp_path / "shards", 10)
     common = ["--model", "cifar10-smallcnn-linf-at", "--threat", "Linf:8/255", "--attack", "pgd:steps=2", "--quiet"]
@@ -288,9 +288,9 @@ def test_streamed_record_has_the_users_seed_and_the_packed_datasets_name(tmp_pat
 
 
 def test_intervals_round_once_the_same_everywhere(tmp_path, small_cnn, cifar200):
-    from robustbench_ext.leaderboard import write_all
-    from robustbench_ext.report import format_table
-    from robustbench_ext.stats import interval, percent
+    from robustbench_ext.reporting.boards import write_all
+    from robustbench_ext.reporting.tables import format_table
+    from robustbench_ext.records.stats import interval, percent
 
     assert percent(0.3215) == "32.2" and percent(0.32149) == "32.1" and percent(1 / 8, 2) == "12.50"
     ev = evaluate(small_cnn, cifar200.first(37), "Linf:8/255", attacks=["pgd:steps=2"], progress=False)
@@ -332,7 +332,7 @@ def test_report_prints_the_table_and_keeps_its_plots_in_its_own_folder(tmp_path,
 
 
 def test_box_covering_threat_warns_suggests_255_and_marks_the_record(tmp_path, small_cnn, cifar200):
-    from robustbench_ext.leaderboard import leaderboard_markdown
+    from robustbench_ext.reporting.boards import leaderboard_markdown
 
     res = CliRunner().invoke(cli, ["run", "--model", "cifar10-smallcnn-linf-at", "--dataset", DATA, "--n-examples", "6",
                                    "--threat", "Linf:8", "--attack", "pgd:steps=1", "--results-dir", str(tmp_path)])

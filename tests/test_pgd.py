@@ -5,8 +5,8 @@ import torch
 
 from robustbench_ext.errors import RbxError
 from robustbench_ext.registry import ATTACKS
-from robustbench_ext.devutils import frozen
-from robustbench_ext.threat import ThreatModel
+from robustbench_ext.runtime import frozen
+from robustbench_ext.attack.threat import ThreatModel
 
 
 def _robust_acc(model, data, threat, n=100, **params):

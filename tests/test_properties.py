@@ -8,11 +8,11 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from conftest import tiny_model
-from robustbench_ext.attack import MultiThreatAttack
-from robustbench_ext.records import SampleFlags
+from robustbench_ext.attack.base import MultiThreatAttack
+from robustbench_ext.records.schema import SampleFlags
 from robustbench_ext.registry import ATTACKS
-from robustbench_ext.records import union_flags
-from robustbench_ext.threat import NORMS, ThreatModel
+from robustbench_ext.records.schema import union_flags
+from robustbench_ext.attack.threat import NORMS, ThreatModel
 
 SINGLE = [n for n in ATTACKS.names() if not issubclass(ATTACKS.get(n).factory, MultiThreatAttack)]
 CHEAP = [n for n in SINGLE if not n.startswith("aa-") and n not in ("autoattack", "pma+aa")]  # pyautoattack: slow

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from robustbench_ext.defenses.randomized import GaussianNoiseInput
-from robustbench_ext.checks import cheap_checks, check_deterministic
+from robustbench_ext.evaluation.checks import cheap_checks, check_deterministic
 from robustbench_ext.errors import RbxError
-from robustbench_ext.models import load_model
+from robustbench_ext.models.loading import load_model
 
 BASE = "cifar10-smallcnn-linf-at"
 

@@ -10,10 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 from robustbench_ext.cli import cli
-from robustbench_ext.regress import UnusableInput, compare, holm, mcnemar_exact
-from robustbench_ext.runner import evaluate
-from robustbench_ext.suites import AttackSpec, ThreatSpec
-from robustbench_ext.threat import ThreatModel
+from robustbench_ext.reporting.regress import UnusableInput, compare, holm, mcnemar_exact
+from robustbench_ext import evaluate
+from robustbench_ext.evaluation.suites import AttackSpec, ThreatSpec
+from robustbench_ext.attack.threat import ThreatModel
 
 
 @pytest.mark.parametrize("drops, rises, p", [
@@ -111,8 +111,8 @@ def test_cli_exit_codes(base_record, tmp_path):
 
 
 def test_paired_mcnemar_between_two_arms_on_constructed_flags():
-    from robustbench_ext.records import SampleFlags
-    from robustbench_ext.regress import paired_mcnemar
+    from robustbench_ext.records.schema import SampleFlags
+    from robustbench_ext.reporting.regress import paired_mcnemar
 
     n = 20
     idx, y = np.arange(n), np.arange(n) % 10

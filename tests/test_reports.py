@@ -10,12 +10,12 @@ from click.testing import CliRunner
 
 from robustbench_ext._compat import import_robustbench
 from robustbench_ext.cli import cli
-from robustbench_ext.leaderboard import embed_in_readme, write_all
-from robustbench_ext.record_io import read_record
-from robustbench_ext.robustbench_export import KEYS, entries, export
-from robustbench_ext.runner import evaluate
-from robustbench_ext.suites import AttackSpec, ThreatSpec
-from robustbench_ext.threat import ThreatModel
+from robustbench_ext.reporting.boards import embed_in_readme, write_all
+from robustbench_ext.records.store import read_record
+from robustbench_ext.reporting.export import KEYS, entries, export
+from robustbench_ext import evaluate
+from robustbench_ext.evaluation.suites import AttackSpec, ThreatSpec
+from robustbench_ext.attack.threat import ThreatModel
 
 FAST = ("pma:steps=6",)
 
@@ -32,7 +32,7 @@ def results(tmp_path_factory, small_cnn, cifar200):
                           cifar200.split, cifar200.classes)
     threats = _specs("Linf:8/255", "L2:0.5", "L1:12")
     evaluate(small_cnn, data, threats, suite="mini-union", progress=False, eps_sweep=(0.5, 2.0)).write(out)
-    from robustbench_ext.models import load_model
+    from robustbench_ext.models.loading import load_model
     import torch
     other = load_model("cifar10-smallcnn-linf-at")
     with torch.no_grad():

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robustbench_ext.record_io import read_flags, read_record
+from robustbench_ext.records.store import read_flags, read_record
 
 ARGS = ["run", "--model", "cifar10-smallcnn-linf-at", "--dataset", "cifar10-1k", "--n-examples", "100", "--batch-size", "8", "--seed", "3",
         "--threat", "Linf:8/255", "--threat", "L2:0.5", "--attack", "pgd:steps=150", "--no-progress"]

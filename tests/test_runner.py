@@ -5,14 +5,14 @@ import json
 import numpy as np
 import pytest
 
-from robustbench_ext.records import MISCLASSIFIED, ROBUST, Accuracy
-from robustbench_ext.record_io import read_flags, read_record
-from robustbench_ext.devutils import derive_seed
-from robustbench_ext.records import union_flags
-from robustbench_ext.runner import evaluate
-from robustbench_ext.stats import wilson_interval
-from robustbench_ext.suites import AttackSpec, ThreatSpec, load_suite
-from robustbench_ext.threat import ThreatModel
+from robustbench_ext.records.schema import MISCLASSIFIED, ROBUST, Accuracy
+from robustbench_ext.records.store import read_flags, read_record
+from robustbench_ext.runtime import derive_seed
+from robustbench_ext.records.schema import union_flags
+from robustbench_ext import evaluate
+from robustbench_ext.records.stats import wilson_interval
+from robustbench_ext.evaluation.suites import AttackSpec, ThreatSpec, load_suite
+from robustbench_ext.attack.threat import ThreatModel
 
 
 def _specs(*items):
@@ -119,7 +119,7 @@ def test_suite_file_defines_the_default_union(tmp_path):
 def test_attacks_report_progress_per_step_so_small_runs_move(small_cnn, cifar200):
     """The bar counts points and moves with every step, not once per batch."""
     from robustbench_ext.registry import ATTACKS
-    from robustbench_ext.threat import ThreatModel
+    from robustbench_ext.attack.threat import ThreatModel
 
     seen = []
     ATTACKS.create("pgd", steps=6, early_stop=False)(small_cnn.module, cifar200.x[:4], cifar200.y[:4],

@@ -14,14 +14,14 @@ import pytest
 import torch
 from torch import nn
 
-from robustbench_ext.acceleration import SearchOptions
-from robustbench_ext.record_io import iter_records, read_flags, read_record
+from robustbench_ext.attack.search import SearchOptions
+from robustbench_ext.records.store import iter_records, read_flags, read_record
 from robustbench_ext.registry import DATASETS
-from robustbench_ext.eval_state import StageTotals
-from robustbench_ext.runner import evaluate
-from robustbench_ext.streaming import list_shards, pack_shards
-from robustbench_ext.suites import AttackSpec, ThreatSpec
-from robustbench_ext.threat import ThreatModel
+from robustbench_ext.evaluation.state import StageTotals
+from robustbench_ext import evaluate
+from robustbench_ext.data.shards import list_shards, pack_shards
+from robustbench_ext.evaluation.suites import AttackSpec, ThreatSpec
+from robustbench_ext.attack.threat import ThreatModel
 
 BIN = Path(sys.executable).parent
 ATTACK_ARGS = ["--model", "cifar10-smallcnn-linf-at", "--batch-size", "4", "--seed", "5", "--no-progress",
@@ -149,7 +149,7 @@ def test_search_switches_are_reverified_in_float32(small_cnn, monkeypatch):
     data = DATASETS.create("cifar10-1k", n_examples=20)
     threats = [ThreatSpec(ThreatModel.parse("Linf:2/255"), (AttackSpec.parse("pgd:steps=2"),))]
     honest = evaluate(small_cnn, data, threats, seed=1, batch_size=10, device="cpu", progress=False)
-    import robustbench_ext.runner as runner
+    import robustbench_ext.evaluation.runner as runner
 
     monkeypatch.setattr(runner, "search_model", lambda net, opts, dev: _Liar(net))
     lied = evaluate(small_cnn, data, threats, seed=1, batch_size=10, device="cpu", progress=False,

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from robustbench_ext.record_io import read_record
+from robustbench_ext.records.store import read_record
 
 REPO = Path(__file__).resolve().parents[1]
 ARGS = ["run", "--model", "cifar10-smallcnn-linf-at", "--dataset", "cifar10-1k", "--n-examples", "200", "--seed", "0", "--device", "cpu",

@@ -3,7 +3,7 @@ import math
 import pytest
 
 from robustbench_ext.errors import ThreatModelError
-from robustbench_ext.threat import ThreatModel, format_eps, parse_eps
+from robustbench_ext.attack.threat import ThreatModel, format_eps, parse_eps
 
 
 @pytest.mark.parametrize(

@@ -17,15 +17,15 @@ from click.testing import CliRunner
 
 from robustbench_ext.cli import cli as rbx
 from robustbench_ext.errors import RbxError
-from robustbench_ext.leaderboard import write_all
-from robustbench_ext.records import NOT_MEASURED
-from robustbench_ext.record_io import read_flags, read_record
-from robustbench_ext.regress import UnusableInput, compare
+from robustbench_ext.reporting.boards import write_all
+from robustbench_ext.records.schema import NOT_MEASURED
+from robustbench_ext.records.store import read_flags, read_record
+from robustbench_ext.reporting.regress import UnusableInput, compare
 from robustbench_ext.registry import DATASETS
-from robustbench_ext.report import format_table
-from robustbench_ext.runner import evaluate
-from robustbench_ext.suites import AttackSpec, ThreatSpec, read_suite
-from robustbench_ext.threat import ThreatModel
+from robustbench_ext.reporting.tables import format_table
+from robustbench_ext import evaluate
+from robustbench_ext.evaluation.suites import AttackSpec, ThreatSpec, read_suite
+from robustbench_ext.attack.threat import ThreatModel
 
 from conftest import DATA
 

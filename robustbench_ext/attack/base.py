@@ -1,0 +1,293 @@
+"""The attack contract (Foolbox 3's ``base.py``): one base for every attack, and the one cascade.
+
+:class:`AttackBase` holds what every attack has: its registry name, its parameters (the dataclass
+fields), the parameters of a quick real run, and the call preamble (input checks, a seeded generator,
+counted passes). Two kinds share it:
+
+- :class:`Attack` searches one threat model: ``attack(model, x, y, threat, seed=...)`` validates its
+  input, calls the subclass's :meth:`Attack.run` (the search, nothing else), re-checks in float32 that
+  every returned point lies in the eps-ball ∩ [0, 1] box and recomputes per-sample success from the
+  model's own predictions. A subclass cannot report a success the model does not confirm, nor a point
+  outside the threat model;
+- :class:`MultiThreatAttack` searches several threat models at once (union / multi-lp attacks), under
+  the same contract per threat model.
+
+Every forward and backward pass through the model is counted (:class:`CountingModel`), also inside
+foreign code. The shared first-order loop lives in :mod:`robustbench_ext.attack.iterative` (Foolbox's
+``gradient_descent_base.py``), cascades and ensembles in :mod:`robustbench_ext.attack.cascade`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import AttackContractError, RbxError, UnsupportedNormError
+from ..progress import StepReport
+from .threat import NORMS, ThreatModel
+from .context import AttackContext, AttackResult, CountingModel, SampleSeeds, _draw_mean, _unwrap  # noqa: F401 (re-exported)
+
+
+# ---- the contract ----------------------------------------------------------------------------------
+@dataclass(eq=False)
+class AttackBase(ABC):
+    """What every attack has, single- or multi-threat. Subclasses are dataclasses whose fields are their parameters.
+
+    Subclasses set ``name`` (the registry name), optionally ``norms`` (the norms they support) and
+    ``smoke_params`` (parameters for a quick but real run: the contract tests use them).
+
+    ``eot`` (every attack's setting, keyword only; ``pgd:eot=10``): expectation over transformation for
+    randomized models -- every input gradient and every objective value the attack's search takes through
+    its :class:`AttackContext` is the mean over ``eot`` forward(+backward) passes. 1 (the default) is the
+    plain attack, bit for bit. Attacks whose search takes no gradient through the context (black-box
+    ones, foreign code that cannot average) set ``eot_note`` to say why they refuse ``eot`` > 1.
+    """
+
+    eot: int = field(default=1, kw_only=True)
+    #: None: the attack supports ``eot`` > 1; else the reason it does not (the error message says it).
+    eot_note: ClassVar[str | None] = None
+
+    name: ClassVar[str] = "attack"
+    norms: ClassVar[tuple[str, ...]] = NORMS
+    smoke_params: ClassVar[dict[str, Any]] = {}
+    #: Whether the attack searches for the smallest adversarial perturbation and reports ``min_norm``
+    #: (it must then set ``ctx.min_norm_points`` in :meth:`run`; see :mod:`robustbench_ext.attack.min_norm`).
+    minimum_norm: ClassVar[bool] = False
+
+    def params(self) -> dict[str, Any]:
+        """The attack's parameters, as written to result records (``eot`` only when it is not 1, so that records
+        of plain runs read as before EOT existed)."""
+        out = dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
+        if out.get("eot", 1) == 1:
+            out.pop("eot", None)
+        return out
+
+    def check_eot(self) -> None:
+        """Raise a clear :class:`RbxError` unless ``eot`` is a positive int this attack supports."""
+        eot = getattr(self, "eot", 1)
+        if isinstance(eot, bool) or not isinstance(eot, int) or eot < 1:
+            raise RbxError(f"attack '{self.name}': eot must be a positive integer (passes averaged per gradient), got {eot!r}")
+        note = self.eot_note_for() if eot > 1 else None  # (ensembles build their parts to answer: only when asked)
+        if note:
+            raise RbxError(f"attack '{self.name}' does not take eot={eot}: {note}")
+
+    def eot_note_for(self) -> str | None:
+        """Why this attack cannot average over ``eot`` draws (None: it can). Default: the class's ``eot_note``."""
+        return self.eot_note
+
+    def supports(self, threat: ThreatModel) -> bool:
+        return threat.norm in self.norms
+
+    def require(self, threat: ThreatModel) -> None:
+        """Raise :class:`UnsupportedNormError` unless this attack supports ``threat``."""
+        if not self.supports(threat):
+            raise UnsupportedNormError(
+                f"attack '{self.name}' does not support {threat.norm}; it supports: {', '.join(self.norms)}"
+            )
+
+    def fit(self, num_classes: int, input_shape: Sequence[int], threat: ThreatModel | None) -> tuple["AttackBase", str | None]:
+        """This attack as it runs on a ``num_classes``-way model with ``input_shape`` inputs ``[C, H, W]``.
+
+        Called before any attack of a run starts: an attack that cannot run there raises an
+        :class:`RbxError` naming itself (so nothing is lost mid-run); one that must adapt (fewer target
+        classes than asked) returns its adapted self and a note for the record. Default: runs as it is.
+        """
+        return self, None
+
+    def _prepare(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The call preamble both kinds share: input checks; ``x`` detached, labels cast to int64 at the boundary."""
+        check_inputs(x, y)
+        return x.detach(), y.long()
+
+    def _context(self, model: nn.Module, x: Tensor, seed: int, progress: StepReport | None,
+                 threat: ThreatModel | None = None, threats: Sequence[ThreatModel] = (),
+                 samples: SampleSeeds | None = None) -> AttackContext:
+        """A context with a generator seeded by ``seed``, the per-sample seeds (if any) and this attack's
+        ``eot`` (checked here)."""
+        self.check_eot()
+        if samples is not None and len(samples.keys) != x.shape[0]:
+            raise RbxError(f"per-sample seeds: {len(samples.keys)} keys for a batch of {x.shape[0]}")
+        return AttackContext(model, threat, torch.Generator(device=x.device).manual_seed(int(seed)), progress, threats,
+                             samples, eot=getattr(self, "eot", 1))
+
+
+class Attack(AttackBase):
+    """An attack under one threat model; implement :meth:`run`, call as ``attack(model, x, y, threat, seed=0)``."""
+
+    @abstractmethod
+    def run(self, ctx: AttackContext, x: Tensor, y: Tensor) -> Tensor:
+        """Search for adversarial examples; return candidates ``[N, ...]`` (the base class checks them)."""
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seed: int = 0,
+                 progress: StepReport | None = None, samples: SampleSeeds | None = None) -> AttackResult:
+        """Attack ``model`` at ``x`` ``[N, C, H, W]`` (values in [0, 1]) with labels ``y`` ``[N]`` under ``threat``.
+
+        ``seed`` fixes every random choice of the attack: the same seed gives the same result on CPU.
+        ``samples`` (per-sample seeds) makes the random starts each sample's own (:class:`SampleSeeds`).
+        ``progress``, if given, is called with the fraction of the work done as the attack steps.
+        """
+        self.require(threat)
+        x, y = self._prepare(x, y)
+        if x.shape[0] == 0:
+            empty = torch.zeros(0, dtype=torch.float64, device=x.device) if self.minimum_norm else None
+            return AttackResult(x.float().clone(), torch.zeros(0, dtype=torch.bool, device=x.device), min_norm=empty)
+        ctx = self._context(model, x, seed, progress, threat=threat, samples=samples)
+        x_adv = check_in_threat_model(self.name, x, self.run(ctx, x, y), threat)
+        min_norm = None
+        if self.minimum_norm:
+            if ctx.min_norm_points is None:
+                raise AttackContractError(f"attack '{self.name}' is a minimum-norm attack but reported no points")
+            min_norm = verified_min_norm(self.name, ctx, x, y, ctx.min_norm_points)
+        success = verified_success(ctx.verification_logits(x_adv), y)
+        ctx.report(1.0)
+        return AttackResult(x_adv, success, ctx.n_forward, ctx.n_backward, *ctx.loss_trace(), n_nonfinite=ctx.n_nonfinite,
+                            min_norm=min_norm)
+
+
+def verified_success(logits: Tensor, y: Tensor) -> Tensor:
+    """``[N]`` bool: the model's prediction differs from ``y``; NaN or inf logits are an error, not a success."""
+    if not torch.isfinite(logits).all():
+        raise RbxError("the model returned NaN or inf logits on adversarial inputs: its outputs are not usable "
+                       "for a robustness evaluation (check its numerics, e.g. a log of zero)")
+    return logits.argmax(1) != y
+
+
+def verified_min_norm(name: str, ctx: AttackContext, x: Tensor, y: Tensor, x_min: Tensor) -> Tensor:
+    """``[N]`` float64: ``||x_min - x||`` (the threat model's norm) where the model misclassifies ``x_min``, else inf.
+
+    ``x_min`` must be finite and in the [0, 1] box (it may lie outside the eps-ball: it is the closest
+    adversarial point found at any radius). Its logits go through ``ctx.logits``, so the verification
+    of returned points identical to ``x_min`` (those inside the ball) reuses this forward pass.
+    """
+    if not isinstance(x_min, Tensor) or x_min.shape != x.shape:
+        raise AttackContractError(f"attack '{name}' reported minimum-norm points of shape {getattr(x_min, 'shape', None)} "
+                                  f"for input {tuple(x.shape)}")
+    x_min = x_min.detach().to(torch.float32)
+    if not torch.isfinite(x_min).all() or (x_min.numel() and (x_min.min() < 0 or x_min.max() > 1)):
+        raise AttackContractError(f"attack '{name}' reported minimum-norm points that are not finite or leave the [0, 1] box")
+    fooled = verified_success(ctx.logits(x_min), y)
+    norms = ctx.geometry.norm_of(x_min.double() - x.double())
+    return torch.where(fooled, norms, torch.full_like(norms, math.inf))
+
+
+def require_positive_ints(attack: Any, *fields: str) -> None:
+    """Raise a clear :class:`RbxError` unless each named parameter of ``attack`` is an int >= 1."""
+    for name in fields:
+        value = getattr(attack, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise RbxError(f"attack '{attack.name}': {name} must be a positive integer, got {value!r}")
+
+
+def check_in_threat_model(name: str, x: Tensor, x_adv: Tensor, threat: ThreatModel) -> Tensor:
+    """``x_adv`` as float32 after checking it is in ball ∩ box (norms accumulated in float64).
+
+    A violation raises :class:`AttackContractError`: it is a bug in the attack named ``name``.
+    """
+    if not isinstance(x_adv, Tensor) or x_adv.shape != x.shape:
+        raise AttackContractError(f"attack '{name}' returned shape {getattr(x_adv, 'shape', None)} for input {tuple(x.shape)}")
+    x_adv = x_adv.detach().to(torch.float32)
+    if not torch.isfinite(x_adv).all():
+        raise AttackContractError(f"attack '{name}' returned NaN or inf pixels")
+    if x_adv.numel() and (x_adv.min() < 0 or x_adv.max() > 1):
+        raise AttackContractError(
+            f"attack '{name}' left the [0, 1] box (range {x_adv.min().item():.4g}..{x_adv.max().item():.4g})"
+        )
+    geom = threat.geometry
+    norms = geom.norm_of(x_adv.double() - x.double())
+    bad = norms > geom.tolerance(threat.eps, x[0].numel())
+    if bad.any():
+        raise AttackContractError(
+            f"attack '{name}' returned {int(bad.sum())} points outside the {threat.label} ball "
+            f"(largest {threat.norm} norm {norms.max().item():.6g} > eps {threat.eps:.6g}): a bug in the attack"
+        )
+    return x_adv
+
+
+def check_inputs(x: Tensor, y: Tensor) -> None:
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise RbxError("x and y must be torch tensors")
+    if x.ndim < 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+        raise RbxError(f"expected x [N, C, H, W] and y [N]; got x {tuple(x.shape)} and y {tuple(y.shape)}")
+    if not x.is_floating_point():
+        raise RbxError(f"x must be floating point in [0, 1], got {x.dtype}: divide uint8 images by 255")
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise RbxError(
+            f"inputs must lie in [0, 1], got range {x.min().item():.4g}..{x.max().item():.4g} "
+            "(0..255 data? divide by 255; normalized data? move the normalization into the model)"
+        )
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise RbxError(f"labels must be integer class indices, got {y.dtype} (cast them with y.long())")
+
+
+# ---- several threat models at once -----------------------------------------------------------------
+@dataclass(frozen=True)
+class MultiThreatResult:
+    """What a :class:`MultiThreatAttack` returns for a batch under T threat models.
+
+    ``x_adv[t]``: ``[N, C, H, W]`` inside threat model t's ball ∩ box (checked); ``success``: ``[N, T]``
+    bool from the model's predictions; ``loss``: ``[N, T]`` cross-entropy at each ``x_adv[t]``;
+    ``worst``: ``[N]`` the threat model whose adversarial is worst for the model (a success if
+    any, else the highest loss) -- what a MAX-style multi-norm training step uses.
+    """
+
+    x_adv: tuple[Tensor, ...]
+    success: Tensor
+    loss: Tensor
+    worst: Tensor
+    n_forward: int = 0
+    n_backward: int = 0
+    n_nonfinite: int = 0
+
+    @property
+    def union_success(self) -> Tensor:
+        """``[N]``: broken under at least one threat model (not union-robust)."""
+        return self.success.any(1)
+
+    def x_worst(self) -> Tensor:
+        """``[N, ...]``: each sample's adversarial under its worst threat model."""
+        stacked = torch.stack(self.x_adv)  # [T, N, ...]
+        return stacked[self.worst, torch.arange(stacked.shape[1], device=stacked.device)]
+
+
+class MultiThreatAttack(AttackBase):
+    """An attack that searches several threat models at once; the contract holds per threat model.
+
+    Implement :meth:`run`; ``ctx.threats`` are the threat models, ``ctx.model`` the counting model.
+    """
+
+    name: ClassVar[str] = "multi"
+
+    @abstractmethod
+    def run(self, ctx: AttackContext, x: Tensor, y: Tensor) -> list[Tensor]:
+        """Return one candidate ``[N, ...]`` per threat model of ``ctx.threats``, in order."""
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, threats: Sequence[ThreatModel], *,
+                 seed: int = 0, progress: StepReport | None = None, samples: SampleSeeds | None = None) -> MultiThreatResult:
+        threats = list(threats)
+        if not threats:
+            raise RbxError(f"attack '{self.name}' needs at least one threat model")
+        x, y = self._prepare(x, y)
+        ctx = self._context(model, x, seed, progress, threats=threats, samples=samples)
+        cands = self.run(ctx, x, y) if x.shape[0] else [x.clone() for _ in threats]
+        if len(cands) != len(threats):
+            raise AttackContractError(f"attack '{self.name}' returned {len(cands)} candidates for {len(threats)} threat models")
+        x_adv = tuple(check_in_threat_model(self.name, x, c, t) for c, t in zip(cands, threats))
+        success, losses = [], []
+        with torch.no_grad():
+            for xa in x_adv:
+                logits = ctx.model(xa)
+                success.append(verified_success(logits, y))
+                losses.append(nn.functional.cross_entropy(logits.float(), y, reduction="none"))
+        success_t = torch.stack(success, 1) if x.shape[0] else torch.zeros((0, len(threats)), dtype=torch.bool, device=x.device)
+        loss_t = torch.stack(losses, 1) if x.shape[0] else torch.zeros((0, len(threats)), device=x.device)
+        # Worst threat model per sample: the first success, else the highest loss.
+        score = loss_t.masked_fill(success_t, math.inf)
+        worst = score.argmax(1) if x.shape[0] else torch.zeros(0, dtype=torch.long, device=x.device)
+        ctx.report(1.0)
+        return MultiThreatResult(x_adv, success_t, loss_t, worst, ctx.n_forward, ctx.n_backward, ctx.n_nonfinite)

@@ -1,0 +1,42 @@
+"""What every ``rbx`` command module shares: the default model, the evaluation-state folder, progress
+lines on stderr (``--quiet``) and when to show a bar."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from ..evaluation.request import DEFAULT_MODEL, STATE_DIR  # noqa: F401  (the commands' defaults are the request's)
+
+
+class _ClickHandler(logging.Handler):
+    """Log records as ``rbx: warning: ...`` lines on the stderr click is writing to right now."""
+
+    def __init__(self, plain: bool = False) -> None:
+        super().__init__()
+        self.plain = plain
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.plain:  # progress lines: "rbx: Linf:8/255 pma: broke ..."
+            click.echo(f"rbx: {record.getMessage()}", err=True)
+        else:
+            click.echo(f"rbx: {record.levelname.lower()}: {record.getMessage()}", err=True)
+
+
+def set_quiet(quiet: bool) -> None:
+    """Progress lines (one per finished stage, check or epoch) on stderr, unless ``quiet``."""
+    logger = logging.getLogger("robustbench_ext.progress")
+    logger.handlers = [h for h in logger.handlers if not isinstance(h, _ClickHandler)] + [_ClickHandler(plain=True)]
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+
+def quiet_option(f):
+    """``--quiet/-q``: no progress lines and no bar (warnings and errors still show)."""
+    return click.option("-q", "--quiet", is_flag=True, help="No progress lines or bars on stderr.")(f)
+
+
+def _show_bar(progress: bool | None, quiet: bool) -> bool:
+    return False if quiet else (progress if progress is not None else sys.stderr.isatty())
