@@ -94,7 +94,7 @@ def ensure_writable(results_dir: Path) -> Path:
 
 
 def remove_if_empty(folder: Path) -> None:
-    """Remove ``folder`` if it exists and is empty (a checkpoint folder after its run finished)."""
+    """Remove ``folder`` if it exists and is empty (an evaluation-state folder after its run finished)."""
     try:
         Path(folder).rmdir()
     except OSError:

@@ -98,7 +98,7 @@ CASES = {
     "truncated checkpoint": ("truncated", "is truncated or corrupt (1,000 bytes): delete it and download it again"),
     "wrong-architecture checkpoint": ("wrong-arch", "does not fit architecture 'resnet18'"),
     "unwritable results directory": ("unwritable", "cannot write to results directory"),
-    "resume without a checkpoint": (["--resume"], "no checkpoint of this run"),
+    "resume without a saved state": (["--resume"], "no saved evaluation state of this run"),
     "CIFAR-100 neither local nor downloadable": ("offline-cifar100", "put cifar-100-python/ or cifar100/test_jpeg.npz in ./data or set RBX_DATA=DIR"),
     "ImageNet not on this machine": ("no-imagenet", "it cannot be downloaded (its licence requires registration at image-net.org)"),
     "corruption set given as plain images": (["--dataset", "cifar10-c:base=cifar10-1k"], "is a set of common corruptions, not one image set"),

@@ -46,10 +46,10 @@ class RbxGroup(click.Group):
                 click.echo(f"rbx: internal error: {type(cause).__name__}: {str(cause).strip()[:200]} "
                            "(rerun with -vv for the traceback)", err=True)
                 sys.exit(1)
-            click.echo("rbx: interrupted; nothing was written (a checkpoint, if any, lets the same command resume)", err=True)
+            click.echo("rbx: interrupted; nothing was written (a saved evaluation state, if any, lets the same command resume)", err=True)
             sys.exit(130)
         except KeyboardInterrupt:
-            click.echo("rbx: interrupted; nothing was written (a checkpoint, if any, lets the same command resume)", err=True)
+            click.echo("rbx: interrupted; nothing was written (a saved evaluation state, if any, lets the same command resume)", err=True)
             sys.exit(130)
         except Exception as exc:  # a bug in rbx or in a plugin: still one line, unless asked for the traceback
             if _VERBOSITY[0] >= 2:

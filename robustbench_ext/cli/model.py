@@ -44,7 +44,7 @@ from ..evaluation.suites import DEFAULT_SUITE
 @click.option("--eval-n", type=int, default=500, show_default=True, help="Test images for the evaluation hook (0: skip).")
 @click.option("--eval-dataset", default=None, help="Dataset of the evaluation hook [default: the --eval-suite's].")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
-@click.option("--resume/--no-resume", default=None, help="Continue the run folder's checkpoint [default: if there is one].")
+@click.option("--resume/--no-resume", default=None, help="Continue the run folder's training checkpoint [default: if there is one].")
 @click.option("--progress/--no-progress", default=None)
 @quiet_option
 def train_cmd(defense_spec, arch, init_spec, dataset_spec, n_train, epochs, batch_size, optimizer, lr, schedule,

@@ -36,7 +36,7 @@ from .common import DEFAULT_MODEL, quiet_option, set_quiet
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON instead of the table.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars [default: when stderr is a terminal].")
 @click.option("--resume/--no-resume", default=None,
-              help="Continue a killed run from its checkpoint (--resume: require one; --no-resume: start over) "
+              help="Continue a killed run from its saved evaluation state (--resume: require one; --no-resume: start over) "
                    "[default: continue if the same run left one].")
 @click.option("--shards", default=None, metavar="DIR|GLOB",
               help="Stream over .npz shards instead of --dataset (constant memory, resumable per shard).")

@@ -3,7 +3,7 @@
 Every main threat model's cascade (ensembles expanded into their parts), then the eps-sweep threat
 models' cascades, then the union-stage attacks. Each :class:`Stage` names the flag columns it can
 break points in, the ``broken_by`` value it writes there, and the key of its attack calls' seeds: the
-runner needs nothing else to walk, checkpoint and resume a run (AutoAttack's flat loop over
+runner needs nothing else to walk, save and resume a run (AutoAttack's flat loop over
 ``robust_flags``, made explicit).
 
 Union-only plans (``rbx run --union-only``): when only union robust accuracy matters, a point broken

@@ -237,7 +237,7 @@ def _start_or_resume(net: nn.Module, data: EvalData, plan: RunPlan, path: Path |
             log.warning("resuming from %s (stage %d of %d, batch %d)", path, state.stage + 1, len(plan.stages), state.batch)
             return state
     if resume:
-        raise RbxError(f"--resume: no checkpoint of this run in {path.parent if path else 'the results directory'}; "
+        raise RbxError(f"--resume: no saved evaluation state of this run in {path.parent if path else 'the results directory'}; "
                        "run without --resume")
     clean = _clean_pass(net, data.x, data.y, batch_size, dev, dist)  # validates labels and logits first
     checks = _run_checks(net, data, dev)

@@ -10,7 +10,7 @@ tool can). The stream (``rbx run --shards``, a :class:`~robustbench_ext.evaluati
 - evaluates each shard as one plain rbx run of the same request (checks, clean pass, cascades, union
   stage; :func:`~robustbench_ext.evaluation.runner.execute`) seeded by ``(seed, shard number)``, and writes its record under ``<stream dir>/records/shard-K.json``:
   a killed stream restarts at the first shard without a record (and a half-done shard resumes from
-  its batch checkpoint); a shard record made with other settings or from a changed file is redone;
+  its saved evaluation state); a shard record made with other settings or from a changed file is redone;
 - with ``torch.distributed`` (``torchrun``), shard ``k`` goes to rank ``k % world``; rank 0 merges;
 - merges the shard records into one record (flags concatenated; accuracies recomputed from them;
   per-stage passes, points and seconds summed) in ``results/records/``, like any run.
