@@ -72,3 +72,18 @@ def test_runs_on_other_images_get_their_own_board_and_never_replace_a_row(tmp_pa
         body = text.split(head, 1)[1].split("\n## ", 1)[0]
         rows = [line for line in body.splitlines() if line.startswith("|") and "smallcnn" in line]
         assert len(rows) == 1 and re.search(rf"\|\s*{n}\s*\|", rows[0])
+
+
+def test_two_runs_in_one_second_keep_both_records(tmp_path, small_cnn, cifar200):
+    """Record stems are time-based to the second: a second run started in the same second must not overwrite
+    the first's record (it gets the next free stem, and its run_id names it)."""
+    data = dataclasses.replace(cifar200, x=cifar200.x[:8], y=cifar200.y[:8])
+    suite = load_suite("cifar10-union")
+    threats = tuple(dataclasses.replace(t, attacks=(dataclasses.replace(t.attacks[0], params={"steps": 2}),))
+                    for t in suite.threats[:1])
+    first = evaluate(small_cnn, data, threats, suite=suite.name, seed=0, batch_size=8, progress=False)
+    second = dataclasses.replace(first)
+    p1, p2 = first.write(tmp_path), second.write(tmp_path)
+    assert p1 != p2 and p1.is_file() and p2.is_file()
+    assert p2.stem == f"{p1.stem}-2" and second.record.run_id == p2.stem
+    assert len(records_table(tmp_path)) == 2

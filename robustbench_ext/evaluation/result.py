@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,8 @@ class Evaluation:
     def write(self, results_dir: Path) -> Path:
         """Write ``records/<stem>.{npz,json}`` atomically; return the JSON path."""
         self.path = write_run(self.record, self.flags, results_dir, self.stem)
+        if self.path.stem != self.record.run_id:  # the stem was taken: the record was written under the next free one
+            self.record = dataclasses.replace(self.record, run_id=self.path.stem)
         return self.path
 
     def table(self) -> str:

@@ -119,7 +119,7 @@ def run_stream(request: RunRequest, *, stream_dir: Path | None = None, workers: 
         flags = ev.flags if idx is None else dataclasses.replace(ev.flags, index=idx)
         record = dataclasses.replace(ev.record, run_id=f"shard-{k:05d}", config={**ev.record.config, "stream": {
             "role": "shard", "key": key, "shard": k, "path": where, "file_sha256": shas[k], "global_index": idx is not None}})
-        write_run(record, flags, stream_dir, f"shard-{k:05d}")
+        write_run(record, flags, stream_dir, f"shard-{k:05d}", overwrite=True)
         log.info("shard %d: %d images, clean %.3f, union %.3f, %.1f s", k, data.n, record.clean.accuracy,
                  record.union.accuracy, time.perf_counter() - t0)
     dist.barrier()

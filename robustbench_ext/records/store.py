@@ -20,11 +20,34 @@ from .schema import RunRecord, SampleFlags
 
 
 
-def write_run(record: RunRecord, flags: SampleFlags, results_dir: Path, stem: str) -> Path:
-    """Write ``<stem>.npz`` then ``<stem>.json`` atomically under ``results_dir/records``; return the JSON path."""
+def free_stem(out: Path, stem: str) -> str:
+    """``stem``, or ``stem-2``, ``stem-3`` ... : the first that names no record or flags file in ``out``.
+
+    Two runs of one model and suite started within the same second get the same time-based stem; the second
+    must not overwrite the first's record.
+    """
+    candidate, k = stem, 1
+    while (out / f"{candidate}.json").exists() or (out / f"{candidate}.npz").exists():
+        k += 1
+        candidate = f"{stem}-{k}"
+    return candidate
+
+
+def write_run(record: RunRecord, flags: SampleFlags, results_dir: Path, stem: str, *, overwrite: bool = False) -> Path:
+    """Write ``<stem>.npz`` then ``<stem>.json`` atomically under ``results_dir/records``; return the JSON path.
+
+    An existing record of the same stem is kept (the new one gets the next free stem, and its ``run_id`` says so)
+    unless ``overwrite`` (a stream's shard rewritten on resume).
+    """
     out = Path(results_dir) / "records"
     try:
         out.mkdir(parents=True, exist_ok=True)
+        if not overwrite:
+            unique = free_stem(out, stem)
+            if unique != stem:
+                stem = unique
+                if record.run_id != stem:
+                    record = dataclasses.replace(record, run_id=stem)
         buf = io.BytesIO()
         np.savez_compressed(buf, **flags.to_arrays())
         blob = buf.getvalue()
