@@ -209,7 +209,7 @@ def checkpoint_error(path: Path, exc: BaseException | None = None) -> ModelLoadE
     the loader's error ``exc`` when there is one), and what to do -- re-download it only when it looks damaged."""
     path = Path(path)
     text = str(exc or "")
-    if "Weights only load failed" in text or "Unsupported global" in text:  # a pickled object, not only tensors
+    if "Unsupported global" in text:  # weights_only met a class to import: a pickled object, not only tensors
         what = re.search(r"GLOBAL ([\w.]+)", text)
         return ModelLoadError(f"checkpoint {path} holds a pickled Python object{f' ({what.group(1)})' if what else ''}, "
                               "not only tensors, and rbx does not unpickle code (it could run anything): save "
