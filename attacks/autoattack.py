@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -28,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from robustbench_ext._compat import import_pyautoattack
-from robustbench_ext.attack.base import Attack, AttackContext
+from robustbench_ext.attack.base import Attack, AttackContext, check_param_types
 from robustbench_ext.attack.cascade import Ensemble
 from robustbench_ext.errors import AttackContractError, RbxError
 from robustbench_ext.registry import ATTACKS
@@ -50,6 +51,12 @@ def _build(model: nn.Module, threat: ThreatModel, version: str, attacks: list[st
 def version_components(threat: ThreatModel, version: str, attacks: list[str] | None = None) -> list[str]:
     """The components AutoAttack ``version`` runs under ``threat``, in order (read from pyautoattack itself)."""
     return list(_build(nn.Identity(), threat, version, attacks, 0, "cpu").attacks_to_run)
+
+
+def _check_budget(name: str, budget: float) -> None:
+    """``budget`` scales AutoAttack's iterations and queries: a finite number > 0 (pyautoattack's loops take ints)."""
+    if not (isinstance(budget, (int, float)) and not isinstance(budget, bool) and math.isfinite(budget) and budget > 0):
+        raise RbxError(f"attack '{name}': budget must be a finite number > 0 (1 = AutoAttack's own iterations), got {budget!r}")
 
 
 def _check_version(version: str, attacks: list[str] | None) -> None:
@@ -76,14 +83,13 @@ class AAComponent(Attack):
     version: str = "standard"
     attacks: list[str] | None = None  # version custom: the full component list it was configured with
     budget: float = 1.0  # scales iterations (APGD, FAB: 100) and Square's queries (5,000); 1 = AutoAttack's
-    n_targets: int | None = None  # APGD-T / FAB-T target classes (None: the version's, 9); capped at K - 1 by fit()
+    n_targets: int | None = None  # APGD-T / FAB-T target classes (None: the version's: 9, APGD-T's 5 under L1); capped at K - 1 by fit()
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # types: budget a finite number, n_targets an int or unset, ...
         _check_version(self.version, self.attacks)
-        if not self.budget > 0:
-            raise RbxError(f"attack '{self.name}': budget must be > 0, got {self.budget!r}")
-        if self.n_targets is not None and (isinstance(self.n_targets, bool) or not isinstance(self.n_targets, int)
-                                           or self.n_targets < 1):
+        _check_budget(self.name, self.budget)
+        if self.n_targets is not None and self.n_targets < 1:
             raise RbxError(f"attack '{self.name}': n_targets must be a positive integer, got {self.n_targets!r}")
 
     def eot_note_for(self) -> str | None:
@@ -93,7 +99,8 @@ class AAComponent(Attack):
                 "(APGD-CE and APGD-DLR with 20 EOT iterations) or rbx's own attacks with eot=K")
 
     def fit(self, num_classes, input_shape, threat):
-        """pyautoattack's limits, checked before the run: what its code would crash on mid-run is refused here."""
+        """pyautoattack's limits, checked before the run (and on every direct call): what its code would crash on
+        mid-run is refused here, naming the attack; targets beyond K - 1 are capped with a note."""
         c = self.component
         if c in ("apgd-t", "apgd-dlr", "fab-t"):
             need = {"apgd-t": 4, "apgd-dlr": 3, "fab-t": 2}[c]
@@ -109,13 +116,36 @@ class AAComponent(Attack):
             if min(h, w) < 8:
                 raise RbxError(f"attack '{self.name}' (pyautoattack's Square) needs images of at least 8x8 pixels; "
                                f"the data's are {h}x{w}")
+        if threat is None:
+            return self, None
+        aa = self._configured(threat)
+        if c.startswith("apgd"):
+            apgd = aa.apgd_targeted if c == "apgd-t" else aa.apgd
+            if apgd.use_largereps:  # AutoAttack's L1 schedule: ceil(30%), ceil(30%), the rest at 3x, 2x, 1x eps
+                n = int(apgd.n_iter_orig)
+                first = 2 * math.ceil(0.3 * n)
+                if n - first < 1:
+                    raise RbxError(f"attack '{self.name}': budget={self.budget:g} gives APGD {n} iteration{'s' * (n != 1)}; "
+                                   f"under {threat.norm} AutoAttack runs them at 3x, 2x and then 1x eps (ceil(30%), "
+                                   f"ceil(30%), the rest), which leaves {n - first} at the threat's eps: use budget >= 0.05")
         if c in ("apgd-t", "fab-t"):
-            want = self.n_targets or 9
+            want = int((aa.apgd_targeted if c == "apgd-t" else aa.fab).n_target_classes)
             if want > num_classes - 1:
                 fitted = dataclasses.replace(self, n_targets=num_classes - 1)
                 return fitted, (f"{self.name}: {want} target classes asked, the model has {num_classes} classes: "
                                 f"ran with {num_classes - 1} (every other class)")
         return self, None
+
+    def _configured(self, threat: ThreatModel):
+        """pyautoattack's AutoAttack as :meth:`run` configures it for ``threat`` (on a stand-in model): its settings."""
+        attacks = (self.attacks or [self.component]) if self.version == "custom" else None
+        aa = _build(nn.Identity(), threat, self.version, attacks, 0, "cpu")
+        if self.budget != 1.0:
+            _scale_budget(aa, self.budget)
+        if self.n_targets is not None:
+            aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = self.n_targets
+        return aa
+
     def run(self, ctx: AttackContext, x: Tensor, y: Tensor) -> Tensor:
         seed = ctx.spawn_seed() % (2**31)
         attacks = (self.attacks or [self.component]) if self.version == "custom" else None
@@ -182,7 +212,10 @@ class AutoAttack(Ensemble):
     budget: float = 1.0
 
     def __post_init__(self) -> None:
+        check_param_types(self)
         _check_version(self.version, self.attacks)
+        _check_budget(self.name, self.budget)
+        super().__post_init__()  # every component built under every norm (each checks its own options)
 
     def components(self, threat: ThreatModel) -> list[Attack]:
         return [ATTACKS.create(f"aa-{c}", version=self.version, attacks=self.attacks, budget=self.budget)

@@ -58,6 +58,7 @@ class CarliniWagnerL2(MinNormAttack):
     abort_early: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require_positive_ints(self, "binary_search_steps", "steps")
         if not self.initial_const > 0 or not self.lr > 0 or not self.kappa >= 0:
             raise RbxError(f"attack 'cw': need initial_const > 0, lr > 0 and kappa >= 0, "

@@ -39,6 +39,7 @@ class DeepFool(MinNormAttack):
     overshoot: float = 0.02
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require_positive_ints(self, "steps", "candidates")
         if self.candidates < 2:
             raise RbxError(f"attack 'deepfool': candidates must be >= 2 (the label and at least one other class), got {self.candidates}")

@@ -44,6 +44,7 @@ class PMAPlus(Ensemble):
     early_stop: bool = True  # False (training): every component returns its highest-loss point
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require_positive_ints(self, "steps", "n_targets")
 
     def components(self, threat: ThreatModel) -> list[Attack]:

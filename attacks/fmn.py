@@ -58,6 +58,7 @@ class FMN(MinNormAttack):
     gamma_final: float = 0.001
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require_positive_ints(self, "steps")
         if not self.alpha_init > 0 or (self.alpha_final is not None and not self.alpha_final > 0):
             raise RbxError(f"attack 'fmn': step sizes must be > 0, got alpha_init={self.alpha_init!r}, alpha_final={self.alpha_final!r}")

@@ -38,6 +38,7 @@ class UnionWorst(MultiThreatAttack):
     attack: str = "apgd-ce"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self._inner()  # fail fast on a bad spec
 
     def _inner(self):
@@ -79,6 +80,7 @@ class MSD(MultiThreatAttack):
     l1_sparsity: float = 0.01
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require_positive_ints(self, "steps")
         if not self.rel_step_size > 0:
             raise RbxError(f"attack 'msd': rel_step_size must be > 0, got {self.rel_step_size!r}")

@@ -72,6 +72,11 @@ class TradesPGD(IterativeAttack):
     steps: int = 10
     rel_step_size: float | None = None  # None: 2.5 / steps
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rel_step_size is not None and not self.rel_step_size > 0:
+            raise RbxError(f"attack '{self.name}': rel_step_size must be > 0, got {self.rel_step_size!r}")
+
     def begin(self, ctx, x0, y0, x_start, eps, p) -> dict:
         return {"log_p_clean": ctx.logits(x0).float().log_softmax(1)}
 

@@ -33,7 +33,7 @@ from robustbench_ext.models.loading import load_model
 from robustbench_ext.paths import atomic_write_text
 from robustbench_ext.registry import DATASETS
 from robustbench_ext.attack.search import SearchOptions
-from robustbench_ext.runtime import frozen, resolve_device
+from robustbench_ext.runtime import frozen, resolve_device, seed_arg
 from robustbench_ext.records.schema import union_flags
 from robustbench_ext import evaluate
 from robustbench_ext.evaluation.suites import load_suite
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-size", type=int, default=500)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=seed_arg, default=0)
     ap.add_argument("--out", default=None, help="output stem (default results/aa_vs_rbx/<device>_<model>_n<N>)")
     ap.add_argument("--skip-aa", action="store_true", help="only run rbx (for tuning)")
     ap.add_argument("--union-only", action="store_true", help="rbx in union-only mode (rbx run --union-only)")

@@ -37,7 +37,7 @@ from robustbench_ext.models.loading import load_model
 from robustbench_ext.reporting.plots import png_bytes
 from robustbench_ext.paths import atomic_write_bytes, atomic_write_text
 from robustbench_ext.registry import ATTACKS, DATASETS
-from robustbench_ext.runtime import frozen
+from robustbench_ext.runtime import frozen, seed_arg
 from robustbench_ext import evaluate
 from robustbench_ext.evaluation.suites import load_suite
 from robustbench_ext.attack.threat import ThreatModel
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-n", type=int, default=500)
     ap.add_argument("--suite", default="cifar10-union")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=seed_arg, default=0)
     ap.add_argument("--results-dir", default="results")
     ap.add_argument("--tag", default=None)
     a = ap.parse_args(argv)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from robustbench_ext.records import provenance
-from robustbench_ext.runtime import derive_seed
+from robustbench_ext.runtime import derive_seed, seed_arg
 from robustbench_ext.evaluation.majority import majority_wrong
 from robustbench_ext.models.loading import load_model
 from robustbench_ext.paths import atomic_write_text
@@ -97,8 +97,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--eot", type=int, default=5)
     ap.add_argument("--draws", type=int, default=11)
-    ap.add_argument("--draw-seed", type=int, default=0)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--draw-seed", type=seed_arg, default=0)
+    ap.add_argument("--seed", type=seed_arg, default=0)
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--results-dir", default="results")
     ap.add_argument("--append", action="store_true", help="keep the other sigmas' runs in the JSON and the report")

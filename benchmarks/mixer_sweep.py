@@ -36,7 +36,7 @@ from robustbench_ext.models.loading import load_model
 from robustbench_ext.reporting.plots import png_bytes
 from robustbench_ext.paths import atomic_write_bytes, atomic_write_text
 from robustbench_ext.registry import DATASETS
-from robustbench_ext.runtime import frozen
+from robustbench_ext.runtime import frozen, seed_arg
 from robustbench_ext import evaluate
 from robustbench_ext.evaluation.suites import load_suite
 from robustbench_ext.training.engine import TrainConfig, Trainer
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     ap.add_argument("--parts", default="constant,nuts,mixnet", help="which of constant, nuts, mixnet to run")
     ap.add_argument("--suite", default="cifar10-union", help="evaluation suite (a cheaper one only for smoke checks)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=seed_arg, default=0)
     ap.add_argument("--results-dir", default="results")
     ap.add_argument("--tag", default="cpu_smallcnn")
     a = ap.parse_args(argv)

@@ -38,6 +38,7 @@ from robustbench_ext.reporting.regress import paired_mcnemar
 from robustbench_ext import evaluate
 from robustbench_ext.evaluation.suites import AttackSpec, ThreatSpec, load_suite
 from robustbench_ext.training.engine import TrainConfig, Trainer
+from robustbench_ext.runtime import seed_arg
 
 STUDENT_PGD = "pgd:steps={steps},rel_step_size=0.25,start_std=0.001"  # 2/255 steps at 8/255
 
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
     ap.add_argument("--suite", default="cifar10-union")
     ap.add_argument("--suite-steps", type=int, default=None, help="lower every suite attack's steps (tiny checks only)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=seed_arg, default=0)
     ap.add_argument("--results-dir", default="results")
     ap.add_argument("--tag", default=None)
     ap.add_argument("--skip-teacher-eval", action="store_true",

@@ -55,7 +55,7 @@ from robustbench_ext.paths import atomic_write_text
 from robustbench_ext.registry import DATASETS
 from robustbench_ext.evaluation.suites import AttackSpec
 from robustbench_ext.attack.search import SearchOptions, search_model
-from robustbench_ext.runtime import frozen, resolve_device
+from robustbench_ext.runtime import frozen, resolve_device, seed_arg
 from robustbench_ext.attack.threat import ThreatModel
 
 
@@ -238,7 +238,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=10, help="PGD steps (rbx and torchattacks)")
     ap.add_argument("--apgd-steps", type=int, default=100)
     ap.add_argument("--eps", type=float, default=8 / 255)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=seed_arg, default=0)
     ap.add_argument("--standard", action="store_true", help="also rbx's union suite vs pyautoattack standard")
     ap.add_argument("--variants", action="store_true", help="also PGD with channels_last / bf16 search / compile")
     ap.add_argument("--repeat", type=int, default=5, help="runs per quick row (the median is reported)")

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from robustbench_ext.errors import RbxError
 from robustbench_ext.models.loading import LoadedModel, load_model
 from robustbench_ext.registry import MODELS
+from robustbench_ext.runtime import check_seed
 
 
 class GaussianNoiseInput(nn.Module):
@@ -33,6 +34,8 @@ class GaussianNoiseInput(nn.Module):
         super().__init__()
         if not sigma >= 0:
             raise RbxError(f"noisy: sigma must be >= 0, got {sigma!r}")
+        if seed is not None:
+            check_seed(seed, "noisy: seed")  # torch takes any 64-bit value, but wraps negatives: refused, like rbx's seeds
         self.model = model
         self.sigma = float(sigma)
         self.seed = seed
@@ -40,7 +43,7 @@ class GaussianNoiseInput(nn.Module):
 
     def reseed(self, seed: int) -> None:
         """Restart the noise sequence from ``seed`` (makes the following passes reproducible)."""
-        self.seed = int(seed)
+        self.seed = check_seed(seed, "noisy: seed")
         self._generator = None
 
     def _noise(self, x: Tensor) -> Tensor:
@@ -73,6 +76,8 @@ def _parse(arg: str) -> tuple[str, float, int | None]:
         raise RbxError(f"noisy: sigma must be a number and seed an integer, got {values}") from None
     if not sigma >= 0:
         raise RbxError(f"noisy: sigma must be >= 0, got {sigma}")
+    if seed is not None:
+        check_seed(seed, "noisy: seed")
     return head, sigma, seed
 
 

@@ -19,7 +19,6 @@ from ._version import __version__
 from . import _legacy
 from .errors import RbxError
 from .registry import ARCHITECTURES, ATTACKS, DATASETS, DEFENSES, MODELS, SUITES
-from .attack.threat import ThreatModel
 
 _legacy.install()
 
@@ -36,10 +35,11 @@ __all__ = [
     "RbxError",
 ]
 
-#: Public names loaded on first use (importing the package stays light): name -> module.
+#: Public names loaded on first use (importing the package stays light: no torch until one is used, so that the
+#: ``rbx`` entry point can handle Ctrl-C during start-up): name -> module.
 _LAZY = {
     "evaluate": "evaluation.api", "check": "evaluation.api", "run": "evaluation.api", "RunRequest": "evaluation.request",
-    "Evaluation": "evaluation.result",
+    "Evaluation": "evaluation.result", "ThreatModel": "attack.threat",
     "Attack": "attack.base", "MultiThreatAttack": "attack.base", "AttackResult": "attack.context",
     "Defense": "training.contract", "LoadedModel": "models.loading", "EvalData": "data.datasets",
     "RunRecord": "records.schema", "SampleFlags": "records.schema", "read_record": "records.store",

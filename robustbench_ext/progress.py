@@ -16,9 +16,11 @@ This is a leaf module: it imports nothing from rbx.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterator
 
 from tqdm.auto import tqdm
 
@@ -26,6 +28,19 @@ log = logging.getLogger("robustbench_ext.progress")
 
 #: A callback an attack calls with the fraction (0..1) of its work on the current batch that is done.
 StepReport = Callable[[float], None]
+
+
+@contextlib.contextmanager
+def resumable(path: "Path | str | None", what: str) -> Iterator[None]:
+    """Mark an interruption (Ctrl-C, or SIGTERM as the ``rbx`` entry point raises it) that passes through with where
+    the work done so far is saved (``path``, if it exists by then: ``what`` names it), so that the entry point can say
+    how to resume. The interruption is re-raised unchanged: a library call never swallows it."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        if path is not None and getattr(exc, "rbx_saved", None) is None and Path(path).exists():
+            exc.rbx_saved = (str(path), what)  # type: ignore[attr-defined]
+        raise
 
 
 def fmt_seconds(s: float) -> str:

@@ -31,6 +31,7 @@ entry point may name a module (importing it runs its ``@register`` decorators) o
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import importlib
 import inspect
@@ -100,6 +101,7 @@ class Registry(Generic[T]):
         self.group = group
         self._entries: dict[str, Entry[T]] = {}
         self._entry_points_loaded = False
+        self._hints: list[Callable[[str], tuple[str, str] | None]] = []
 
     # ---- registering --------------------------------------------------------------------------
     def register(
@@ -129,6 +131,27 @@ class Registry(Generic[T]):
     def unregister(self, name: str) -> None:
         self._entries.pop(name, None)
 
+    def add_hint(self, hint: Callable[[str], tuple[str, str] | None]) -> Callable[[str], tuple[str, str] | None]:
+        """Register ``hint(text)``: for an unknown name, the spec the user most likely meant and why (``("file:./m.pt",
+        "a state-dict checkpoint: give its --arch too")`` for a path to a checkpoint), or None. A hint must follow from
+        what it sees (the text, a file that exists), so that no message sends the user the wrong way; usable as a
+        decorator."""
+        self._hints.append(hint)
+        return hint
+
+    def _unknown(self, text: str) -> UnknownNameError:
+        """The error for an unknown name: a registered hint if one applies (the spec meant, without the list of every
+        name), else the known names, then close matches of a misspelled one."""
+        for hint in self._hints:
+            meant = hint(text)
+            if meant:
+                spec, why = meant
+                return UnknownNameError(f"unknown {self.kind} '{text}'; did you mean {spec}? ({why})")
+        names = self.names(display=True)
+        close = difflib.get_close_matches(text, names, n=3, cutoff=0.75)
+        typo = f"; did you mean {' or '.join(close)}?" if close else ""
+        return UnknownNameError(f"unknown {self.kind} '{text}'; known: {', '.join(names)}{typo}")
+
     # ---- looking up ---------------------------------------------------------------------------
     def _ensure_loaded(self) -> None:
         _load_builtins()
@@ -153,7 +176,7 @@ class Registry(Generic[T]):
         head = spec.name if isinstance(spec, Spec) else text.partition(":")[0]
         entry = self._entries.get(head)
         if entry is None:
-            raise UnknownNameError(f"unknown {self.kind} '{text}'; known: {', '.join(self.names(display=True))}")
+            raise self._unknown(text)
         if isinstance(spec, Spec):
             parsed = spec
         else:

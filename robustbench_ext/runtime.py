@@ -49,7 +49,8 @@ SEED_STREAMS: dict[str, tuple[int, ...]] = {
     "sample": (),             # one sample's random draw within an attack call: (sample key, draw number)
     "draws": (0x44524157,),   # "DRAW": majority re-checks of a randomized model: (draws, stage or 0, batch)
     "curve": (0x43555256,),   # "CURV": --curve's extra minimum-norm and reference runs
-    "checks": (0x43484B53,),  # "CHKS": the attack-based masking checks: (checks, 0, stage) and (checks, 1) for the black box
+    "checks": (0x43484B53,),  # "CHKS": the attack-based masking checks: (checks, 0, stage[, batch > 0]), (checks, 1[, batch > 0])
+                              # for the black box, (checks, 2, batch > 0) for draw_spread's later batches
     "train-order": (1,),      # training: the shuffle and augmentation of an epoch: (1, epoch)
     "train-step": (2,),       # training: one step's attacks: (2, epoch, step), then the call number
 }
@@ -83,6 +84,57 @@ def check_seed(seed: object, flag: str = "seed") -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) <= MAX_SEED:
         raise RbxError(f"{flag} must be an integer from 0 to {MAX_SEED} (2**32 - 1), got {seed!r}")
     return int(seed)
+
+
+# ---- the caller's autograd context --------------------------------------------------------------------
+#: Attacks need input gradients whatever grad mode the caller is in: under ``torch.no_grad()`` they turn
+#: gradients on where they take them; ``torch.inference_mode()`` is left for the duration of an rbx call
+#: (:func:`outside_inference_mode`), inputs created under it are cloned into normal tensors
+#: (:func:`autograd_tensor`), and a model whose own weights were created under it is refused in one line
+#: (:func:`check_autograd_model`): autograd cannot differentiate through inference tensors.
+
+
+def outside_inference_mode():
+    """A context manager (and decorator): inference mode off for its duration, grad mode left as the caller set it."""
+    return torch.inference_mode(False)
+
+
+@contextlib.contextmanager
+def autograd_on() -> Iterator[None]:
+    """Inference mode off and gradients on, whatever the caller's context (``no_grad``, ``inference_mode``)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+def autograd_tensor(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself, or a normal copy of it if it was created under ``torch.inference_mode()`` (call this outside
+    inference mode: a copy made inside it is an inference tensor again)."""
+    return t.clone() if isinstance(t, torch.Tensor) and t.is_inference() else t
+
+
+def check_autograd_model(model: object, name: str = "the model") -> None:
+    """Raise a one-line :class:`RbxError` if ``model`` holds weights or buffers created under ``torch.inference_mode()``."""
+    tensors = [*getattr(model, "parameters", lambda: [])(), *getattr(model, "buffers", lambda: [])()] \
+        if isinstance(model, nn.Module) else []
+    if any(t.is_inference() for t in tensors):
+        raise RbxError(f"{name} holds weights created under torch.inference_mode() (inference tensors), which autograd "
+                       "cannot differentiate through, so no attack can take its input gradient: create or load the model "
+                       "outside inference_mode (torch.no_grad() is fine), or pass copy.deepcopy(model) made outside it")
+
+
+def seed_arg(text: str) -> int:
+    """An ``argparse`` type for a ``--seed`` option (the benchmarks' scripts): :func:`check_seed` on the integer, so that a
+    script refuses the seeds ``rbx`` refuses (argparse prints the message as a usage error)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a seed is an integer from 0 to {MAX_SEED}, got {text!r}") from None
+    try:
+        return check_seed(value)
+    except RbxError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 @contextlib.contextmanager

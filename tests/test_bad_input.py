@@ -1,6 +1,6 @@
 """The bad-input matrix: every case gives one line on stderr, a non-zero exit code, and writes nothing.
 
-The same table is in the README ("What rbx guarantees"); keep them in step.
+The same table is in docs/guide/guarantees.md ("What rbx guarantees"); keep them in step.
 """
 
 from pathlib import Path
@@ -85,6 +85,7 @@ CASES = {
     "eps negative": (["--threat", "L1:-3"], "eps must be > 0"),
     "eps NaN": (["--threat", "Linf:nan"], "eps must be finite"),
     "eps inf": (["--threat", "L2:inf"], "eps must be finite"),
+    "eps covering the whole box": (["--threat", "Linf:8"], "did you mean Linf:8/255?); give a smaller radius, or pass --allow-meaningless-eps"),
     "n-examples zero": (["--n-examples", "0"], "--n-examples must be a positive integer"),
     "n-examples above the dataset": (["--n-examples", "1001"], "more than the 1000 images"),
     "batch size zero": (["--batch-size", "0"], "--batch-size must be a positive integer"),
@@ -177,15 +178,16 @@ def test_bad_input_matrix(case, in_tmp, small_cnn, test_models, monkeypatch):
     assert not (in_tmp / "data").exists() and not (in_tmp / "models").exists()  # no empty ./data or ./models either
 
 
-def test_eps_covering_the_box_is_a_warning(in_tmp):
+def test_eps_covering_the_box_runs_only_when_allowed_and_warns(in_tmp):
     res = CliRunner().invoke(cli, ["run", *SMALL[:-4], "--threat", "Linf:1", "--attack", "pgd:steps=2",
-                                   "--results-dir", str(in_tmp / "res")])
+                                   "--allow-meaningless-eps", "--results-dir", str(in_tmp / "res")])
     assert res.exit_code == 0
     assert "contains the whole [0, 1] box" in res.stderr and "meaningless" in res.stderr
+    assert "meaningless: the ball covers the [0, 1] box" in res.stdout
     assert len(list((in_tmp / "res" / "records").glob("*.json"))) == 1
 
 
-def test_readme_lists_every_case():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+def test_guarantees_page_lists_every_case():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "guide" / "guarantees.md").read_text()
     for case in CASES:
-        assert f"| {case} |" in readme, case
+        assert f"| {case} |" in page, case

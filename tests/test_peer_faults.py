@@ -335,7 +335,8 @@ def test_box_covering_threat_warns_suggests_255_and_marks_the_record(tmp_path, s
     from robustbench_ext.reporting.boards import leaderboard_markdown
 
     res = CliRunner().invoke(cli, ["run", "--model", "cifar10-smallcnn-linf-at", "--dataset", DATA, "--n-examples", "6",
-                                   "--threat", "Linf:8", "--attack", "pgd:steps=1", "--results-dir", str(tmp_path)])
+                                   "--threat", "Linf:8", "--attack", "pgd:steps=1", "--allow-meaningless-eps",
+                                   "--results-dir", str(tmp_path)])
     assert res.exit_code == 0 and "did you mean Linf:8/255?" in res.stderr and "meaningless" in res.stderr
     rec = read_record(next((tmp_path / "records").glob("*.json")))
     assert rec.config["meaningless"] == ["Linf:8"]

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Attack, AttackContext
-from ..errors import UnsupportedNormError
+from ..errors import RbxError, UnsupportedNormError
 from ..progress import StepReport
 from .threat import ThreatModel
 
@@ -39,9 +39,29 @@ class Ensemble(Attack):
     records say which component broke each point); called directly, :meth:`run` performs the same cascade.
     """
 
+    def __post_init__(self) -> None:
+        """The ensemble's own parameter types, then every component built under every norm it supports, so that a
+        bad option fails when the ensemble is built (naming the component), not when that component's turn comes."""
+        super().__post_init__()
+        for norm in self.norms:
+            try:
+                self.parts(ThreatModel(norm, 1.0))
+            except UnsupportedNormError:
+                continue
+            except RbxError as exc:
+                raise RbxError(f"attack '{self.name}': {exc}") from None
+
     @abstractmethod
     def components(self, threat: ThreatModel) -> list[Attack]:
         """The attacks of the cascade for ``threat``, in order."""
+
+    def fit(self, num_classes, input_shape, threat):
+        """Every component fitted (:meth:`AttackBase.fit`): one that cannot run refuses the ensemble, naming itself;
+        the notes of those that adapt (targets capped) are the ensemble's. :meth:`run` runs the fitted components."""
+        if threat is None:
+            return self, None
+        notes = [note for part in self.parts(threat) for note in [part.fit(num_classes, input_shape, threat)[1]] if note]
+        return self, "; ".join(notes) or None
 
     def parts(self, threat: ThreatModel) -> list[Attack]:
         """:meth:`components` with this ensemble's settings passed on (validated by each component)."""
@@ -62,7 +82,10 @@ class Ensemble(Attack):
         return None
 
     def run(self, ctx: AttackContext, x: Tensor, y: Tensor) -> Tensor:
-        stages = [LabelledAttack(a.name, a) for a in self.parts(ctx.threat)]
+        parts = self.parts(ctx.threat)
+        if ctx.num_classes is not None:
+            parts = [a.fit(ctx.num_classes, tuple(x.shape[1:]), ctx.threat)[0] for a in parts]
+        stages = [LabelledAttack(a.name, a) for a in parts]
         return run_cascade(stages, ctx.model, x, y, ctx.threat, seeds=[ctx.spawn_seed() for _ in stages],
                            progress=ctx.progress, ctx=ctx)[0]
 

@@ -118,6 +118,8 @@ class AttackContext:
                  progress: StepReport | None = None, threats: Sequence[ThreatModel] = (),
                  samples: SampleSeeds | None = None, eot: int = 1) -> None:
         self.samples = samples
+        #: The model's class count when the call learned it (attacks whose :meth:`~AttackBase.fit` needs it).
+        self.num_classes: int | None = None
         self.rows: Tensor | None = None
         self._draws = 0
         self.model = model if isinstance(model, CountingModel) else CountingModel(model)

@@ -96,6 +96,7 @@ class IterativeAttack(Attack):
     needs_best_grad: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require_positive_ints(self, "steps", "restarts")
         if self.restarts > 1 and not self.random_start:
             raise RbxError(f"attack '{self.name}': restarts > 1 need random_start=true (else every restart is the same)")

@@ -112,3 +112,26 @@ class ThreatModel:
         """
         diameter = {"Linf": 1.0, "L2": math.sqrt(n_features), "L1": float(n_features)}[self.norm]
         return self.eps >= diameter
+
+
+def box_advice(lo: float, hi: float, *, uint8: str = "store them as uint8 or divide by 255",
+               normalize: str = "normalize=MEAN/STD (--normalize)") -> str:
+    """What images whose values span ``lo..hi`` instead of the [0, 1] box look like, and what to do about it.
+
+    Derived only from what was seen (the range): ``""`` when the range looks like nothing known, so that no
+    message sends the user the wrong way. ``uint8``: the advice for 0..255 data where it is read (a file can
+    store uint8; an attack call needs floats); ``normalize``: how the model takes its normalization there.
+    """
+    seen = f"range {lo:.3g}..{hi:.3g}"
+    if -0.05 <= lo and hi <= 1.05:
+        return f"slightly outside [0, 1] ({seen}; rounding after resizing or interpolation?): clip them, x.clamp(0, 1)"
+    if lo >= 0 and 1.5 < hi <= 255.5:
+        return f"looks like 0..255 ({seen}): {uint8}"
+    if lo >= 0 and 255.5 < hi <= 65535.5:
+        return f"looks like 16-bit images ({seen}): divide by 65535"
+    if -1.05 <= lo <= -0.5 and 0.5 <= hi <= 1.05:
+        return (f"looks like [-1, 1] images ({seen}): pass (x + 1) / 2, and if the model expects [-1, 1] inputs, put "
+                f"that in the model ({normalize} with mean 0.5 and std 0.5 per channel)")
+    if -5 <= lo < 0 and hi <= 5:  # mean subtracted: below 0; divided by std < 1: often above 1
+        return (f"looks normalized ({seen}): pass [0, 1] images and put the normalization in the model ({normalize})")
+    return ""

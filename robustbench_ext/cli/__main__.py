@@ -1,5 +1,5 @@
-"""``python -m robustbench_ext.cli`` is ``rbx``."""
+"""``python -m robustbench_ext.cli`` is ``rbx`` (the entry point, with its signal handling)."""
 
-from .app import main
+from .entry import main
 
 main()

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import NoReturn
 
 import click
 
 from .._version import __version__
 from .common import _ClickHandler, set_quiet
+from .signals import as_entry_point, exit_interrupted, run_as_entry_point
 from .model import check_cmd, train_cmd
 from .run import run_cmd
 from .results import export_cmd, leaderboard_cmd, regress_cmd, report_cmd, shards_cmd
@@ -23,12 +25,33 @@ log = logging.getLogger("rbx")
 KINDS = ("attacks", "defenses", "models", "datasets", "suites", "architectures")
 
 
+class _Interrupted(Exception):
+    """A ``KeyboardInterrupt`` carried past click (which would print a blank line and call it an abort)."""
+
+    def __init__(self, original: KeyboardInterrupt) -> None:
+        super().__init__()
+        self.original = original
+
+
 class RbxGroup(click.Group):
-    """A click group whose errors are one line (``rbx: error: ...``) with a meaningful exit code."""
+    """A click group whose errors are one line (``rbx: error: ...``) with a meaningful exit code.
+
+    Interruptions (Ctrl-C, SIGTERM): as the ``rbx`` command (:mod:`robustbench_ext.cli.signals`) one line that
+    says how to resume, exit 130 / 143; invoked by a host program (``CliRunner`` in tests, a notebook) the
+    ``KeyboardInterrupt`` is re-raised, so that Ctrl-C reaches the host.
+    """
+
+    def invoke(self, ctx):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise _Interrupted(exc) from None
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
         try:
             rv = super().main(args, prog_name or "rbx", complete_var, standalone_mode=False, **extra)
+        except _Interrupted as exc:
+            _interrupted(exc.original)
         except RbxError as exc:
             click.echo(f"rbx: error: {exc}", err=True)
             sys.exit(exc.exit_code)
@@ -40,17 +63,18 @@ class RbxGroup(click.Group):
         except click.Abort as exc:
             # click turns EOFError as well as Ctrl-C into Abort: only Ctrl-C is an interruption (exit 130)
             cause = exc.__cause__ or exc.__context__
-            if cause is not None and not isinstance(cause, KeyboardInterrupt):
+            if isinstance(cause, KeyboardInterrupt):
+                _interrupted(cause)
+            if cause is not None:
                 if _VERBOSITY[0] >= 2:
                     raise
                 click.echo(f"rbx: internal error: {type(cause).__name__}: {str(cause).strip()[:200]} "
                            "(rerun with -vv for the traceback)", err=True)
                 sys.exit(1)
-            click.echo("rbx: interrupted; nothing was written (a saved evaluation state, if any, lets the same command resume)", err=True)
-            sys.exit(130)
-        except KeyboardInterrupt:
-            click.echo("rbx: interrupted; nothing was written (a saved evaluation state, if any, lets the same command resume)", err=True)
-            sys.exit(130)
+            click.echo("rbx: aborted", err=True)  # a plain click.Abort: neither a signal nor an error of the user's
+            sys.exit(1)
+        except KeyboardInterrupt as exc:
+            _interrupted(exc)
         except Exception as exc:  # a bug in rbx or in a plugin: still one line, unless asked for the traceback
             if _VERBOSITY[0] >= 2:
                 raise
@@ -60,6 +84,13 @@ class RbxGroup(click.Group):
         if not standalone_mode:
             return rv
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _interrupted(exc: KeyboardInterrupt) -> NoReturn:
+    """As the ``rbx`` command: one line and exit 130 (Ctrl-C) or 143 (SIGTERM). Inside a host program: re-raised."""
+    if not as_entry_point():
+        raise exc
+    exit_interrupted(exc)
 
 
 @click.group(cls=RbxGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -102,7 +133,8 @@ for _cmd in (run_cmd, train_cmd, check_cmd, leaderboard_cmd, report_cmd, export_
 
 
 def main() -> None:
-    cli()
+    """The ``rbx`` console script (kept under this name for installs made before :mod:`robustbench_ext.cli.entry`)."""
+    run_as_entry_point(lambda: cli)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -81,8 +81,10 @@ def train_cmd(defense_spec, arch, init_spec, dataset_spec, n_train, epochs, batc
     if suite is not None:
         data = DATASETS.create(eval_dataset or suite.dataset, n_examples=eval_n)
         # The saved weights (fp16 model.pt, through their model source): the record's sha256 is theirs.
+        # the evaluation hook keeps to the training batch size (a user who set it for GPU memory sees no larger batch)
         ev = evaluate(trainer.saved_model(), data, suite.threats, union_attacks=suite.union, suite=suite.name, seed=seed,
-                      device=device, progress=_show_bar(progress, quiet), state_dir=results_dir / STATE_DIR)
+                      batch_size=batch_size, device=device, progress=_show_bar(progress, quiet),
+                      state_dir=results_dir / STATE_DIR)
         path = ev.write(results_dir)
         click.echo(format_table(ev.record))
         click.echo(f"record: {path}")
@@ -100,6 +102,8 @@ def train_cmd(defense_spec, arch, init_spec, dataset_spec, n_train, epochs, batc
               help=f"White-box cascade [default: {DEFAULT_SUITE}'s for the norm].")
 @click.option("--black-box", "black_box_spec", default="aa-square:budget=0.2", show_default=True,
               help="Black-box attack run after the white-box cascade.")
+@click.option("--batch-size", type=int, default=256, show_default=True,
+              help="Most images any check passes through the model at once (set it for GPU memory).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--randomized/--no-randomized", default=None,
@@ -107,14 +111,14 @@ def train_cmd(defense_spec, arch, init_spec, dataset_spec, n_train, epochs, batc
 @click.option("--draws", type=int, default=11, show_default=True, metavar="R", help="Fresh passes for draw_spread.")
 @quiet_option
 def check_cmd(model_spec, arch, normalize, dataset_spec, n_examples, threat_spec, attack_specs, black_box_spec,
-              device, as_json, randomized, draws, quiet) -> None:
+              batch_size, device, as_json, randomized, draws, quiet) -> None:
     """Gradient-masking checks: exit 0 when every check passes, 1 when any flags a problem."""
     from ..evaluation.api import check
 
     set_quiet(quiet)
     report = check(model_spec, dataset_spec, threat_spec, attacks=attack_specs, black_box=black_box_spec,
-                   n_examples=n_examples, normalize=normalize, arch=arch, device=device, randomized=randomized,
-                   draws=draws)
+                   n_examples=n_examples, normalize=normalize, arch=arch, device=device, batch_size=batch_size,
+                   randomized=randomized, draws=draws)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else str(report))
     if not report.passed:
         sys.exit(1)

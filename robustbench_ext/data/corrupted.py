@@ -52,6 +52,7 @@ from .datasets import EvalData, _to_float_images
 from ..errors import DataError
 from ..paths import describe_search
 from ..registry import DATASETS
+from ..runtime import check_seed
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +105,10 @@ def check_selection(corruptions: Sequence[str] | None = None,
 
 
 def image_seed(seed: int, corruption: str, severity: int, index: int) -> int:
-    """The 32-bit seed of NumPy's global RNG for generating image ``index`` under ``corruption`` at ``severity``."""
-    key = [int(seed) & 0xFFFFFFFF, zlib.crc32(corruption.encode()), int(severity), int(index)]
+    """The 32-bit seed of NumPy's global RNG for generating image ``index`` under ``corruption`` at ``severity``.
+
+    ``seed`` must lie in [0, 2**32) (:func:`~robustbench_ext.runtime.check_seed`): distinct seeds, distinct images."""
+    key = [check_seed(seed, "corruption seed"), zlib.crc32(corruption.encode()), int(severity), int(index)]
     return int(np.random.SeedSequence(key).generate_state(1, dtype=np.uint32)[0])
 
 
@@ -293,8 +296,7 @@ def load_corruption_set(spec: _CSpec, n_examples: int | None, base: str | None, 
     """The search rule of the module docstring: published files when present (and usable), else generated."""
     if source not in SOURCES:
         raise DataError(f"{spec.name}: source must be one of {', '.join(SOURCES)}, got '{source}'")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise DataError(f"{spec.name}: seed must be an integer, got {seed!r}")
+    check_seed(seed, f"{spec.name}: seed")
     folder = _find_published(spec, path) if source != "generated" else None
     if source == "published" and folder is None:
         raise DataError(f"{spec.title} not found (looked for {spec.folder}/labels.npy in "
@@ -327,6 +329,7 @@ def load_corruption_set(spec: _CSpec, n_examples: int | None, base: str | None, 
 
 def generated_from(clean: EvalData, seed: int = 0) -> CorruptionSet:
     """The common corruptions of any RGB images of at least 32x32 pixels, generated (images of one's own)."""
+    check_seed(seed, "corruption seed")
     import_imagecorruptions()
     return CorruptionSet(f"corruptions:{clean.name}", "common corruptions", clean, "generated", seed=seed,
                          versions=generator_versions())

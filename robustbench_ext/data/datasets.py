@@ -41,9 +41,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..attack.threat import box_advice
 from ..errors import DataError
 from ..paths import ASSETS, describe_search, download_guard, search_path
 from ..registry import DATASETS
+from ..runtime import autograd_tensor
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +142,30 @@ def _to_float_images(arr: np.ndarray, what: str) -> Tensor:
         raise DataError(f"{what}: images contain NaN or inf")
     lo, hi = float(t.min()), float(t.max())
     if lo < 0 or hi > 1:
-        hint = " (looks like 0..255: store uint8 or divide by 255)" if hi > 1.5 else ""
-        raise DataError(f"{what}: float images must lie in [0, 1], got {lo:.4g}..{hi:.4g}{hint}")
+        raise DataError(range_error(f"{what}: float images", lo, hi, uint8="store them as uint8 or divide by 255"))
     return t
+
+
+def range_error(what: str, lo: float, hi: float, uint8: str) -> str:
+    """The one message for images outside [0, 1]: the range seen and only the advice that range supports
+    (:func:`~robustbench_ext.attack.threat.box_advice`: 0..255, normalized, [-1, 1], rounding, or none)."""
+    advice = box_advice(lo, hi, uint8=uint8, normalize="--normalize MEAN/STD, or normalize= in Python")
+    return f"{what} must lie in [0, 1], got {lo:.4g}..{hi:.4g}" + (f": {advice}" if advice else "")
+
+
+def check_labels_fit(y: Tensor, k: int, what: str = "the data") -> None:
+    """Raise a one-line :class:`DataError` if a label of ``y`` ``[N]`` is not a class of a ``k``-output model; the advice
+    follows what the labels look like (1-based labels, 1..K, are named as such)."""
+    if not len(y):
+        return
+    lo, hi = int(y.min()), int(y.max())
+    if hi < k:
+        return
+    if lo >= 1 and hi == k:
+        advice = f"its labels run from 1 to {k}, so they look 1-based: subtract 1 (class indices start at 0)"
+    else:
+        advice = "is this the model's dataset (or the model for this dataset)?"
+    raise DataError(f"label {hi} of {what} is out of range for a model with {k} outputs; {advice}")
 
 
 def _labels(arr: np.ndarray, n: int, what: str) -> Tensor:
@@ -222,15 +245,14 @@ def as_eval_data(data: "EvalData | tuple[Tensor, Tensor] | str", n_examples: int
             raise DataError(f"data must be (x [N, C, H, W], y [N]); got x {tuple(x.shape)} and y {tuple(y.shape)}")
         if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
             raise DataError(f"labels must be integer class indices, got {y.dtype}")
-        images = x.detach().cpu()
+        images = autograd_tensor(x.detach().cpu())  # (made under torch.inference_mode()? a normal copy)
         images = images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
         if not torch.isfinite(images).all():
             raise DataError("images contain NaN or inf")
         lo, hi = float(images.min()), float(images.max())
         if lo < 0 or hi > 1:
-            raise DataError(f"float images must lie in [0, 1], got {lo:.4g}..{hi:.4g}"
-                            + (" (looks like 0..255: store uint8 or divide by 255)" if hi > 1.5 else ""))
-        labels = y.detach().cpu().to(torch.int64)
+            raise DataError(range_error("float images", lo, hi, uint8="pass them as uint8 or divide by 255"))
+        labels = autograd_tensor(y.detach().cpu()).to(torch.int64)
         if len(labels) and int(labels.min()) < 0:
             raise DataError(f"labels must be >= 0, found {int(labels.min())}")
         return EvalData("tensors", images.contiguous(), labels, "tensors given to evaluate()", "python objects").first(n_examples)
@@ -352,6 +374,27 @@ def cifar10_1k(n_examples: int | None = None) -> EvalData:
                     source="CIFAR-10 test (JPEG copy), embedded 1,000-image class-balanced slice")
     return EvalData(EMBEDDED_DATASET, data.x, data.y, data.source, data.location,
                     "test", CIFAR10_CLASSES)
+
+
+@DATASETS.add_hint
+def _path_hint(text: str) -> tuple[str, str] | None:
+    """An unknown dataset spec that is a path: ``npz:PATH`` for an .npz file (it exists or ends in .npz),
+    ``imagefolder:PATH`` for a folder of class folders. Nothing for other text."""
+    p = Path(text)
+    if p.suffix.lower() == ".npz" or (p.is_file() and _is_npz(p)):
+        return f"npz:{text}", "images x and labels y in an .npz" + ("" if p.exists() else "; no such file yet")
+    if p.is_dir() and any(c.is_dir() for c in p.iterdir()):
+        return f"imagefolder:{text}", "a folder of class folders of images"
+    return None
+
+
+def _is_npz(path: Path) -> bool:
+    """Whether ``path`` is a zip archive (what an .npz is), by its first bytes."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
 
 
 @DATASETS.register("npz", takes_arg=True, arg_name="PATH",

@@ -24,7 +24,7 @@ from ..data.datasets import EvalData
 from ..errors import RbxError
 from ..models.loading import LoadedModel
 from ..progress import RunClock, fmt_seconds, log as progress_log
-from ..runtime import frozen
+from ..runtime import frozen, outside_inference_mode
 from .checks import CheckResult, full_checks, summarize
 from .corruptions import run_corruptions
 from .distributed import Dist
@@ -41,8 +41,12 @@ log = logging.getLogger(__name__)
 DEFAULT_BLACK_BOX = "aa-square:budget=0.2"
 
 
+@outside_inference_mode()
 def run(request: RunRequest) -> Evaluation | None:
-    """Run a validated request of any kind; the finished run (None on a non-main rank of a stream)."""
+    """Run a validated request of any kind; the finished run (None on a non-main rank of a stream).
+
+    Like :func:`evaluate` and :func:`check`, it works whatever the caller's autograd context: it leaves
+    ``torch.inference_mode()`` for its duration and the attacks turn gradients on where they take them."""
     if request.kind == "corruptions":
         return run_corruptions(request)
     if request.kind == "stream":
@@ -51,6 +55,7 @@ def run(request: RunRequest) -> Evaluation | None:
     return execute(request)
 
 
+@outside_inference_mode()
 def evaluate(
     model: LoadedModel | nn.Module | str | RunRequest,
     data: EvalData | tuple[Tensor, Tensor] | str | None = None,
@@ -79,6 +84,7 @@ def evaluate(
     curve: bool = False,
     union_only: bool | None = None,
     union_order: Sequence[str] | None = None,
+    allow_meaningless: bool = False,
     checkpoint_dir: Path | None = _UNSET,
 ) -> Evaluation:
     """Evaluate a model: clean accuracy, robust accuracy per threat model and union robust accuracy.
@@ -131,6 +137,10 @@ def evaluate(
     ``curves`` hold robust accuracy vs eps from its per-point minimal norms, checked at each threat
     model's eps against a fixed-eps cascade.
 
+    A threat model whose ball covers the whole [0, 1] box (``Linf:8``: eps written without its ``/255``) is
+    refused before anything runs, since its robust accuracy is meaningless; ``allow_meaningless`` runs it anyway,
+    with the record marked (``config.meaningless``), the table's row marked and leaderboards leaving it out.
+
     Returns an :class:`Evaluation`: ``print(ev)`` shows the run's table, ``ev.record`` / ``ev.flags`` hold the
     record and per-sample flags, ``ev.write(results_dir)`` writes them.
     """
@@ -149,13 +159,15 @@ def evaluate(
         normalize=normalize, n_examples=n_examples, seed=seed, batch_size=batch_size, device=device, progress=progress,
         state_dir=state_dir, resume=resume, eps_sweep=eps_sweep, search=search, dist=dist, output=output,
         allow_class_subset=allow_class_subset, skip_stages=skip_stages, randomized=randomized, draws=draws,
-        draw_seed=draw_seed, curve=curve, union_only=union_only, union_order=union_order)
+        draw_seed=draw_seed, curve=curve, union_only=union_only, union_order=union_order,
+        allow_meaningless=allow_meaningless)
     if request.kind != "threats":
         raise RbxError(f"suite '{suite}' evaluates common corruptions, not threat models: run it with "
                        f"robustbench_ext.evaluation.evaluate_corruptions or rbx run --suite {suite}")
     return execute(request)
 
 
+@outside_inference_mode()
 def check(
     model: LoadedModel | nn.Module | str,
     data: EvalData | tuple[Tensor, Tensor] | str = "cifar10",
@@ -176,6 +188,7 @@ def check(
     (eps monotone, unbounded radius, black box after white box, seed spread; see
     :mod:`robustbench_ext.evaluation.checks`). ``attacks``: the white-box cascade (default: the suite's for
     the norm). Model, data and attacks go through the same request, preparation and fitting as a run.
+    ``batch_size``: no forward pass of any check sees more images than this (GPU memory).
     ``on_result(result, seconds)`` is called as each check finishes. Returns a :class:`CheckReport`
     (``report.passed``: every check passed)."""
     request = RunRequest(model=model, data=data, threats=(threat,), attacks=attacks, n_examples=n_examples,
@@ -197,7 +210,7 @@ def check(
 
     with frozen(p.net):
         results = full_checks(p.net, p.data.x.to(p.device), p.data.y.to(p.device), th, attacks_, black, report,
-                              randomized=randomized, draws=draws)
+                              randomized=randomized, draws=draws, batch_size=request.batch_size)
     return CheckReport(p.loaded.name, th.label, p.data.source, p.data.n, tuple(results))
 
 

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ..records import provenance
 from ..data.corrupted import CORRUPTIONS, SEVERITIES, CorruptionSet, check_selection, generated_from
-from ..data.datasets import EvalData, as_eval_data
+from ..data.datasets import EvalData, as_eval_data, check_labels_fit
 from ..runtime import check_batch_size, frozen, resolve_device
 from ..errors import DataError, RbxError
 from ..models.loading import LoadedModel
@@ -188,7 +188,6 @@ def _correct(net: nn.Module, x: Tensor, y: Tensor, batch_size: int, dev: torch.d
             raise RbxError("the model returned NaN or inf logits; check the checkpoint and its input scaling")
         yb = y[i:i + batch_size]
         if len(yb) and int(yb.max()) >= logits.shape[1]:
-            raise DataError(f"label {int(yb.max())} is out of range for a model with {logits.shape[1]} outputs; "
-                            "is this the right dataset?")
+            check_labels_fit(y, logits.shape[1])  # (the whole label set: the advice follows what the labels look like)
         out[i:i + batch_size] = (logits.argmax(1).cpu() == yb).numpy()
     return out

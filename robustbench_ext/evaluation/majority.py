@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..runtime import stream_seed
+from ..runtime import check_seed, stream_seed
 from ..errors import RbxError
 
 #: Default number of fresh passes per re-check (odd: a strict majority always exists).
@@ -48,6 +48,7 @@ class Draws:
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
             raise RbxError(f"draws must be a positive integer (fresh forward passes per re-check), got {self.r!r}")
+        check_seed(self.seed, "draw seed")  # distinct seeds, distinct draws: nothing outside [0, 2**32) is cut down
 
     def describe(self) -> dict[str, Any]:
         """The record's ``draws`` block."""

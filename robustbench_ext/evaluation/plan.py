@@ -147,10 +147,13 @@ def fit_plan(plan: RunPlan, num_classes: int, input_shape: Sequence[int]) -> tup
     stages, notes = [], []
     for s in plan.stages:
         s.attack.check_eot()
-        attack, note = s.attack.fit(num_classes, input_shape, s.threat)
+        attack = s.attack
+        # a union stage's attack runs under every threat model of its columns: fitted under each
+        for threat in ([s.threat] if s.kind != "union" else [plan.threats[c].threat for c in s.columns]):
+            attack, note = attack.fit(num_classes, input_shape, threat)
+            if note and note not in notes:
+                notes.append(note)
         stages.append(s if attack is s.attack else dataclasses.replace(s, attack=attack))
-        if note and note not in notes:
-            notes.append(note)
     return dataclasses.replace(plan, stages=tuple(stages)), tuple(notes)
 
 

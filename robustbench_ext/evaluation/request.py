@@ -106,6 +106,7 @@ class RunRequest:
     draw_seed: int | None = None
     curve: bool = False
     skip_stages: tuple = ()
+    allow_meaningless: bool = False
     state_dir: Path | None = None
     resume: bool | None = None
     results_dir: Path | None = None
@@ -145,6 +146,8 @@ class RunRequest:
         if self.num_classes is not None and (isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int)
                                              or self.num_classes < 2):
             raise RbxError(f"--num-classes must be an integer >= 2, got {self.num_classes}")
+        if not isinstance(self.allow_meaningless, bool):
+            raise RbxError(f"allow_meaningless must be True or False, got {self.allow_meaningless!r}")
         if not isinstance(self.search, SearchOptions):
             raise RbxError(f"search must be a SearchOptions, got {type(self.search).__name__}")
         if self.shards is not None:

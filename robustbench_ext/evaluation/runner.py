@@ -42,11 +42,13 @@ from torch import nn
 from ..records import provenance
 from ..attack.search import SearchOptions, search_model
 from .checks import cheap_checks, summarize
-from ..data.datasets import EvalData, as_eval_data
-from ..runtime import frozen, resolve_device
+from ..data.datasets import EvalData, as_eval_data, check_labels_fit
+from ..attack.base import remember_num_classes
+from ..progress import resumable
+from ..runtime import MAX_SEED, check_autograd_model, frozen, resolve_device
 from .majority import DEFAULT_DRAWS, Draws, batch_seed, majority_wrong
 from .distributed import Dist
-from ..errors import DataError, RbxError
+from ..errors import RbxError
 from .state import EvaluationState, evaluation_desc, run_key
 from ..models.loading import LoadedModel, as_loaded_model, load_model
 from ..records.schema import MISCLASSIFIED, NOT_MEASURED_UNION_ONLY, ROBUST, Accuracy, RunSettings, SampleFlags, StageResult, ThreatResult, build_record
@@ -98,9 +100,12 @@ def prepare(request: RunRequest) -> Prepared:
     dataset = request.data if request.data is not None else (loaded.dataset or planned.dataset)
     data = as_eval_data(dataset, request.n_examples)
     dev = resolve_device(request.device)
+    if planned.plan is not None:  # attacks take input gradients: a model made under inference_mode cannot give them
+        check_autograd_model(loaded.module, f"model '{loaded.name}'")
     net = ModelAdapter(loaded.module.to(dev), loaded.name, request.output)
     with frozen(net):
-        k = check_agreement(net, loaded, data, dev, request.allow_class_subset)
+        k = check_agreement(net, loaded, data, dev, request.allow_class_subset, request.batch_size)
+    remember_num_classes(net, k)  # (so the attacks' own fit on each call needs no forward pass to learn it)
     loaded.num_classes = loaded.num_classes or k
     plan, notes = (None, ()) if planned.plan is None else fit_plan(planned.plan, k, tuple(data.x.shape[1:]))
     return Prepared(loaded, data, net, k, dev, plan, notes)
@@ -113,7 +118,7 @@ def execute(request: RunRequest, prepared: Prepared | None = None) -> Evaluation
     p = prepared or prepare(request)
     loaded, data, net, dev, plan = p.loaded, p.data, p.net, p.device, p.plan
     dist = request.dist if request.dist is not None else Dist.current()
-    meaningless = _meaningless_threats(plan, data)
+    meaningless = _meaningless_threats(plan, data, request.allow_meaningless)
     if request.curve:
         check_curve_plan(plan)
     skip = _check_skips(plan, request.skip_stages)
@@ -124,16 +129,20 @@ def execute(request: RunRequest, prepared: Prepared | None = None) -> Evaluation
         union_attacks=tuple(a.label for a in bench.union), seed=request.seed, batch_size=request.batch_size,
         device=str(dev), search=request.search.describe(), distributed=dist.describe() if dist.world > 1 else None,
         notes=notes, extra={**({"meaningless": meaningless} if meaningless else {}), **_union_only_config(plan)})
-    draw_setting = Draws(request.draws, request.seed if request.draw_seed is None else int(request.draw_seed))
+    # (a stream's part runs with a derived 63-bit seed: its low 32 bits key the draws, as stream_seed keys everything)
+    draw_setting = Draws(request.draws, (request.seed & MAX_SEED) if request.draw_seed is None else int(request.draw_seed))
     state_path = _state_path(request, loaded, data, plan, dev, dist, draw_setting)
     t0 = time.perf_counter()
-    with frozen(net):
+    # an interruption (Ctrl-C, SIGTERM) from here on names the saved evaluation state, if there is one by then
+    with frozen(net), resumable(state_path if dist.is_main else None, "evaluation state"):
         state = _start_or_resume(net, data, plan, state_path, request, dev, dist, draw_setting)
         rule = _draws_for(state.checks, request.randomized, draw_setting, warn=True)
         if rule is not None:
             settings = dataclasses.replace(settings, draws=rule.describe())
         save = _saver(state_path if dist.is_main else None, state, every_batch=dist.world == 1)
-        executor = Executor(plan, state, search_model(net, request.search, dev), None if request.search.plain else net,
+        search = search_model(net, request.search, dev)
+        remember_num_classes(search, p.num_classes)
+        executor = Executor(plan, state, search, None if request.search.plain else net,
                             data, request, dev, save, dist, skip, state_path, rule, {} if request.curve else None)
         executor.walk()
         curves = _curves(plan, net, data, state, executor.captured, request, dev, p.num_classes) if request.curve else ()
@@ -185,17 +194,24 @@ def _union_only_config(plan: RunPlan) -> dict[str, Any]:
                            "exact": [plan.threats[c].threat.label for c in plan.exact_columns]}}
 
 
-def _meaningless_threats(plan: RunPlan, data: EvalData) -> list[str]:
-    """Threat models whose ball covers the whole [0, 1] box: warned about, and marked in the record."""
-    out = []
-    for t in plan.threats[:plan.n_main]:
-        if t.threat.covers_box(data.x[0].numel()):
-            hint = f" (did you mean {t.threat.norm}:{t.threat.eps:g}/255?)" if t.threat.norm == "Linf" and t.threat.eps >= 1 else ""
-            log.warning("%s: the ball contains the whole [0, 1] box, so every input can be turned into any other and "
-                        "the robust accuracy is meaningless%s; the record is marked so and leaderboards leave it out",
-                        t.threat.label, hint)
-            out.append(t.threat.label)
-    return out
+def _meaningless_threats(plan: RunPlan, data: EvalData, allowed: bool = False) -> list[str]:
+    """Threat models whose ball covers the whole [0, 1] box: every input can be turned into any other, so robust
+    accuracy says nothing. Refused before anything runs unless ``allowed`` (``--allow-meaningless-eps``); then
+    warned about, and the record is marked (tables mark the row, leaderboards leave the record out)."""
+    d = data.x[0].numel()
+    covering = [t.threat for t in plan.threats[:plan.n_main] if t.threat.covers_box(d)]
+    if not covering:
+        return []
+    hints = [f"{t.norm}:{t.eps:g}/255" for t in covering if not ThreatModel(t.norm, t.eps / 255).covers_box(d)]
+    hint = f" (did you mean {' and '.join(hints)}?)" if hints else ""
+    labels = ", ".join(t.label for t in covering)
+    what = (f"{labels}: the ball contains the whole [0, 1] box of these {tuple(data.x.shape[1:])} inputs, so every input "
+            f"can be turned into any other and robust accuracy is meaningless{hint}")
+    if not allowed:
+        raise RbxError(f"{what}; give a smaller radius, or pass --allow-meaningless-eps (allow_meaningless=True) to run "
+                       "it anyway (the record is then marked so and leaderboards leave it out)")
+    log.warning("%s; the record is marked so and leaderboards leave it out", what)
+    return [t.label for t in covering]
 
 
 def _check_skips(plan: RunPlan, skip: Sequence[str]) -> tuple[str, ...]:
@@ -240,7 +256,7 @@ def _start_or_resume(net: nn.Module, data: EvalData, plan: RunPlan, path: Path |
         raise RbxError(f"--resume: no saved evaluation state of this run in {path.parent if path else 'the results directory'}; "
                        "run without --resume")
     clean = _clean_pass(net, data.x, data.y, batch_size, dev, dist)  # validates labels and logits first
-    checks = _run_checks(net, data, dev)
+    checks = _run_checks(net, data, dev, batch_size)
     rule = _draws_for(checks, request.randomized, draws)
     if rule is not None:  # a randomized model: clean accuracy by majority over draws too
         clean = _majority_clean(net, data, batch_size, dev, rule)
@@ -260,9 +276,10 @@ def _saver(path: Path | None, state: EvaluationState, every_batch: bool = True):
     return save
 
 
-def _run_checks(net: nn.Module, data: EvalData, dev: torch.device) -> dict[str, Any]:
+def _run_checks(net: nn.Module, data: EvalData, dev: torch.device, batch_size: int) -> dict[str, Any]:
+    """The cheap checks on the first :data:`CHECK_BATCH` images, in batches of at most ``batch_size``."""
     x, y = data.x[:CHECK_BATCH].to(dev), data.y[:CHECK_BATCH].to(dev)
-    results = cheap_checks(net, x, y)
+    results = cheap_checks(net, x, y, batch_size=batch_size)
     for r in results:
         if r.name == "probabilities" and not r.passed:
             raise RbxError(r.message)
@@ -323,7 +340,7 @@ def _clean_pass(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: in
         k = logits.shape[1]
         yb = y[chunk]
         if int(yb.max()) >= k:
-            raise DataError(f"label {int(yb.max())} is out of range for a model with {k} outputs; is this the right dataset?")
+            check_labels_fit(y, k)  # (the whole label set: the advice depends on what the labels look like)
         correct[chunk] = (logits.argmax(1).cpu() == yb).numpy()
         mine.append(chunk)
     if dist.world > 1:

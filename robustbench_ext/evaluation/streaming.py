@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..records import provenance
+from ..progress import resumable
 from ..attack.search import SearchOptions
 from ..data.shards import ShardStream, content_sha256, list_shards, packed_dataset, shard_loader
 from .distributed import Dist
@@ -110,6 +111,19 @@ def run_stream(request: RunRequest, *, stream_dir: Path | None = None, workers: 
         todo.append(k)
     log.info("%d shards, %d for this rank, %d to evaluate; parts in %s", len(paths), sum(dist.mine(k) for k in range(len(paths))),
              len(todo), parts)
+    with resumable(stream_dir, "stream folder (finished shards and the running shard's evaluation state)"):
+        _run_shards(request, model, paths, todo, shas, key, stream_dir, dist, workers)
+    dist.barrier()
+    if not dist.is_main:
+        return None
+    merged = merge_parts([parts / f"shard-{k:05d}.json" for k in range(len(paths))], key, str(request.shards), dist,
+                         seed=request.seed, shard_paths=paths)
+    return merged, merged.write(results_dir)  # (merged.path says where)
+
+
+def _run_shards(request: RunRequest, model: LoadedModel, paths: Sequence[Path], todo: Sequence[int], shas: dict[int, str],
+                key: str, stream_dir: Path, dist: Dist, workers: int) -> None:
+    """Evaluate this rank's shards ``todo`` one after another, each a plain run written as a part record."""
     for k, where, data, idx in shard_loader(ShardStream(paths, todo), workers):
         t0 = time.perf_counter()
         # one shard = one single-process plain run of the same plan, seeded by its shard number
@@ -122,12 +136,6 @@ def run_stream(request: RunRequest, *, stream_dir: Path | None = None, workers: 
         write_run(record, flags, stream_dir, f"shard-{k:05d}", overwrite=True)
         log.info("shard %d: %d images, clean %.3f, union %.3f, %.1f s", k, data.n, record.clean.accuracy,
                  record.union.accuracy, time.perf_counter() - t0)
-    dist.barrier()
-    if not dist.is_main:
-        return None
-    merged = merge_parts([parts / f"shard-{k:05d}.json" for k in range(len(paths))], key, str(request.shards), dist,
-                         seed=request.seed, shard_paths=paths)
-    return merged, merged.write(results_dir)  # (merged.path says where)
 
 
 def _part_ok(path: Path, key: str, sha: str) -> bool:

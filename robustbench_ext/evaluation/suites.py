@@ -303,6 +303,17 @@ def load_suite(spec: str) -> Suite:
     return SUITES.create(spec)
 
 
+@SUITES.add_hint
+def _path_hint(text: str) -> tuple[str, str] | None:
+    """An unknown suite name that is a path without its ``.toml`` (``suites/mine`` where ``suites/mine.toml`` exists)."""
+    toml = Path(text + ".toml")
+    if toml.is_file():
+        return str(toml), "a suite file is named with its .toml ending"
+    if ("/" in text or "\\" in text) and Path(text).parent.is_dir():
+        return f"{text}.toml", f"a suite file ends in .toml; there is no {toml.name} in {Path(text).parent}"
+    return None
+
+
 def _register_suite_files() -> None:
     for d in suite_dirs():
         if not d.is_dir():

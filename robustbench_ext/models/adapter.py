@@ -18,6 +18,7 @@ dataset's class count (``allow_class_subset`` for data whose classes are a subse
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -107,8 +108,12 @@ def expected_channels(module: nn.Module) -> int | None:
 
 @torch.no_grad()
 def check_agreement(net: nn.Module, loaded: LoadedModel, data: EvalData, device: torch.device,
-                    allow_class_subset: bool = False) -> int:
-    """Check the model and the data fit each other (see the module docstring); return the model's class count K."""
+                    allow_class_subset: bool = False, batch_size: int = 2) -> int:
+    """Check the model and the data fit each other (see the module docstring); return the model's class count K.
+
+    The forward pass takes at most ``batch_size`` images (and at most 2): a run's batch size is never exceeded.
+    Each hint in the messages follows from what was seen (a channel count, the model's own error text).
+    """
     c, shape = int(data.x.shape[1]), list(data.x.shape[1:])
     if loaded.normalization and len(loaded.normalization["mean"]) != c:
         raise ModelError(f"the normalization of model '{loaded.name}' has {len(loaded.normalization['mean'])} channels "
@@ -116,17 +121,24 @@ def check_agreement(net: nn.Module, loaded: LoadedModel, data: EvalData, device:
                          f"{c}-channel inputs")
     want = expected_channels(loaded.module)
     if want is not None and want != c:
-        raise ModelError(f"model '{loaded.name}' expects {want}-channel inputs, the data has {c} channels ({shape}): "
-                         "evaluate it on its own dataset (--dataset)")
+        advice = {(3, 1): "the data is grayscale: repeat its channel three times (x.repeat(1, 3, 1, 1)) or evaluate the "
+                          "model on its own dataset (--dataset)",
+                  (1, 3): "the model takes grayscale inputs: convert the data to one channel or evaluate the model on its "
+                          "own dataset (--dataset)"}.get((want, c), "evaluate it on its own dataset (--dataset)")
+        raise ModelError(f"model '{loaded.name}' expects {want}-channel inputs, the data has {c} channels ({shape}): {advice}")
+    n_probe = max(1, min(2, int(batch_size)))
     try:
-        logits = net(data.x[:2].to(device))
+        logits = net(data.x[:n_probe].to(device))
     except ModelError as exc:
+        text = str(exc)
+        if not _SIZE_WORDS.search(str(exc.__cause__ or "")):  # the model failed for another reason: its error says which
+            raise
         hint = f" (its first layer takes {want} channels)" if want else ""
-        raise ModelError(f"{exc}; the model{hint} does not take the data's {shape} inputs: evaluate it on data of "
+        raise ModelError(f"{text}; the model{hint} does not take the data's {shape} inputs: evaluate it on data of "
                          "the size it was made for (--dataset, or the dataset's preprocessing)") from None
     if logits.ndim != 2:
         raise ModelError(f"model '{loaded.name}' must return logits [N, K], got shape {list(logits.shape)} "
-                         f"on inputs {[2, *shape]}")
+                         f"on inputs {[n_probe, *shape]}")
     k = int(logits.shape[1])
     n = data.num_classes
     if n is not None and n != k and not (allow_class_subset and n < k):
@@ -135,3 +147,7 @@ def check_agreement(net: nn.Module, loaded: LoadedModel, data: EvalData, device:
         raise ModelError(f"model '{loaded.name}' has {k} outputs but the data ({data.source}) has {n} classes: "
                          f"evaluate it on its own dataset (--dataset){hint}")
     return k
+
+
+#: Words in a model's error that say the input's size or shape did not fit (then the size hint applies).
+_SIZE_WORDS = re.compile(r"shape|size|mat1|mat2|dimension|channel|kernel", re.IGNORECASE)

@@ -146,34 +146,74 @@ def file_sha256(path: Path) -> str:
 def read_state_dict(path: Path) -> dict[str, Tensor]:
     """Read a state dict (plain, or under ``state_dict``/``model_state_dict``/``model``), floats as float32.
 
-    Only tensors are unpickled (``weights_only``); a file that is not a checkpoint is a one-line error
-    that names it and what it looks like (:func:`checkpoint_error`).
+    ``torch.save`` files (only tensors are unpickled: ``weights_only``) and ``.safetensors`` files. A file that is
+    not a checkpoint is a one-line error that names it and what it looks like (:func:`checkpoint_error`).
     """
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _read_safetensors(path) if _is_safetensors(path) else torch.load(path, map_location="cpu", weights_only=True)
+    except RbxError:
+        raise
     except BaseException as exc:  # EOFError (empty file) included: click would turn it into an "abort"
         if isinstance(exc, KeyboardInterrupt):
             raise
-        raise checkpoint_error(path) from None
+        raise checkpoint_error(path, exc) from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ModelLoadError(f"checkpoint {path} does not hold a state dict of tensors (a whole pickled model? "
-                             "save model.state_dict() instead)")
+        nested = [k for k, v in obj.items() if isinstance(v, dict) and v and all(isinstance(t, Tensor) for t in v.values())] \
+            if isinstance(obj, dict) else []
+        found = (f"its key '{nested[0]}' holds one: save that dict alone (torch.save(checkpoint['{nested[0]}'], PATH))"
+                 if nested else f"it holds {_kind_of(obj)}: save model.state_dict() with torch.save")
+        raise ModelLoadError(f"checkpoint {path} has no state dict of tensors where rbx looks (the top level, or under "
+                             f"state_dict, model_state_dict or model); {found}")
     return {
         (k[len("module."):] if k.startswith("module.") else k): (v.float() if v.is_floating_point() else v)
         for k, v in obj.items()
     }
 
 
-def checkpoint_error(path: Path) -> ModelLoadError:
-    """The one-line error for a file that is not a readable checkpoint: what it looks like, and to re-download it."""
+def _kind_of(obj: object) -> str:
+    if isinstance(obj, dict):
+        return f"a dict with keys {sorted(map(str, obj))[:6]}"
+    return f"a {type(obj).__name__}"
+
+
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file: its ending, or its first bytes (an 8-byte header length, then the JSON header)."""
+    if path.suffix.lower() == ".safetensors":
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100_000_000
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError as exc:
+        raise ModelLoadError(f"{path} is a safetensors file and reading it needs safetensors ({exc}): "
+                             "pip install safetensors") from None
+    return load_file(str(path), device="cpu")
+
+
+def checkpoint_error(path: Path, exc: BaseException | None = None) -> ModelLoadError:
+    """The one-line error for a file that is not a readable checkpoint: what it looks like (from its bytes, and from
+    the loader's error ``exc`` when there is one), and what to do -- re-download it only when it looks damaged."""
     path = Path(path)
+    text = str(exc or "")
+    if "Unsupported global" in text:  # weights_only met a class to import: a pickled object, not only tensors
+        what = re.search(r"GLOBAL ([\w.]+)", text)
+        return ModelLoadError(f"checkpoint {path} holds a pickled Python object{f' ({what.group(1)})' if what else ''}, "
+                              "not only tensors, and rbx does not unpickle code (it could run anything): save "
+                              "model.state_dict() with torch.save and load that")
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:

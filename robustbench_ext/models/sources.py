@@ -66,6 +66,23 @@ for _name, (_file, _arch, _summary) in _REFERENCE.items():
     _register_reference(_name, _file, _arch, _summary)
 
 
+#: File endings of model weights: a model spec ending so is a path (``file:`` reads all three).
+WEIGHT_SUFFIXES = (".pt", ".pth", ".safetensors")
+
+
+@MODELS.add_hint
+def _path_hint(text: str) -> tuple[str, str] | None:
+    """An unknown model spec that is a path: ``trained:DIR`` for a folder ``rbx train`` wrote, ``file:PATH`` for weights
+    (the path exists, or ends in .pt/.pth/.safetensors). Nothing for other text."""
+    p = Path(text)
+    if (p / "model.json").is_file() and (p / "model.pt").is_file():
+        return f"trained:{text}", "a model trained with rbx train"
+    if p.suffix.lower() in WEIGHT_SUFFIXES or p.is_file():
+        state = "" if p.exists() else "; no such file yet"
+        return f"file:{text}", f"a state-dict checkpoint: give its --arch too{state}"
+    return None
+
+
 @MODELS.register("file", takes_arg=True, arg_name="PATH", summary="a state-dict checkpoint; needs --arch (class count read from it)")
 def file_model(path: str, arch_override: str | None = None, num_classes: int | None = None) -> LoadedModel:
     if arch_override is None:
@@ -141,7 +158,7 @@ def robustbench_model(spec: str, arch_override: str | None = None, num_classes: 
         if _is_network_error(exc) or not ckpt.is_file():
             raise ModelLoadError(
                 f"robustbench model '{model_id}' is not in {ckpt.parent} and could not be downloaded "
-                f"(offline? {type(exc).__name__}); put its checkpoint at {ckpt} or set RBX_ROBUSTBENCH_DIR"
+                f"({_why_download_failed(exc)}); put its checkpoint at {ckpt} or set RBX_ROBUSTBENCH_DIR"
             ) from None
         raise
     prep = known[model_id].get("preprocessing") if isinstance(known[model_id], dict) else None
@@ -158,6 +175,14 @@ def _is_network_error(exc: BaseException) -> bool:
     return bool(names & {"ConnectionError", "MaxRetryError", "NewConnectionError", "Timeout", "ConnectTimeout",
                          "gaierror", "FileURLRetrievalError", "ReadTimeout", "SSLError", "ProxyError", "URLError",
                          "LocalEntryNotFoundError", "OfflineModeIsEnabled"})
+
+
+def _why_download_failed(exc: BaseException) -> str:
+    """Why a download failed, as far as the error shows: "offline?" only when it is a network error."""
+    if _is_network_error(exc):
+        return f"offline or the server unreachable? {type(exc).__name__}"
+    text = str(exc).strip().splitlines()[0][:150] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _chain(exc: BaseException | None):
@@ -221,7 +246,7 @@ def torchvision_model(arg: str, arch_override: str | None = None, num_classes: i
             target = hub / Path(w.url).name
             if target.is_file() and not _is_network_error(exc):
                 raise checkpoint_error(target) from None
-            raise ModelLoadError(f"torchvision weights {w} could not be downloaded (offline? {type(exc).__name__}); "
+            raise ModelLoadError(f"torchvision weights {w} could not be downloaded ({_why_download_failed(exc)}); "
                                  f"put {Path(w.url).name} in {hub} or use torchvision:{name},weights=PATH") from None
         mean, std = w.transforms().mean, w.transforms().std
         source = f"torchvision:{name},weights={w}"
@@ -251,7 +276,7 @@ def timm_model(arg: str, arch_override: str | None = None, num_classes: int | No
         except KeyboardInterrupt:
             raise
         except BaseException as exc:
-            raise ModelLoadError(f"timm could not download the weights of '{name}' (offline? {type(exc).__name__}); "
+            raise ModelLoadError(f"timm could not download the weights of '{name}' ({_why_download_failed(exc)}); "
                                  f"download them where you have internet and use timm:{name},weights=PATH") from None
         source = f"timm:{name} (pretrained, hub)"
     else:

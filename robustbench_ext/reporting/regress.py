@@ -232,6 +232,12 @@ def paired_mcnemar(fa: SampleFlags, fb: SampleFlags) -> dict[str, dict]:
     return out
 
 
+def _describe(found: dict[tuple, Path]) -> str:
+    """A few (model, suite) pairs of a results directory, for messages."""
+    shown = [f"{m} / {s}" for m, s, _ in list(found)[:3]]
+    return ", ".join(shown) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+
+
 def resolve_pairs(baseline: Path, candidate: Path) -> list[tuple[Path, Path]]:
     """Record files to compare: two files, or the newest record per (model, suite, dataset) in two directories."""
     baseline, candidate = Path(baseline), Path(candidate)
@@ -248,8 +254,13 @@ def resolve_pairs(baseline: Path, candidate: Path) -> list[tuple[Path, Path]]:
             return out
 
         nb, nc = newest(baseline), newest(candidate)
+        for d, found in ((baseline, nb), (candidate, nc)):
+            if not found:  # say what is missing, not that nothing matches
+                raise UnusableInput(f"no records in {d} (no rbx record .json under it): give the results directory "
+                                    "a run wrote (rbx run --results-dir DIR), or a record file")
         pairs = [(nb[k], nc[k]) for k in sorted(nb, key=str) if k in nc]
         if not pairs:
-            raise UnusableInput(f"no (model, suite, images) in common between {baseline} and {candidate}")
+            raise UnusableInput(f"no (model, suite, images) in common between {baseline} and {candidate}: baseline has "
+                                f"{_describe(nb)}; candidate has {_describe(nc)}")
         return pairs
     raise UnusableInput("give two record files or two results directories")

@@ -12,8 +12,13 @@ from ..paths import atomic_write_bytes, atomic_write_text
 from ..records.store import read_flags, read_record
 
 
+#: How a table marks the row of a threat model whose ball covers the box (the record's ``config.meaningless``).
+MEANINGLESS = "meaningless: the ball covers the [0, 1] box"
+
+
 def format_table(record: RunRecord) -> str:
-    """The run as a small text table: clean, each threat model, union, with intervals and seconds."""
+    """The run as a small text table: clean, each threat model, union, with intervals and seconds; a threat model whose
+    ball covers the whole box (and the union that includes it) is marked meaningless on its row."""
     def row(label: str, acc, seconds: str = "", note: str = "") -> str:
         if acc is None:  # not measured (union-only run): never shown as a number
             return f"{label:<14} {NOT_MEASURED:>6}   {'':^14}   {seconds:>8}  {note}".rstrip()
@@ -29,17 +34,22 @@ def format_table(record: RunRecord) -> str:
         f"{'':<14} {'acc %':>6}   {'95% CI':^14}   {'seconds':>8}  attacks (points broken)",
         row("clean", record.clean),
     ]
+    meaningless = list(record.config.get("meaningless") or [])
     for t in record.threats:
         note = ", ".join(f"{a.attack} ({a.n_broken})" for a in t.attacks)
         if not t.measured:
             note += "; not measured: attacked only points robust under the threat models before it"
+        if t.threat in meaningless:
+            note = f"{MEANINGLESS}; {note}"
         lines.append(row(t.threat, t.robust, f"{t.seconds:.1f}", note))
     for a in record.union_attacks:
         lines.append(f"{'+ ' + a.attack:<14} {'':>6}   {'':^14}   {a.seconds:>8.1f}  union stage: broke {a.n_broken} "
                      f"of {a.n_attacked} union-robust points")
     order = (record.config.get("union_only") or {}).get("order")
-    lines.append(row("union", record.union, f"{prov['wall_seconds']:.1f}",
-                     f"union-only run, order {' > '.join(order)}" if order else "all threat models"))
+    union_note = f"union-only run, order {' > '.join(order)}" if order else "all threat models"
+    if meaningless:
+        union_note = f"meaningless: it includes {', '.join(meaningless)}; {union_note}"
+    lines.append(row("union", record.union, f"{prov['wall_seconds']:.1f}", union_note))
     for sw in record.sweeps:
         pts = ", ".join(f"{p['label'].split(':', 1)[1]}: {percent(p['robust']['accuracy'])}" for p in sw["points"])
         lines.append(f"eps sweep {sw['threat']}: {pts}")

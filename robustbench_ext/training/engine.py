@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .contract import Defense, Recipe, StepContext
-from ..runtime import check_seed, resolve_device, stream_seed
+from ..progress import resumable
+from ..runtime import autograd_on, check_seed, resolve_device, stream_seed
 from ..errors import RbxError
 from ..attack.losses import accuracy
 from ..models.loading import LoadedModel, build_architecture, file_sha256, load_model
@@ -255,7 +256,14 @@ class Trainer:
         return out
 
     def run(self, resume: bool | None = None) -> TrainResult:
-        """Train (continuing a checkpoint if there is one and ``resume`` is not False); save the model."""
+        """Train (continuing a checkpoint if there is one and ``resume`` is not False); save the model.
+
+        Training takes gradients whatever the caller's autograd context (``torch.no_grad()``,
+        ``torch.inference_mode()``); an interruption keeps the last epoch's checkpoint and says so."""
+        with autograd_on(), resumable(self.out / "checkpoint.pt", "training checkpoint (the last finished epoch)"):
+            return self._run(resume)
+
+    def _run(self, resume: bool | None) -> TrainResult:
         ckpt_path = self.out / "checkpoint.pt"
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out / "config.json", json.dumps(self._config_dict(), indent=2) + "\n")
