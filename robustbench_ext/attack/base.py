@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ..errors import AttackContractError, RbxError, UnsupportedNormError
 from ..progress import StepReport
-from .threat import NORMS, ThreatModel
+from .threat import LP_NORMS, ThreatModel
 from .context import AttackContext, AttackResult, CountingModel, SampleSeeds, _draw_mean, _unwrap  # noqa: F401 (re-exported)
 
 
@@ -54,7 +54,8 @@ class AttackBase(ABC):
     eot_note: ClassVar[str | None] = None
 
     name: ClassVar[str] = "attack"
-    norms: ClassVar[tuple[str, ...]] = NORMS
+    #: The norms the attack supports; by default the lp norms (L0 attacks say so: ``norms = ("L0", "L0c")``).
+    norms: ClassVar[tuple[str, ...]] = LP_NORMS
     smoke_params: ClassVar[dict[str, Any]] = {}
     #: Whether the attack searches for the smallest adversarial perturbation and reports ``min_norm``
     #: (it must then set ``ctx.min_norm_points`` in :meth:`run`; see :mod:`robustbench_ext.attack.min_norm`).

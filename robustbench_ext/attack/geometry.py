@@ -1,4 +1,4 @@
-"""Per-norm geometry: the only place in rbx where Linf, L2 and L1 differ.
+"""Per-norm geometry: the only place in rbx where Linf, L2, L1 and L0 differ.
 
 Every attack is written once against the :class:`Geometry` interface (Foolbox-style hooks):
 
@@ -19,6 +19,16 @@ The L2 and L1 projections are exact projections onto ball ∩ box, not "scale, t
 monotone equation in a Lagrange multiplier whose solution is found exactly by sorting its
 breakpoints; for L1 this is the box-constrained projection of Croce & Hein, "Mind the box:
 l1-APGD for sparse adversarial attacks on image classifiers" (ICCV 2021), Sec. 3.
+
+L0 (:class:`L0Geometry`) counts changed *units*: pixels (``L0``: the C channels of pixel (h, w) of an
+``[N, C, H, W]`` input form one unit) or coordinates (``L0c``). Its projection onto the L0 ball ∩ box is
+exact too: a unit kept changed costs ``||v_u - clip(v_u)||^2`` (the box projection of its wanted change
+``v_u``), a unit reset costs ``||v_u||^2``, so the projection keeps the K units of largest *gain*
+``||v_u||^2 - ||v_u - clip(v_u)||^2`` (not simply of largest clipped change: a coordinate clipped at the
+face gains ``c (2 v - c)``, more than ``c^2``) and resets the others; tests/test_geometry.py checks it
+against brute force over every support. L0 has no dual norm and no steepest-ascent step of a length
+(its "norm" is a count): :meth:`L0Geometry.step_direction` is the L2-normalized gradient, the step of
+PGD_0 (Croce & Hein, ICCV 2019), and sparse attacks work on units through :meth:`L0Geometry.units`.
 """
 
 from __future__ import annotations
@@ -261,11 +271,91 @@ class L1Geometry(Geometry):
         return (x + delta.reshape(x.shape)).clamp(0.0, 1.0)
 
 
-_GEOMETRIES: dict[str, Geometry] = {g.norm: g for g in (LinfGeometry(), L2Geometry(), L1Geometry())}
+class L0Geometry(Geometry):
+    """At most ``eps`` (a whole number) changed units: pixels (``grouped``, norm ``L0``) or coordinates (``L0c``).
+
+    A unit of an input ``[N, C, H, W]`` is pixel (h, w) with its C channels (``L0``) or one coordinate
+    (``L0c``); of an input ``[N, D]``, one coordinate either way. :meth:`units` reshapes a batch to
+    ``[N, G, U]`` (G values per unit, U units) so sparse attacks are written once for both conventions.
+    """
+
+    sparse_steps = True
+
+    def __init__(self, grouped: bool) -> None:
+        self.grouped = grouped
+        self.norm = "L0" if grouped else "L0c"  # type: ignore[misc]
+
+    def units(self, t: Tensor) -> Tensor:
+        """``t`` ``[N, ...]`` viewed as ``[N, G, U]``: G values per unit (the channels of a pixel, or 1), U units."""
+        n = t.shape[0]
+        if self.grouped and t.ndim >= 3:
+            return t.reshape(n, t.shape[1], -1)
+        return t.reshape(n, 1, -1)
+
+    def n_units(self, shape: "tuple[int, ...] | torch.Size") -> int:
+        """How many units an input of ``shape`` (one sample, ``[C, H, W]``) has: its pixels (L0) or coordinates (L0c)."""
+        dims = [int(s) for s in shape]
+        return math.prod(dims[1:]) if (self.grouped and len(dims) >= 2) else math.prod(dims)
+
+    def changed(self, delta: Tensor) -> Tensor:
+        """``[N, U]`` bool: which units of ``delta`` ``[N, ...]`` are non-zero in any of their values."""
+        return (self.units(delta) != 0).any(1)
+
+    def norm_of(self, delta: Tensor) -> Tensor:
+        return self.changed(delta).sum(1).to(delta.dtype if delta.is_floating_point() else torch.float32)
+
+    def dual_norm_of(self, grad: Tensor) -> Tensor:
+        raise ThreatModelError(f"{self.norm} counts changed {'pixels' if self.grouped else 'coordinates'}: it has no dual "
+                               "norm, so distance-to-boundary attacks (DeepFool, FMN) do not apply; use sparse attacks")
+
+    def tolerance(self, eps: Eps, n_features: int) -> Tensor | float:
+        # A count: rounding x + d to float32 can only reset a change (d rounds away), never add one.
+        return eps
+
+    def _rounding_slack(self, n_features: int) -> float:  # pragma: no cover - tolerance overrides
+        return 0.0
+
+    def project(self, x: Tensor, x_adv: Tensor, eps: Eps) -> Tensor:
+        """Exact Euclidean projection onto {x + d : at most eps units of d non-zero, 0 <= x + d <= 1}."""
+        n = x.shape[0]
+        v = x_adv - x
+        c = x_adv.clamp(0.0, 1.0) - x  # the box projection of every unit's wanted change
+        gain = (self.units(v).square() - self.units(v - c).square()).sum(1)  # [N, U], >= 0
+        u = gain.shape[1]
+        k = _eps_column(eps, n, gain).round().long().clamp(0, u)  # [N, 1]
+        order = gain.argsort(dim=1, descending=True, stable=True)
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(u, device=x.device).expand(n, u))
+        keep = (rank < k) & (gain > 0)  # [N, U]
+        d = self.units(c) * keep[:, None, :].to(c.dtype)
+        return (x + d.reshape(x.shape)).clamp(0.0, 1.0)
+
+    def _project_magnitudes(self, a: Tensor, cap: Tensor, eps: Tensor) -> Tensor:  # pragma: no cover - project overrides
+        raise NotImplementedError
+
+    def step_direction(self, grad, x_adv=None, *, sparsity=None):
+        """The L2-normalized gradient (PGD_0's step, Croce & Hein 2019): the projection makes it sparse."""
+        g = _flat(grad)
+        return (g / g.norm(p=2, dim=1, keepdim=True).clamp_min(1e-12)).reshape(grad.shape)
+
+    def random_init(self, x, eps, generator=None):
+        """``eps`` units drawn uniformly without replacement, each set to a uniform random value in [0, 1]."""
+        n = x.shape[0]
+        xu = self.units(x)
+        u = xu.shape[2]
+        k = _eps_column(eps, n, xu).round().long().clamp(0, u)
+        scores = torch.rand((n, u), generator=generator, device=x.device, dtype=x.dtype)
+        rank = scores.argsort(dim=1).argsort(dim=1)
+        pick = (rank < k)[:, None, :]
+        values = torch.rand(xu.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return torch.where(pick, values, xu).reshape(x.shape)
+
+
+_GEOMETRIES: dict[str, Geometry] = {g.norm: g for g in (LinfGeometry(), L2Geometry(), L1Geometry(),
+                                                          L0Geometry(grouped=True), L0Geometry(grouped=False))}
 
 
 def get_geometry(norm: str) -> Geometry:
-    """The geometry for a canonical norm name (``Linf``, ``L2``, ``L1``)."""
+    """The geometry for a canonical norm name (``Linf``, ``L2``, ``L1``, ``L0``, ``L0c``)."""
     try:
         return _GEOMETRIES[norm]
     except KeyError:

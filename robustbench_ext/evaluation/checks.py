@@ -25,7 +25,6 @@ Each check gives a :class:`CheckResult` with a one-line message; ``passed`` Fals
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
@@ -36,7 +35,7 @@ from torch import Tensor, nn
 
 from .majority import DEFAULT_DRAWS, wrong_counts
 from ..runtime import stream_seed
-from ..attack.threat import ThreatModel
+from ..attack.threat import ThreatModel, box_diameter
 
 
 @dataclass(frozen=True)
@@ -140,8 +139,7 @@ def check_eps_monotone(net, x, y, threat: ThreatModel, attacks, fractions=(0.25,
 
 def check_unbounded(net, x, y, threat: ThreatModel, attacks, limit: float = 0.02) -> CheckResult:
     """With a radius covering the whole box, the attacks must break (almost) every point."""
-    d = x[0].numel()
-    big = ThreatModel(threat.norm, {"Linf": 1.0, "L2": math.sqrt(d), "L1": float(d)}[threat.norm])
+    big = ThreatModel(threat.norm, box_diameter(threat.norm, tuple(x.shape[1:])))
     acc = _robust(net, x, y, big, attacks).float().mean().item()
     ok = acc <= limit
     return CheckResult("unbounded", ok, acc,

@@ -189,7 +189,7 @@ def _meaningless_threats(plan: RunPlan, data: EvalData) -> list[str]:
     """Threat models whose ball covers the whole [0, 1] box: warned about, and marked in the record."""
     out = []
     for t in plan.threats[:plan.n_main]:
-        if t.threat.covers_box(data.x[0].numel()):
+        if t.threat.covers_box(tuple(data.x.shape[1:])):
             hint = f" (did you mean {t.threat.norm}:{t.threat.eps:g}/255?)" if t.threat.norm == "Linf" and t.threat.eps >= 1 else ""
             log.warning("%s: the ball contains the whole [0, 1] box, so every input can be turned into any other and "
                         "the robust accuracy is meaningless%s; the record is marked so and leaderboards leave it out",
