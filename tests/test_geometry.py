@@ -246,3 +246,38 @@ def test_l0_has_no_dual_norm():
 
     with pytest.raises(ThreatModelError, match="no dual norm"):
         get_geometry("L0").dual_norm_of(torch.ones((1, 3)))
+
+
+# ---- hyperplane steps (FAB) ------------------------------------------------------------------------
+@pytest.mark.parametrize("norm", LP_NORMS)
+@pytest.mark.parametrize("seed", range(12))
+def test_hyperplane_step_is_the_smallest_box_feasible_step(norm, seed):
+    """Against a generic LP/QP solver: the step reaches the hyperplane inside the box with the least norm; when
+    the box cannot reach it, every coordinate is at the face toward it."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 8))
+    x = rng.random(n)
+    x[rng.random(n) < 0.2] = rng.integers(0, 2)
+    w = rng.normal(0, 1, n)
+    w[rng.random(n) < 0.15] = 0.0
+    far = seed % 4 == 3  # an unreachable hyperplane
+    b = float(w @ x + rng.normal(0, 0.3) + (np.abs(w).sum() * 3 * np.sign(rng.normal()) if far else 0))
+    geom = get_geometry(norm)
+    d = geom.hyperplane_step(torch.tensor(x[None]), torch.tensor(w[None]), torch.tensor([b], dtype=torch.float64))[0].numpy()
+    assert (x + d >= -1e-12).all() and (x + d <= 1 + 1e-12).all()
+    assert (d[w == 0] == 0).all()
+    lo, hi = -x, 1 - x
+    if far or not (w @ np.where(w > 0, lo, hi) <= b - w @ x <= w @ np.where(w > 0, hi, lo)):
+        face = np.where(np.sign(w) * np.sign(b - w @ x) > 0, hi, lo) * (w != 0)
+        np.testing.assert_allclose(d, face, atol=1e-9)
+        return
+    assert abs(w @ (x + d) - b) < 1e-8
+    p = {"Linf": np.inf, "L2": 2, "L1": 1}[norm]
+    cons = [{"type": "eq", "fun": lambda z: w @ z - (b - w @ x)}]
+    best = np.inf
+    for start in (np.zeros(n), np.clip(d + rng.normal(0, 0.01, n), lo, hi)):
+        res = scipy_optimize.minimize(lambda z: np.linalg.norm(z, p) ** (2 if p == 2 else 1), start, bounds=list(zip(lo, hi)),
+                                      constraints=cons, method="SLSQP", options={"ftol": 1e-14, "maxiter": 2000})
+        if res.success and abs(w @ res.x - (b - w @ x)) < 1e-7:
+            best = min(best, np.linalg.norm(res.x, p))
+    assert np.linalg.norm(d, p) <= best + 1e-6

@@ -124,6 +124,38 @@ class Geometry(ABC):
     def random_init(self, x: Tensor, eps: Eps, generator: torch.Generator | None = None) -> Tensor:
         """A random point of ball ∩ box around ``x``, drawn with ``generator`` (uniform in the ball, then clipped)."""
 
+    # ---- hyperplanes (minimum-norm attacks: FAB) ----------------------------------------------------
+    def hyperplane_step(self, x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+        """The smallest step ``d`` (in this norm) with ``<w, x + d> = b`` and ``x + d`` in the [0, 1] box.
+
+        ``x``, ``w``: ``[N, ...]``; ``b``: ``[N]``. Where the box does not let the hyperplane be reached, the step
+        that gets closest: every coordinate moved to the box face toward it. This is the projection FAB takes
+        (Croce & Hein, "Minimally distorted adversarial examples with a fast adaptive boundary attack", ICML
+        2020, Sec. 3.1), solved exactly: with ``m_i = |d_i|`` and the sign of each ``d_i`` fixed by ``w``, it is
+        a one-dimensional monotone equation in a multiplier, solved by sorting its breakpoints (as the ball
+        projections above). Coordinates with ``w_i = 0`` never move.
+        """
+        shape, dtype = x.shape, x.dtype
+        t, wf = _flat(x).double(), _flat(w).double()
+        c = (wf * t).sum(1) - b.double().reshape(-1)
+        sgn = torch.where(c >= 0, 1.0, -1.0).to(t.dtype)
+        wp = wf * sgn[:, None]  # after the flip, <wp, x + d> must fall by cp >= 0
+        cp = (c * sgn)[:, None]
+        aw = wp.abs()
+        cap = torch.where(wp > 0, t, 1.0 - t).clamp_min(0) * (wp != 0)  # how far each coordinate can move usefully
+        reach = (aw * cap).sum(1, keepdim=True)
+        m = torch.where(reach <= cp, cap, self._hyperplane_magnitudes(aw, cap, cp))
+        return (-torch.sign(wp) * m).to(dtype).reshape(shape)
+
+    def _hyperplane_magnitudes(self, aw: Tensor, cap: Tensor, c: Tensor) -> Tensor:
+        """Solve min ||m|| s.t. sum_i aw_i m_i = c, 0 <= m <= cap (feasible rows; [N, D] float64, c [N, 1])."""
+        raise ThreatModelError(f"no hyperplane projection for {self.norm}")
+
+    def random_direction(self, shape, generator: torch.Generator | None = None, device=None,
+                         dtype: torch.dtype = torch.float32) -> Tensor:
+        """A random vector ``[N, ...]`` of unit norm (FAB's random restarts): Linf from uniform, L2 and L1 from Gaussian draws."""
+        raise ThreatModelError(f"no random direction for {self.norm}")
+
 
 class LinfGeometry(Geometry):
     norm = "Linf"
@@ -152,6 +184,24 @@ class LinfGeometry(Geometry):
         e = _eps_column(eps, x.shape[0], x).reshape(-1, *([1] * (x.ndim - 1)))
         u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return (x + (2 * u - 1) * e).clamp(0.0, 1.0)
+
+    def _hyperplane_magnitudes(self, aw, cap, c):
+        # m_i = min(lam, cap_i); R(lam) = sum_i aw_i min(lam, cap_i) rises piecewise linearly through the sorted caps.
+        caps, order = cap.sort(dim=1)
+        a_s = aw.gather(1, order)
+        below = torch.cumsum(a_s * caps, 1)  # sum_{j <= k} aw_j cap_j
+        above = a_s.flip(1).cumsum(1).flip(1) - a_s  # sum_{j > k} aw_j
+        r_at = below + caps * above  # R at each cap
+        k = (r_at < c).sum(1, keepdim=True)  # caps passed before R reaches c
+        zero = torch.zeros_like(c)
+        done = torch.where(k > 0, below.gather(1, (k - 1).clamp_min(0)), zero)
+        slope = torch.where(k > 0, above.gather(1, (k - 1).clamp_min(0)), a_s.sum(1, keepdim=True))
+        lam = (c - done) / slope.clamp_min(1e-300)
+        return torch.minimum(lam.expand_as(cap), cap)
+
+    def random_direction(self, shape, generator=None, device=None, dtype=torch.float32):
+        t = 2 * torch.rand(shape, generator=generator, device=device, dtype=dtype) - 1
+        return t / _flat(t).abs().amax(1).reshape(-1, *([1] * (len(shape) - 1)))
 
 
 class L2Geometry(Geometry):
@@ -193,6 +243,25 @@ class L2Geometry(Geometry):
     def step_direction(self, grad, x_adv=None, *, sparsity=None):
         g = _flat(grad)
         return (g / g.norm(p=2, dim=1, keepdim=True).clamp_min(1e-12)).reshape(grad.shape)
+
+    def _hyperplane_magnitudes(self, aw, cap, c):
+        # m_i = min(alpha aw_i, cap_i); coordinate i is capped once alpha >= cap_i / aw_i.
+        brk = torch.where(aw > 0, cap / aw.clamp_min(1e-300), torch.full_like(aw, math.inf))
+        brk, order = brk.sort(dim=1)
+        a_s, c_s = aw.gather(1, order), cap.gather(1, order)
+        capped = torch.cumsum(a_s * c_s, 1)  # reduction of the first k (capped) coordinates
+        free = a_s.square().flip(1).cumsum(1).flip(1) - a_s.square()  # sum_{j > k} aw_j^2
+        r_at = torch.where(torch.isinf(brk), torch.full_like(brk, math.inf), capped + brk * free)
+        k = (r_at < c).sum(1, keepdim=True)
+        zero = torch.zeros_like(c)
+        done = torch.where(k > 0, capped.gather(1, (k - 1).clamp_min(0)), zero)
+        slope = torch.where(k > 0, free.gather(1, (k - 1).clamp_min(0)), a_s.square().sum(1, keepdim=True))
+        alpha = (c - done) / slope.clamp_min(1e-300)
+        return torch.minimum(alpha * aw, cap)
+
+    def random_direction(self, shape, generator=None, device=None, dtype=torch.float32):
+        t = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        return t / _flat(t).square().sum(1).sqrt().reshape(-1, *([1] * (len(shape) - 1)))
 
     def random_init(self, x, eps, generator=None):
         n, d = x.shape[0], x[0].numel()
@@ -259,6 +328,23 @@ class L1Geometry(Geometry):
         keep = (mag >= kth) & (mag > 0)
         s = torch.sign(g) * keep
         return (s / keep.sum(1, keepdim=True).clamp_min(1)).reshape(grad.shape)
+
+    def _hyperplane_magnitudes(self, aw, cap, c):
+        # Greedy: the cheapest reduction per unit of L1 comes from the largest |w_i|; fill those to their caps first.
+        a_s, order = aw.sort(dim=1, descending=True, stable=True)
+        c_s = cap.gather(1, order)
+        full = torch.cumsum(a_s * c_s, 1)  # reduction with the first k+1 coordinates at their caps
+        k = (full < c).sum(1, keepdim=True).clamp_max(aw.shape[1] - 1)  # the coordinate that finishes the job
+        before = torch.where(k > 0, full.gather(1, (k - 1).clamp_min(0)), torch.zeros_like(c))
+        idx = torch.arange(aw.shape[1], device=aw.device)[None]
+        m_s = torch.where(idx < k, c_s, torch.zeros_like(c_s))
+        last = ((c - before) / a_s.gather(1, k).clamp_min(1e-300)).clamp_max(c_s.gather(1, k))
+        m_s = m_s.scatter(1, k, last)
+        return torch.zeros_like(m_s).scatter(1, order, m_s)
+
+    def random_direction(self, shape, generator=None, device=None, dtype=torch.float32):
+        t = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        return t / _flat(t).abs().sum(1).reshape(-1, *([1] * (len(shape) - 1)))
 
     def random_init(self, x, eps, generator=None):
         # (E_1..E_d) / (E_1 + ... + E_{d+1}) with E ~ Exp(1) is uniform on the simplex's interior;
