@@ -60,6 +60,12 @@ class AttackBase(ABC):
     #: Whether the attack searches for the smallest adversarial perturbation and reports ``min_norm``
     #: (it must then set ``ctx.min_norm_points`` in :meth:`run`; see :mod:`robustbench_ext.attack.min_norm`).
     minimum_norm: ClassVar[bool] = False
+    #: Whether the attack reads only the model's outputs, never an input gradient (a black-box attack: Square,
+    #: Sparse-RS, RayS, HopSkipJump); its stage records then say how many queries it made.
+    black_box: ClassVar[bool] = False
+    #: Whether the attack reads only the predicted label (argmax), never a score: the attacks a label-only
+    #: model allows (decision-based: RayS, HopSkipJump).
+    label_only: ClassVar[bool] = False
 
     def params(self) -> dict[str, Any]:
         """The attack's parameters, as written to result records (``eot`` only when it is not 1, so that records

@@ -106,8 +106,14 @@ def check_zero_gradients(net: nn.Module, x: Tensor, y: Tensor, g: Tensor | None 
                        "(quantization, thresholds?); white-box numbers cannot be trusted, use black-box or adaptive attacks")
 
 
-def cheap_checks(net: nn.Module, x: Tensor, y: Tensor) -> list[CheckResult]:
-    """The checks the runner runs before every evaluation, on a small batch (model in eval mode)."""
+def cheap_checks(net: nn.Module, x: Tensor, y: Tensor, label_only: bool = False) -> list[CheckResult]:
+    """The checks the runner runs before every evaluation, on a small batch (model in eval mode).
+
+    ``label_only``: the model answers with labels only; its outputs are no scores and no gradient is taken,
+    so only the determinism check runs (the probability and gradient checks do not apply).
+    """
+    if label_only:
+        return [check_deterministic(net, x)]
     with torch.no_grad():
         logits = net(x)
     g = _input_gradient(net, x, y)

@@ -52,7 +52,7 @@ from ..models.loading import LoadedModel, as_loaded_model, load_model
 from ..records.schema import MISCLASSIFIED, NOT_MEASURED_UNION_ONLY, ROBUST, Accuracy, RunSettings, SampleFlags, StageResult, ThreatResult, build_record
 from ..paths import atomic_write_bytes, remove_if_empty
 from .result import Evaluation
-from ..models.adapter import ModelAdapter, check_agreement
+from ..models.adapter import LabelOnly, ModelAdapter, check_agreement, is_label_only
 from .curves import build_curves, check_curve_plan
 from .plan import RunPlan, fit_plan, stage_names
 from .request import RunRequest
@@ -95,6 +95,9 @@ def prepare(request: RunRequest) -> Prepared:
     impossible ones refused by name). Nothing is written."""
     planned = request.planned
     loaded = load_requested_model(request)
+    if request.is_label_only and not is_label_only(loaded.module):  # --label-only: the model answers with labels only
+        loaded.module = LabelOnly(loaded.module).eval()
+        loaded.extra = {**loaded.extra, "label_only": True}
     dataset = request.data if request.data is not None else (loaded.dataset or planned.dataset)
     data = as_eval_data(dataset, request.n_examples)
     dev = resolve_device(request.device)
@@ -123,7 +126,8 @@ def execute(request: RunRequest, prepared: Prepared | None = None) -> Evaluation
         suite=bench.suite, threats=tuple((t.threat.label, tuple(a.label for a in t.attacks)) for t in bench.threats),
         union_attacks=tuple(a.label for a in bench.union), seed=request.seed, batch_size=request.batch_size,
         device=str(dev), search=request.search.describe(), distributed=dist.describe() if dist.world > 1 else None,
-        notes=notes, extra={**({"meaningless": meaningless} if meaningless else {}), **_union_only_config(plan)})
+        notes=notes, extra={**({"meaningless": meaningless} if meaningless else {}), **_union_only_config(plan),
+                            **({"label_only": True} if request.is_label_only else {})})
     draw_setting = Draws(request.draws, request.seed if request.draw_seed is None else int(request.draw_seed))
     state_path = _state_path(request, loaded, data, plan, dev, dist, draw_setting)
     t0 = time.perf_counter()
@@ -240,7 +244,7 @@ def _start_or_resume(net: nn.Module, data: EvalData, plan: RunPlan, path: Path |
         raise RbxError(f"--resume: no saved evaluation state of this run in {path.parent if path else 'the results directory'}; "
                        "run without --resume")
     clean = _clean_pass(net, data.x, data.y, batch_size, dev, dist)  # validates labels and logits first
-    checks = _run_checks(net, data, dev)
+    checks = _run_checks(net, data, dev, request.is_label_only)
     rule = _draws_for(checks, request.randomized, draws)
     if rule is not None:  # a randomized model: clean accuracy by majority over draws too
         clean = _majority_clean(net, data, batch_size, dev, rule)
@@ -260,9 +264,9 @@ def _saver(path: Path | None, state: EvaluationState, every_batch: bool = True):
     return save
 
 
-def _run_checks(net: nn.Module, data: EvalData, dev: torch.device) -> dict[str, Any]:
+def _run_checks(net: nn.Module, data: EvalData, dev: torch.device, label_only: bool = False) -> dict[str, Any]:
     x, y = data.x[:CHECK_BATCH].to(dev), data.y[:CHECK_BATCH].to(dev)
-    results = cheap_checks(net, x, y)
+    results = cheap_checks(net, x, y, label_only)
     for r in results:
         if r.name == "probabilities" and not r.passed:
             raise RbxError(r.message)
