@@ -6,7 +6,9 @@ gradient, so they run on models that return labels only (``rbx run --label-only`
   is nearest: starting from ``s = 1``, it flips the signs of one block of coordinates at a time (blocks halve
   hierarchically: the whole input, then halves, quarters, ...), and keeps the flip when the boundary along the
   new ray is nearer. One query checks whether the new ray is adversarial at the best radius so far; only then a
-  binary search (to ``tol`` in Linf) finds its boundary. A point is done when its best radius is at most eps.
+  binary search (to ``tol`` = 1e-3 on the length along the unit ray ``s / ||s||_2``, as the authors' code) finds
+  its boundary. The search is deterministic. A point is done when its best Linf radius is at most eps (the
+  authors' code keeps searching to the query limit; the points broken at eps are the same).
 - ``hsj``: HopSkipJump (Chen, Jordan & Wainwright, "HopSkipJumpAttack: a query-efficient decision-based attack",
   IEEE S&P 2020), L2 and Linf. From an adversarial start (uniform noise, then a binary search toward ``x``) it
   repeats (the start: uniform noise as the authors', alternating with random vertices of the box, which
@@ -98,6 +100,8 @@ class RayS(DecisionAttack):
     norms: ClassVar[tuple[str, ...]] = ("Linf",)
     smoke_params: ClassVar[dict] = {"queries": 400}
 
+    #: Binary-search precision on the ray's length ``d`` (the point is ``x + d * s / ||s||_2``), as the authors'
+    #: code has it: 1e-3 in those units, 1e-3 / sqrt(D) in Linf.
     tol: float = 1e-3
 
     def __post_init__(self) -> None:
@@ -110,33 +114,35 @@ class RayS(DecisionAttack):
         dim = x[0].numel()
         xf = x.reshape(n, dim)
         sgn = torch.ones_like(xf)
-        best_r = torch.full((n,), math.inf, device=x.device)  # Linf radius of the nearest boundary found
+        best_d = torch.full((n,), math.inf, device=x.device)  # ray length of the nearest boundary found
+        scale = math.sqrt(dim)  # ||s||_2 of a sign vector: the Linf radius of x + d s / ||s|| is d / sqrt(D)
         level, block = 0, 0
         while True:
-            live = (best_r > eps) & (oracle.queries < self.queries)
+            live = (best_d / scale > eps) & (oracle.queries < self.queries)
             if not bool(live.any()):
                 break
             size = math.ceil(dim / 2 ** level)
             start, end = block * size, min(dim, (block + 1) * size)
             attempt = sgn.clone()
             attempt[:, start:end] *= -1
-            self._binary_search(xf, attempt, live, best_r, sgn, oracle, x.shape)
+            self._binary_search(xf, attempt, live, best_d, sgn, oracle, x.shape)
             block += 1
             if block == 2 ** level or end == dim:
                 level, block = level + 1, 0
             done = float((oracle.queries.float().clamp_max(self.queries) / self.queries).mean())
-            ctx.report(max(done, float((best_r <= eps).float().mean())))
-        radius = torch.minimum(best_r, torch.full_like(best_r, eps)).clamp_max(1.0)
+            ctx.report(max(done, float((best_d / scale <= eps).float().mean())))
+        radius = torch.minimum(best_d / scale, torch.full_like(best_d, eps)).clamp_max(1.0)
         return (xf + radius[:, None] * sgn).clamp(0.0, 1.0).reshape(x.shape)
 
-    def _binary_search(self, xf: Tensor, attempt: Tensor, live: Tensor, best_r: Tensor, sgn: Tensor,
+    def _binary_search(self, xf: Tensor, attempt: Tensor, live: Tensor, best_d: Tensor, sgn: Tensor,
                        oracle: _Oracle, shape) -> None:
-        point = lambda r, rows: (xf[rows] + r[:, None] * attempt[rows]).reshape(-1, *shape[1:])  # noqa: E731
+        unit = attempt / attempt.norm(dim=1, keepdim=True)
+        point = lambda d, rows: (xf[rows] + d[:, None] * unit[rows]).reshape(-1, *shape[1:])  # noqa: E731
         rows = live.nonzero().squeeze(1)
-        # One query: is the new ray adversarial at the best radius so far (at the box's corner if none yet)?
-        hi = torch.minimum(best_r[rows], torch.ones_like(best_r[rows]))
-        ok = oracle(point(hi, rows), rows)
-        rows, hi = rows[ok], hi[ok]
+        # One query: is the new ray adversarial at the best length so far (at the box's corner if none yet)?
+        ok = oracle(point(best_d[rows], rows), rows)
+        rows = rows[ok]
+        hi = torch.minimum(best_d[rows], attempt[rows].norm(dim=1))
         lo = torch.zeros_like(hi)
         while rows.numel():
             active = (hi - lo > self.tol) & (oracle.queries[rows] < self.queries)
@@ -147,9 +153,9 @@ class RayS(DecisionAttack):
             adv = oracle(point(mid, r_a), r_a)
             hi[active] = torch.where(adv, mid, hi[active])
             lo[active] = torch.where(adv, lo[active], mid)
-        better = hi < best_r[rows]
+        better = hi < best_d[rows]
         upd = rows[better]
-        best_r[upd] = hi[better]
+        best_d[upd] = hi[better]
         sgn[upd] = attempt[upd]
 
 

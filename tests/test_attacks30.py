@@ -183,3 +183,12 @@ def test_label_only_suite_allows_only_decision_attacks():
     assert req.is_label_only
     assert all(st.attack.label_only for st in req.planned.plan.stages)
     assert isinstance(LabelOnly(nn.Identity()), nn.Module)
+
+
+def test_a_norm_without_a_cascade_in_the_suite_takes_another_suites():
+    from robustbench_ext.evaluation.suites import plan_benchmark
+
+    bench = plan_benchmark(None, ["L0:10", "L0c:30"])
+    for spec in bench.threats:
+        assert [a.name for a in spec.attacks] == ["sparse-pgd", "sparse-pgd", "sparse-rs"]
+        assert all(st.attack.supports(spec.threat) for st in spec.build())
