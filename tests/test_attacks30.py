@@ -192,3 +192,12 @@ def test_a_norm_without_a_cascade_in_the_suite_takes_another_suites():
     for spec in bench.threats:
         assert [a.name for a in spec.attacks] == ["sparse-pgd", "sparse-pgd", "sparse-rs"]
         assert all(st.attack.supports(spec.threat) for st in spec.build())
+
+
+def test_label_only_run_defaults_to_the_label_only_suite():
+    from robustbench_ext.evaluation.request import RunRequest
+
+    req = RunRequest(model="cifar10-smallcnn-linf-at", data=DATA, label_only=True)
+    assert req.planned.bench.suite == "cifar10-labelonly"
+    req = RunRequest(model="labels:cifar10-smallcnn-linf-at", data=DATA, threats=("L2:0.5",))
+    assert [a.name for a in req.planned.bench.threats[0].attacks] == ["hsj"]

@@ -44,6 +44,8 @@ from .suites import Benchmark, Suite, ThreatSpec, default_suite, load_suite, pla
 
 #: The model a bare ``rbx run`` evaluates when the reference ResNet-18 is at hand (else the embedded small CNN).
 DEFAULT_MODEL = "cifar10-resnet18-linf-at"
+#: The suite a label-only run uses when none is named (its cascades are decision-based attacks only).
+LABEL_ONLY_SUITE = "cifar10-labelonly"
 #: Where a running evaluation keeps its evaluation state, inside the results directory (removed when the run ends).
 STATE_DIR = ".rbx-partial"
 
@@ -222,6 +224,8 @@ class RunRequest:
         if self.kind == "corruptions":
             return Planned(None, None, self.data if self.data is not None else self._suite.dataset, self._suite)
         suite = self.suite
+        if suite is None and self.is_label_only:  # label-only: the decision-based cascades (also for --threat alone)
+            suite = LABEL_ONLY_SUITE
         if suite is None and not self.threats:  # the data's (or the model's) own suite: a CIFAR-100 run gets cifar100-union
             suite = default_suite(self._dataset_name())
         bench = plan_benchmark(suite, self.threats, self.attacks, self.union_attacks)
