@@ -201,3 +201,10 @@ def test_label_only_run_defaults_to_the_label_only_suite():
     assert req.planned.bench.suite == "cifar10-labelonly"
     req = RunRequest(model="labels:cifar10-smallcnn-linf-at", data=DATA, threats=("L2:0.5",))
     assert [a.name for a in req.planned.bench.threats[0].attacks] == ["hsj"]
+
+
+def test_check_refuses_a_label_only_model():
+    from robustbench_ext.evaluation.api import check
+
+    with pytest.raises(RbxError, match="label-only model gives neither"):
+        check("labels:cifar10-smallcnn-linf-at", DATA, "Linf:8/255", attacks=["rays"], n_examples=4, device="cpu")

@@ -192,6 +192,9 @@ def check(
     request = RunRequest(model=model, data=data, threats=(threat,), attacks=attacks, n_examples=n_examples,
                          normalize=normalize, arch=arch, device=device, batch_size=batch_size, randomized=randomized,
                          draws=draws)
+    if request.is_label_only:
+        raise RbxError("rbx check looks for gradient masking with gradient attacks and input gradients; a label-only "
+                       "model gives neither: evaluate it with rbx run --label-only (decision-based attacks)")
     th = request.planned.bench.threats[0].threat
     black = ThreatSpec(th, (AttackSpec.parse(black_box or DEFAULT_BLACK_BOXES[th.norm]),)).build()[0].attack  # a bad spec fails before loading
     p = prepare(request)
