@@ -233,7 +233,17 @@ def main() -> None:
     ap.add_argument("--rays-dir", type=Path)
     ap.add_argument("--foolbox-path", type=Path)
     ap.add_argument("--out", type=Path, default=Path("results/reference_compare"))
+    ap.add_argument("--merge", type=Path, nargs="*", metavar="DIR",
+                    help="Instead of running: merge the reference_compare.json of earlier runs (e.g. sections run in "
+                         "parallel) into --out, Holm-adjusting over all their comparisons as one family.")
     args = ap.parse_args()
+    if args.merge:
+        runs = [json.loads((d / "reference_compare.json").read_text()) for d in args.merge]
+        rows = [r for run in runs for r in run["rows"]]
+        meta = {**runs[0], "command": " ; ".join(run["command"] for run in runs),
+                "date": " ; ".join(run["date"] for run in runs), "rows": rows}
+        write(args.out, meta, rows)
+        return
     torch.set_num_threads(1)
     from robustbench_ext.models.loading import load_model
     from robustbench_ext.registry import DATASETS
@@ -247,19 +257,24 @@ def main() -> None:
             SECTIONS[name](model, x, y, args, rows)
         except ImportError as exc:
             print(f"{name}: skipped ({exc})")
-    for r, p in zip(rows, holm([r["p_raw"] for r in rows])):
-        r["p_holm"] = p
-    args.out.mkdir(parents=True, exist_ok=True)
     meta = {"command": " ".join(sys.argv), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "device": f"CPU ({platform.processor() or platform.machine()}), 1 thread, shared machine (wall and CPU times inflated)",
             "model": args.model, "images": f"CIFAR-10 test {args.start}..{args.start + args.n - 1} (held out)", "rows": rows}
-    (args.out / "reference_compare.json").write_text(json.dumps(meta, indent=2))
+    write(args.out, meta, rows)
+
+
+def write(out: Path, meta: dict, rows: list[dict]) -> None:
+    """Holm-adjust over ``rows`` (one family) and write ``reference_compare.json`` / ``.md`` into ``out``."""
+    for r, p in zip(rows, holm([r["p_raw"] for r in rows])):
+        r["p_holm"] = p
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "reference_compare.json").write_text(json.dumps(meta, indent=2))
     cols = ["comparison", "n", "rbx", "reference", "both", "only_rbx", "only_reference", "p_raw", "p_holm", "cpu_s_rbx", "cpu_s_reference"]
-    lines = [f"Command: `{meta['command']}`  ", f"Date: {meta['date']}; device: {meta['device']}; model {args.model}; "
+    lines = [f"Command: `{meta['command']}`  ", f"Date: {meta['date']}; device: {meta['device']}; model {meta['model']}; "
              f"images: {meta['images']}.", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
-    (args.out / "reference_compare.md").write_text("\n".join(lines) + "\n")
+    (out / "reference_compare.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
