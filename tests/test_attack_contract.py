@@ -12,7 +12,7 @@ from robustbench_ext.errors import AttackContractError, RbxError, UnsupportedNor
 from robustbench_ext.registry import ATTACKS
 from robustbench_ext.attack.threat import NORMS, ThreatModel
 
-EPS = {"Linf": [4 / 255, 0.3], "L2": [0.5, 3.0], "L1": [5.0, 40.0]}
+EPS = {"Linf": [4 / 255, 0.3], "L2": [0.5, 3.0], "L1": [5.0, 40.0], "L0": [2.0, 24.0], "L0c": [3.0, 60.0]}
 MULTI = [n for n in ATTACKS.names() if issubclass(ATTACKS.get(n).factory, MultiThreatAttack)]
 SINGLE = [n for n in ATTACKS.names() if n not in MULTI]
 CASES = [(name, norm) for name in SINGLE for norm in NORMS]

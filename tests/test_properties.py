@@ -24,8 +24,10 @@ def attack_case(draw, names, shapes=((1, 4, 4), (3, 4, 4), (3, 6, 5))):
     norm = draw(st.sampled_from([n for n in NORMS if n in ATTACKS.get(name).factory.norms]))  # e.g. cw: L2 only
     shape = draw(st.sampled_from(shapes))
     d = int(np.prod(shape))
-    scale = {"Linf": 1.0, "L2": float(np.sqrt(d)), "L1": float(d)}[norm]
+    scale = {"Linf": 1.0, "L2": float(np.sqrt(d)), "L1": float(d), "L0": float(d // shape[0]), "L0c": float(d)}[norm]
     eps = draw(st.sampled_from([0.01, 0.05, 0.2, 0.7])) * scale
+    if norm in ("L0", "L0c"):
+        eps = float(max(1, round(eps)))
     n = draw(st.integers(1, 6))
     seed = draw(st.integers(0, 2**16))
     return name, norm, shape, eps, n, seed

@@ -16,6 +16,9 @@ from robustbench_ext.attack.threat import ThreatModel, format_eps, parse_eps
         ("l2:.5", "L2", 0.5),
         ("L1:12", "L1", 12.0),
         (" L1 : 1e1 ", "L1", 10.0),
+        ("L0:10", "L0", 10.0),
+        ("l0=24", "L0", 24.0),
+        ("L0c:30", "L0c", 30.0),
     ],
 )
 def test_parse_valid(text, norm, eps):
@@ -27,7 +30,7 @@ def test_parse_valid(text, norm, eps):
 @pytest.mark.parametrize(
     "text",
     ["", "Linf", "Linf:", ":8/255", "L3:0.5", "Linf:abc", "Linf:8/0", "Linf:0", "L2:-0.5", "L1:nan", "L2:inf",
-     "Linf:8/255/2", "L2:0.5:1"],
+     "Linf:8/255/2", "L2:0.5:1", "L0:2.5", "L0:0", "L0c:1/3", "L0:-4"],
 )
 def test_parse_invalid(text):
     with pytest.raises(ThreatModelError) as info:
@@ -59,3 +62,15 @@ def test_covers_box():
     assert ThreatModel("L2", math.sqrt(d)).covers_box(d)
     assert not ThreatModel("L1", 12).covers_box(d)
     assert ThreatModel("L1", d).covers_box(d)
+
+
+def test_l0_labels_and_box():
+    assert ThreatModel.parse("L0:10").label == "L0:10"
+    assert ThreatModel.parse("L0c:30").label == "L0c:30"
+    assert ThreatModel.parse(ThreatModel.parse("L0:10").label) == ThreatModel("L0", 10)
+    # L0 counts pixels: a 32x32 image has 1024 of them, whatever its channels; L0c counts its 3072 coordinates.
+    assert ThreatModel("L0", 1024).covers_box((3, 32, 32)) and not ThreatModel("L0", 1023).covers_box((3, 32, 32))
+    assert not ThreatModel("L0c", 1024).covers_box((3, 32, 32)) and ThreatModel("L0c", 3072).covers_box((3, 32, 32))
+    assert not ThreatModel("L0", 1024).covers_box(3072)  # a bare feature count: no channel grouping assumed
+    with pytest.raises(ThreatModelError, match="whole number"):
+        ThreatModel("L0", 2.5)

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from ..errors import AttackContractError, RbxError, UnsupportedNormError
 from ..progress import StepReport
 from ..runtime import autograd_on, autograd_tensor, check_autograd_model
-from .threat import NORMS, ThreatModel, box_advice
+from .threat import LP_NORMS, NORMS, ThreatModel, box_advice
 from .context import AttackContext, AttackResult, CountingModel, SampleSeeds, _draw_mean, _unwrap  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -72,11 +72,18 @@ class AttackBase(ABC):
     eot_note: ClassVar[str | None] = None
 
     name: ClassVar[str] = "attack"
-    norms: ClassVar[tuple[str, ...]] = NORMS
+    #: The norms the attack supports; by default the lp norms (L0 attacks say so: ``norms = ("L0", "L0c")``).
+    norms: ClassVar[tuple[str, ...]] = LP_NORMS
     smoke_params: ClassVar[dict[str, Any]] = {}
     #: Whether the attack searches for the smallest adversarial perturbation and reports ``min_norm``
     #: (it must then set ``ctx.min_norm_points`` in :meth:`run`; see :mod:`robustbench_ext.attack.min_norm`).
     minimum_norm: ClassVar[bool] = False
+    #: Whether the attack reads only the model's outputs, never an input gradient (a black-box attack: Square,
+    #: Sparse-RS, RayS, HopSkipJump); its stage records then say how many queries it made.
+    black_box: ClassVar[bool] = False
+    #: Whether the attack reads only the predicted label (argmax), never a score: the attacks a label-only
+    #: model allows (decision-based: RayS, HopSkipJump).
+    label_only: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         """Checks every attack's parameters get when it is built: each parameter's type from its dataclass field

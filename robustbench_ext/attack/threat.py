@@ -1,11 +1,19 @@
-"""Threat models: a norm and a radius, parsed from strings such as ``Linf:8/255``, ``L2:0.5``, ``L1:12``."""
+"""Threat models: a norm and a radius, parsed from strings such as ``Linf:8/255``, ``L2:0.5``, ``L1:12``, ``L0:10``.
+
+L0 counts changed *pixels*: ``L0:K`` lets an attack change at most K pixels of an image ``[C, H, W]``, all C
+channels of a pixel counting as one (the convention of Croce et al.'s Sparse-RS, AAAI 2022, and of
+sparse-PGD, Zhong et al., ICML 2024). ``L0c:K`` counts changed *coordinates* instead (each channel of each
+pixel on its own; Croce & Hein's "Sparse and imperceivable adversarial attacks", ICCV 2019, call it the
+unstructured case). Both radii are whole numbers. Inputs that are not images (``[D]``) have one coordinate
+per pixel, so the two agree there.
+"""
 
 from __future__ import annotations
 
 import math
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from ..errors import ThreatModelError
 
@@ -13,16 +21,23 @@ if TYPE_CHECKING:  # pragma: no cover
     from .geometry import Geometry
 
 #: Canonical norm names, in the order tables show them.
-NORMS: tuple[str, ...] = ("Linf", "L2", "L1")
+NORMS: tuple[str, ...] = ("Linf", "L2", "L1", "L0", "L0c")
+#: The lp norms with p >= 1 (real norms: a dual norm, steepest-ascent steps of a length): what an attack
+#: supports unless it says otherwise. The L0 "norms" count changed pixels (``L0``) or coordinates (``L0c``).
+LP_NORMS: tuple[str, ...] = ("Linf", "L2", "L1")
+#: Norms whose radius counts something (pixels, coordinates): eps must be a whole number.
+COUNT_NORMS: tuple[str, ...] = ("L0", "L0c")
 
 _NORM_ALIASES = {
     "linf": "Linf", "l-inf": "Linf", "l_inf": "Linf", "inf": "Linf", "l∞": "Linf",
     "l2": "L2", "2": "L2",
     "l1": "L1", "1": "L1",
+    "l0": "L0", "0": "L0", "l0-pixel": "L0", "l0p": "L0",
+    "l0c": "L0c", "l0-coordinate": "L0c",
 }
 
 def canonical_norm(norm: str) -> str:
-    """Map ``linf``/``inf``/``L2``/``l1``... to ``Linf``/``L2``/``L1``; raise ThreatModelError otherwise."""
+    """Map ``linf``/``inf``/``L2``/``l1``/``l0``... to ``Linf``/``L2``/``L1``/``L0``/``L0c``; raise ThreatModelError otherwise."""
     key = str(norm).strip().lower()
     if key not in _NORM_ALIASES:
         raise ThreatModelError(f"unknown norm '{norm}'; known: {', '.join(NORMS)}")
@@ -60,7 +75,8 @@ def format_eps(eps: float) -> str:
 class ThreatModel:
     """An lp ball of radius ``eps`` around each input, intersected with the [0, 1] box.
 
-    ``norm`` is one of :data:`NORMS`; ``eps`` is in the units of inputs scaled to [0, 1].
+    ``norm`` is one of :data:`NORMS`; ``eps`` is in the units of inputs scaled to [0, 1], or for ``L0`` /
+    ``L0c`` a whole number of pixels / coordinates that may change.
     """
 
     norm: str
@@ -76,17 +92,21 @@ class ThreatModel:
             raise ThreatModelError(f"eps must be finite, got {eps} for {self.norm}")
         if eps <= 0:
             raise ThreatModelError(f"eps must be > 0, got {eps:g} for {self.norm}")
+        if self.norm in COUNT_NORMS and not eps.is_integer():
+            unit = "pixels" if self.norm == "L0" else "coordinates"
+            raise ThreatModelError(f"{self.norm} counts changed {unit}: eps must be a whole number such as "
+                                   f"{self.norm}:10, got {eps:g}")
         object.__setattr__(self, "eps", eps)
 
     @classmethod
     def parse(cls, text: str) -> "ThreatModel":
-        """Parse ``NORM:EPS`` (``Linf:8/255``, ``L2:0.5``, ``L1:12``); ``=`` works in place of ``:``."""
+        """Parse ``NORM:EPS`` (``Linf:8/255``, ``L2:0.5``, ``L1:12``, ``L0:10``, ``L0c:30``); ``=`` works in place of ``:``."""
         if isinstance(text, ThreatModel):
             return text
         parts = re.split(r"[:=]", str(text).strip(), maxsplit=1)
         if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
             raise ThreatModelError(
-                f"cannot parse threat model '{text}': write NORM:EPS, e.g. Linf:8/255, L2:0.5 or L1:12"
+                f"cannot parse threat model '{text}': write NORM:EPS, e.g. Linf:8/255, L2:0.5, L1:12 or L0:10"
             )
         return cls(canonical_norm(parts[0]), parse_eps(parts[1]))
 
@@ -105,13 +125,26 @@ class ThreatModel:
     def __str__(self) -> str:
         return self.label
 
-    def covers_box(self, n_features: int) -> bool:
-        """True when the ball contains every point of the [0, 1] box around any input of ``n_features``.
+    def covers_box(self, n_features: "int | Sequence[int]") -> bool:
+        """True when the ball contains every point of the [0, 1] box around any input.
 
+        ``n_features``: the input's shape ``[C, H, W]`` (L0 needs it: its unit is a pixel of C channels) or
+        its number of features (then an ``L0`` ball is taken as covering only when eps reaches it).
         Then every input can be moved anywhere and robust accuracy says nothing about robustness.
         """
-        diameter = {"Linf": 1.0, "L2": math.sqrt(n_features), "L1": float(n_features)}[self.norm]
-        return self.eps >= diameter
+        return self.eps >= box_diameter(self.norm, n_features)
+
+
+def box_diameter(norm: str, shape: "int | Sequence[int]") -> float:
+    """The radius at which a ``norm`` ball around any point contains the whole [0, 1] box of inputs ``shape``
+    (``[C, H, W]``, or a feature count): 1 (Linf), sqrt(D) (L2), D (L1), the pixel count H*W (L0) or D (L0c)."""
+    if isinstance(shape, int):
+        d, pixels = shape, shape
+    else:
+        dims = [int(s) for s in shape]
+        d = math.prod(dims)
+        pixels = math.prod(dims[1:]) if len(dims) >= 2 else d
+    return {"Linf": 1.0, "L2": math.sqrt(d), "L1": float(d), "L0": float(pixels), "L0c": float(d)}[canonical_norm(norm)]
 
 
 def box_advice(lo: float, hi: float, *, uint8: str = "store them as uint8 or divide by 255",

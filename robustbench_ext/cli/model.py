@@ -100,8 +100,9 @@ def train_cmd(defense_spec, arch, init_spec, dataset_spec, n_train, epochs, batc
 @click.option("--threat", "threat_spec", default="Linf:8/255", show_default=True, metavar="NORM:EPS")
 @click.option("--attack", "attack_specs", multiple=True, metavar="NAME[:K=V,...]",
               help=f"White-box cascade [default: {DEFAULT_SUITE}'s for the norm].")
-@click.option("--black-box", "black_box_spec", default="aa-square:budget=0.2", show_default=True,
-              help="Black-box attack run after the white-box cascade.")
+@click.option("--black-box", "black_box_spec", default=None,
+              help="Black-box attack run after the white-box cascade [default: square:queries=1000 for Linf/L2, "
+                   "aa-square:budget=0.2 for L1, sparse-rs:queries=1000 for L0].")
 @click.option("--batch-size", type=int, default=256, show_default=True,
               help="Most images any check passes through the model at once (set it for GPU memory).")
 @click.option("--device", default="auto", show_default=True)

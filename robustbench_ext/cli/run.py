@@ -59,6 +59,10 @@ from .common import DEFAULT_MODEL, quiet_option, set_quiet
 @click.option("--curve", is_flag=True,
               help="With a minimum-norm attack (fmn, cw, deepfool): robust accuracy vs eps from one run, in the record, "
                    "checked against the fixed-eps cascade at each threat model's eps.")
+@click.option("--label-only", is_flag=True, default=False,
+              help="The model is label-only: its outputs are read as predicted labels only, never as scores, and no "
+                   "gradient is taken; only decision-based attacks run (e.g. --suite cifar10-labelonly). A labels:MODEL "
+                   "model is label-only without it.")
 @click.option("--union-only", is_flag=True, default=None,
               help="Only union robust accuracy counts (a CI gate): threat models run in the suite's measured "
                    "union_order and each attacks only points robust under all before it. Same union flags as a full "
@@ -70,7 +74,7 @@ from .common import DEFAULT_MODEL, quiet_option, set_quiet
 def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs, attack_specs, union_specs, eps_sweep,
             n_examples, batch_size, device, seed, results_dir, as_json, progress, resume, shards, precision,
             channels_last, compile_, num_classes, output, allow_class_subset, skip_stages, randomized, draws, curve,
-            union_only, allow_meaningless, quiet) -> None:
+            label_only, union_only, allow_meaningless, quiet) -> None:
     """Evaluate a model: clean accuracy, robust accuracy per threat model, and union robust accuracy.
 
     Under torchrun (WORLD_SIZE > 1) the work is split over the processes (see the docs, "Scaling").
@@ -89,7 +93,7 @@ def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs,
         allow_class_subset=allow_class_subset, n_examples=n_examples, shards=shards, seed=seed, batch_size=batch_size,
         device=device, search=SearchOptions(precision, channels_last, compile_),
         eps_sweep=parse_factors(eps_sweep) if eps_sweep else (), union_only=union_only, randomized=randomized,
-        **({"draws": draws} if draws is not None else {}), curve=curve, skip_stages=skip_stages,
+        **({"draws": draws} if draws is not None else {}), curve=curve, label_only=label_only, skip_stages=skip_stages,
         allow_meaningless=allow_meaningless, results_dir=results_dir, resume=resume, progress=False if quiet else progress)
     request.planned  # plan once (suite, threat models, every attack built): errors before anything is loaded
     if request.kind == "stream":

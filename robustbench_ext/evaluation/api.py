@@ -37,8 +37,13 @@ from .suites import AttackSpec, ThreatSpec
 
 log = logging.getLogger(__name__)
 
-#: The black-box attack ``rbx check`` runs after the white-box cascade.
-DEFAULT_BLACK_BOX = "aa-square:budget=0.2"
+#: The black-box attack ``rbx check`` runs after the white-box cascade, per norm: rbx's own Square (1,000 queries,
+#: as aa-square:budget=0.2 ran) for Linf and L2, pyautoattack's Square for L1 (rbx's Square has no L1 version),
+#: Sparse-RS for L0.
+DEFAULT_BLACK_BOXES = {"Linf": "square:queries=1000", "L2": "square:queries=1000", "L1": "aa-square:budget=0.2",
+                       "L0": "sparse-rs:queries=1000", "L0c": "sparse-rs:queries=1000"}
+#: The Linf/L2 default (kept for callers of rbx 0.2).
+DEFAULT_BLACK_BOX = DEFAULT_BLACK_BOXES["Linf"]
 
 
 @outside_inference_mode()
@@ -82,6 +87,7 @@ def evaluate(
     draws: int = DEFAULT_DRAWS,
     draw_seed: int | None = None,
     curve: bool = False,
+    label_only: bool = False,
     union_only: bool | None = None,
     union_order: Sequence[str] | None = None,
     allow_meaningless: bool = False,
@@ -136,6 +142,10 @@ def evaluate(
     ``curve`` (:mod:`robustbench_ext.evaluation.curves`): with a minimum-norm attack in the cascade, the record's
     ``curves`` hold robust accuracy vs eps from its per-point minimal norms, checked at each threat
     model's eps against a fixed-eps cascade.
+    ``label_only``: the model answers with labels only (a ``labels:MODEL`` model always does): its outputs are
+    read as the predicted label and never as scores, no gradient is taken (the pre-checks that need one are
+    skipped) and only decision-based attacks are allowed (``rays``, ``hsj``; the ``cifar10-labelonly`` suite);
+    their stage records say the ``queries`` they made.
 
     A threat model whose ball covers the whole [0, 1] box (``Linf:8``: eps written without its ``/255``) is
     refused before anything runs, since its robust accuracy is meaningless; ``allow_meaningless`` runs it anyway,
@@ -159,7 +169,7 @@ def evaluate(
         normalize=normalize, n_examples=n_examples, seed=seed, batch_size=batch_size, device=device, progress=progress,
         state_dir=state_dir, resume=resume, eps_sweep=eps_sweep, search=search, dist=dist, output=output,
         allow_class_subset=allow_class_subset, skip_stages=skip_stages, randomized=randomized, draws=draws,
-        draw_seed=draw_seed, curve=curve, union_only=union_only, union_order=union_order,
+        draw_seed=draw_seed, curve=curve, label_only=label_only, union_only=union_only, union_order=union_order,
         allow_meaningless=allow_meaningless)
     if request.kind != "threats":
         raise RbxError(f"suite '{suite}' evaluates common corruptions, not threat models: run it with "
@@ -174,7 +184,7 @@ def check(
     threat: ThreatModel | str = "Linf:8/255",
     *,
     attacks: Sequence[str] = (),
-    black_box: str = DEFAULT_BLACK_BOX,
+    black_box: str | None = None,
     n_examples: int | None = 100,
     normalize: str | None = None,
     arch: str | None = None,
@@ -187,15 +197,19 @@ def check(
     """Gradient-masking checks on ``model`` (``rbx check``): the cheap checks, then the attack-based ones
     (eps monotone, unbounded radius, black box after white box, seed spread; see
     :mod:`robustbench_ext.evaluation.checks`). ``attacks``: the white-box cascade (default: the suite's for
-    the norm). Model, data and attacks go through the same request, preparation and fitting as a run.
+    the norm); ``black_box``: the black-box attack (default: :data:`DEFAULT_BLACK_BOXES` for the norm). Model, data
+    and attacks go through the same request, preparation and fitting as a run.
     ``batch_size``: no forward pass of any check sees more images than this (GPU memory).
     ``on_result(result, seconds)`` is called as each check finishes. Returns a :class:`CheckReport`
     (``report.passed``: every check passed)."""
     request = RunRequest(model=model, data=data, threats=(threat,), attacks=attacks, n_examples=n_examples,
                          normalize=normalize, arch=arch, device=device, batch_size=batch_size, randomized=randomized,
                          draws=draws)
+    if request.is_label_only:
+        raise RbxError("rbx check looks for gradient masking with gradient attacks and input gradients; a label-only "
+                       "model gives neither: evaluate it with rbx run --label-only (decision-based attacks)")
     th = request.planned.bench.threats[0].threat
-    black = ThreatSpec(th, (AttackSpec.parse(black_box),)).build()[0].attack  # a bad spec fails before loading
+    black = ThreatSpec(th, (AttackSpec.parse(black_box or DEFAULT_BLACK_BOXES[th.norm]),)).build()[0].attack  # a bad spec fails before loading
     p = prepare(request)
     attacks_ = [s.attack for s in p.plan.stages]
     black = black.fit(p.num_classes, tuple(p.data.x.shape[1:]), th)[0]

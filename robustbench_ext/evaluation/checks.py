@@ -32,7 +32,6 @@ once (the cheap checks and the attacks run batch by batch, the seeds keyed by th
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
@@ -43,7 +42,7 @@ from torch import Tensor, nn
 
 from .majority import DEFAULT_DRAWS, wrong_counts
 from ..runtime import autograd_on, stream_seed
-from ..attack.threat import ThreatModel
+from ..attack.threat import ThreatModel, box_diameter
 
 
 @dataclass(frozen=True)
@@ -131,9 +130,16 @@ def check_zero_gradients(net: nn.Module, x: Tensor, y: Tensor, g: Tensor | None 
                        "(quantization, thresholds?); white-box numbers cannot be trusted, use black-box or adaptive attacks")
 
 
-def cheap_checks(net: nn.Module, x: Tensor, y: Tensor, batch_size: int | None = None) -> list[CheckResult]:
+def cheap_checks(net: nn.Module, x: Tensor, y: Tensor, batch_size: int | None = None,
+                 label_only: bool = False) -> list[CheckResult]:
     """The checks the runner runs before every evaluation, on a small batch (model in eval mode), passing at most
-    ``batch_size`` images through the model at once (None: all of ``x``)."""
+    ``batch_size`` images through the model at once (None: all of ``x``).
+
+    ``label_only``: the model answers with labels only; its outputs are no scores and no gradient is taken,
+    so only the determinism check runs (the probability and gradient checks do not apply).
+    """
+    if label_only:
+        return [check_deterministic(net, x, batch_size)]
     logits = _logits(net, x, batch_size)
     g = _input_gradient(net, x, y, batch_size)
     return [check_probabilities(logits), check_deterministic(net, x, batch_size),
@@ -202,8 +208,7 @@ def check_unbounded(net, x, y, threat: ThreatModel, attacks, limit: float = 0.02
     """With a radius covering the whole box, the attacks must break (almost) every point that was correct."""
     if not _any_correct(net, x, y, batch_size):
         return _no_evidence("unbounded", len(y))
-    d = x[0].numel()
-    big = ThreatModel(threat.norm, {"Linf": 1.0, "L2": math.sqrt(d), "L1": float(d)}[threat.norm])
+    big = ThreatModel(threat.norm, box_diameter(threat.norm, tuple(x.shape[1:])))
     acc = _robust(net, x, y, big, attacks, batch_size=batch_size).float().mean().item()
     ok = acc <= limit
     return CheckResult("unbounded", ok, acc,

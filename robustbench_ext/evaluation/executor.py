@@ -198,6 +198,7 @@ class Executor:
         result = StageResult(attack=stage.label, params=stage.attack.params(), seconds=round(totals.seconds, 3),
                              n_attacked=n_attacked, n_broken=n_attacked - robust_after, robust_after=robust_after,
                              n_forward=totals.n_forward, n_backward=totals.n_backward, loss_curve=totals.curve,
-                             nonfinite_grads=totals.n_nonfinite, skipped=skipped)
+                             nonfinite_grads=totals.n_nonfinite, skipped=skipped,
+                             queries=totals.n_forward if getattr(stage.attack, "black_box", False) else None)
         state.results.append(dataclasses.asdict(result))
         return result

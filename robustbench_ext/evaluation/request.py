@@ -33,6 +33,7 @@ from ..attack.search import SearchOptions
 from ..attack.threat import ThreatModel
 from ..data.datasets import EvalData
 from ..errors import RbxError
+from ..models.adapter import is_label_only
 from ..models.loading import LoadedModel, parse_normalization
 from ..registry import DATASETS, MODELS
 from ..runtime import check_batch_size, check_seed, resolve_device
@@ -43,6 +44,8 @@ from .suites import Benchmark, Suite, ThreatSpec, default_suite, load_suite, pla
 
 #: The model a bare ``rbx run`` evaluates when the reference ResNet-18 is at hand (else the embedded small CNN).
 DEFAULT_MODEL = "cifar10-resnet18-linf-at"
+#: The suite a label-only run uses when none is named (its cascades are decision-based attacks only).
+LABEL_ONLY_SUITE = "cifar10-labelonly"
 #: Where a running evaluation keeps its evaluation state, inside the results directory (removed when the run ends).
 STATE_DIR = ".rbx-partial"
 
@@ -105,6 +108,7 @@ class RunRequest:
     draws: int = DEFAULT_DRAWS
     draw_seed: int | None = None
     curve: bool = False
+    label_only: bool = False
     skip_stages: tuple = ()
     allow_meaningless: bool = False
     state_dir: Path | None = None
@@ -159,6 +163,10 @@ class RunRequest:
                 raise RbxError("--union-only does not go with --shards or --eps-sweep (both measure every threat model on every point)")
         if self.union_only and self.eps_sweep:
             raise RbxError("--union-only does not go with --shards or --eps-sweep (both measure every threat model on every point)")
+        if not isinstance(self.label_only, bool):
+            raise RbxError(f"label_only must be true or false, got {self.label_only!r}")
+        if self.is_label_only and self.curve:
+            raise RbxError("--curve needs minimum-norm attacks, which read scores and gradients: a label-only run has none")
         resolve_device(self.device)
         if self.normalize:
             parse_normalization(self.normalize)
@@ -182,6 +190,18 @@ class RunRequest:
             raise RbxError(f"{', '.join(unused)} do not apply to the corruption suite '{self._suite.name}' (no attacks run)")
         if self.data is None:
             DATASETS.get(self._suite.dataset)
+
+    @property
+    def is_label_only(self) -> bool:
+        """A label-only run: ``label_only`` asked for, or a model that answers with labels only (``labels:MODEL``).
+        Its model's outputs are never read as scores and no gradient is taken: only decision-based attacks run."""
+        if self.label_only:
+            return True
+        if isinstance(self.model, str):
+            return self.model.startswith("labels:")
+        if isinstance(self.model, LoadedModel):
+            return bool(self.model.extra.get("label_only")) or is_label_only(self.model.module)
+        return isinstance(self.model, nn.Module) and is_label_only(self.model)
 
     @cached_property
     def _suite(self) -> Suite | None:
@@ -207,12 +227,16 @@ class RunRequest:
         if self.kind == "corruptions":
             return Planned(None, None, self.data if self.data is not None else self._suite.dataset, self._suite)
         suite = self.suite
+        if suite is None and self.is_label_only:  # label-only: the decision-based cascades (also for --threat alone)
+            suite = LABEL_ONLY_SUITE
         if suite is None and not self.threats:  # the data's (or the model's) own suite: a CIFAR-100 run gets cifar100-union
             suite = default_suite(self._dataset_name())
         bench = plan_benchmark(suite, self.threats, self.attacks, self.union_attacks)
         union_only = bench.union_only if self.union_only is None else bool(self.union_only)
         order = bench.union_order if self.union_order is None else self.union_order
         plan = compile_plan(bench.threats, bench.union, self.eps_sweep, union_only=union_only, order=order)
+        if self.is_label_only:
+            check_label_only(plan)
         dataset = self.data if self.data is not None else (self._model_dataset() or bench.dataset)
         return Planned(bench, plan, dataset)
 
@@ -263,6 +287,18 @@ class RunRequest:
         if not is_main:
             return False
         return bool(self.progress) if self.progress is not None else sys.stderr.isatty()
+
+
+def check_label_only(plan: RunPlan) -> None:
+    """A label-only run allows only decision-based attacks (they read the predicted label, never a score or a
+    gradient): any other stage is refused by name, before anything is loaded."""
+    from ..registry import ATTACKS
+
+    bad = [st.label for st in plan.stages if not getattr(st.attack, "label_only", False)]
+    if bad:
+        allowed = [n for n in ATTACKS.names() if getattr(ATTACKS.get(n).factory, "label_only", False)]
+        raise RbxError(f"label-only run: attack '{bad[0]}' reads scores or gradients, which a label-only model does not "
+                       f"give; use decision-based attacks ({', '.join(allowed)}), e.g. --suite cifar10-labelonly")
 
 
 def parse_factors(text: str) -> tuple[float, ...]:

@@ -54,12 +54,12 @@ from ..models.loading import LoadedModel, as_loaded_model, load_model
 from ..records.schema import MISCLASSIFIED, NOT_MEASURED_UNION_ONLY, ROBUST, Accuracy, RunSettings, SampleFlags, StageResult, ThreatResult, build_record
 from ..paths import atomic_write_bytes, remove_if_empty
 from .result import Evaluation
-from ..models.adapter import ModelAdapter, check_agreement
+from ..models.adapter import LabelOnly, ModelAdapter, check_agreement, is_label_only
 from .curves import build_curves, check_curve_plan
 from .plan import RunPlan, fit_plan, stage_names
 from .request import RunRequest
 from .suites import ThreatSpec, plan_benchmark
-from ..attack.threat import ThreatModel
+from ..attack.threat import LP_NORMS, ThreatModel
 from .executor import Executor, _batches
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,9 @@ def prepare(request: RunRequest) -> Prepared:
     impossible ones refused by name). Nothing is written."""
     planned = request.planned
     loaded = load_requested_model(request)
+    if request.is_label_only and not is_label_only(loaded.module):  # --label-only: the model answers with labels only
+        loaded.module = LabelOnly(loaded.module).eval()
+        loaded.extra = {**loaded.extra, "label_only": True}
     dataset = request.data if request.data is not None else (loaded.dataset or planned.dataset)
     data = as_eval_data(dataset, request.n_examples)
     dev = resolve_device(request.device)
@@ -128,7 +131,8 @@ def execute(request: RunRequest, prepared: Prepared | None = None) -> Evaluation
         suite=bench.suite, threats=tuple((t.threat.label, tuple(a.label for a in t.attacks)) for t in bench.threats),
         union_attacks=tuple(a.label for a in bench.union), seed=request.seed, batch_size=request.batch_size,
         device=str(dev), search=request.search.describe(), distributed=dist.describe() if dist.world > 1 else None,
-        notes=notes, extra={**({"meaningless": meaningless} if meaningless else {}), **_union_only_config(plan)})
+        notes=notes, extra={**({"meaningless": meaningless} if meaningless else {}), **_union_only_config(plan),
+                            **({"label_only": True} if request.is_label_only else {})})
     # (a stream's part runs with a derived 63-bit seed: its low 32 bits key the draws, as stream_seed keys everything)
     draw_setting = Draws(request.draws, (request.seed & MAX_SEED) if request.draw_seed is None else int(request.draw_seed))
     state_path = _state_path(request, loaded, data, plan, dev, dist, draw_setting)
@@ -198,14 +202,15 @@ def _meaningless_threats(plan: RunPlan, data: EvalData, allowed: bool = False) -
     """Threat models whose ball covers the whole [0, 1] box: every input can be turned into any other, so robust
     accuracy says nothing. Refused before anything runs unless ``allowed`` (``--allow-meaningless-eps``); then
     warned about, and the record is marked (tables mark the row, leaderboards leave the record out)."""
-    d = data.x[0].numel()
-    covering = [t.threat for t in plan.threats[:plan.n_main] if t.threat.covers_box(d)]
+    shape = tuple(data.x.shape[1:])
+    covering = [t.threat for t in plan.threats[:plan.n_main] if t.threat.covers_box(shape)]
     if not covering:
         return []
-    hints = [f"{t.norm}:{t.eps:g}/255" for t in covering if not ThreatModel(t.norm, t.eps / 255).covers_box(d)]
+    hints = [f"{t.norm}:{t.eps:g}/255" for t in covering
+             if t.norm in LP_NORMS and not ThreatModel(t.norm, t.eps / 255).covers_box(shape)]
     hint = f" (did you mean {' and '.join(hints)}?)" if hints else ""
     labels = ", ".join(t.label for t in covering)
-    what = (f"{labels}: the ball contains the whole [0, 1] box of these {tuple(data.x.shape[1:])} inputs, so every input "
+    what = (f"{labels}: the ball contains the whole [0, 1] box of these {shape} inputs, so every input "
             f"can be turned into any other and robust accuracy is meaningless{hint}")
     if not allowed:
         raise RbxError(f"{what}; give a smaller radius, or pass --allow-meaningless-eps (allow_meaningless=True) to run "
@@ -256,7 +261,7 @@ def _start_or_resume(net: nn.Module, data: EvalData, plan: RunPlan, path: Path |
         raise RbxError(f"--resume: no saved evaluation state of this run in {path.parent if path else 'the results directory'}; "
                        "run without --resume")
     clean = _clean_pass(net, data.x, data.y, batch_size, dev, dist)  # validates labels and logits first
-    checks = _run_checks(net, data, dev, batch_size)
+    checks = _run_checks(net, data, dev, batch_size, request.is_label_only)
     rule = _draws_for(checks, request.randomized, draws)
     if rule is not None:  # a randomized model: clean accuracy by majority over draws too
         clean = _majority_clean(net, data, batch_size, dev, rule)
@@ -276,10 +281,11 @@ def _saver(path: Path | None, state: EvaluationState, every_batch: bool = True):
     return save
 
 
-def _run_checks(net: nn.Module, data: EvalData, dev: torch.device, batch_size: int) -> dict[str, Any]:
+def _run_checks(net: nn.Module, data: EvalData, dev: torch.device, batch_size: int,
+                label_only: bool = False) -> dict[str, Any]:
     """The cheap checks on the first :data:`CHECK_BATCH` images, in batches of at most ``batch_size``."""
     x, y = data.x[:CHECK_BATCH].to(dev), data.y[:CHECK_BATCH].to(dev)
-    results = cheap_checks(net, x, y, batch_size=batch_size)
+    results = cheap_checks(net, x, y, batch_size=batch_size, label_only=label_only)
     for r in results:
         if r.name == "probabilities" and not r.passed:
             raise RbxError(r.message)

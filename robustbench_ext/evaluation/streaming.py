@@ -229,5 +229,6 @@ def _merge_stages(per_part: Sequence[Sequence[StageResult]]) -> tuple[StageResul
             curve.append(round(sum(v * wi for v, wi in vals) / tot, 6) if tot else 0.0)
         out.append(StageResult(s0.attack, s0.params, round(sum(s.seconds for s in stages), 3), sum(s.n_attacked for s in stages),
                                sum(s.n_broken for s in stages), sum(s.robust_after for s in stages),
-                               sum(s.n_forward for s in stages), sum(s.n_backward for s in stages), tuple(curve)))
+                               sum(s.n_forward for s in stages), sum(s.n_backward for s in stages), tuple(curve),
+                               queries=None if s0.queries is None else sum(s.queries or 0 for s in stages)))
     return tuple(out)

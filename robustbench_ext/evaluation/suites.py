@@ -161,13 +161,29 @@ class Benchmark:
     union_order: tuple[str, ...] = ()
 
 
+def suite_attacks_for(norm: str) -> tuple[AttackSpec, ...] | None:
+    """The cascade of the first registered suite (by name) with a threat model of ``norm``: what a threat model
+    the chosen suite has no cascade for gets (``L0:10`` takes cifar10-union-l0's; ``L0c`` takes the L0 cascade,
+    whose attacks serve both). None if no suite has one."""
+    for want in (norm, "L0") if norm == "L0c" else (norm,):
+        for name in sorted(SUITES.names()):
+            try:
+                found = load_suite(name)
+            except RbxError:
+                continue
+            if found.kind == "threats" and found.attacks_for(want):
+                return found.attacks_for(want)
+    return None
+
+
 def plan_benchmark(suite: "str | Suite | None" = None, threats: Sequence["str | ThreatModel | ThreatSpec"] = (),
                    attacks: Sequence["str | Spec"] = (), union_attacks: Sequence["str | Spec"] = ()) -> Benchmark:
     """The one planning rule behind ``rbx run`` and :func:`robustbench_ext.evaluation.runner.evaluate`.
 
     - no ``threats``: the suite's (default :data:`DEFAULT_SUITE`) threat models and cascades;
     - ``threats`` as strings or :class:`ThreatModel`: each gets ``attacks`` if given, else the cascade the
-      suite (or the default suite) uses for its norm, else ``pgd`` -- a custom run;
+      suite (or the default suite, or the first suite that has the norm: :func:`suite_attacks_for`) uses for
+      its norm, else ``pgd`` -- a custom run;
     - ``threats`` as :class:`ThreatSpec` (cascades already chosen): used as they are; ``suite``, if a
       string, is then only the record's label;
     - ``attacks`` replace every threat model's cascade, ``union_attacks`` the suite's union stage; either
@@ -197,7 +213,8 @@ def plan_benchmark(suite: "str | Suite | None" = None, threats: Sequence["str | 
                     specs_l.append(ThreatSpec(t.threat, cascade or t.attacks))
                     continue
                 tm = ThreatModel.parse(t)
-                default = (loaded.attacks_for(tm.norm) if loaded else None) or load_suite(DEFAULT_SUITE).attacks_for(tm.norm)
+                default = ((loaded.attacks_for(tm.norm) if loaded else None) or load_suite(DEFAULT_SUITE).attacks_for(tm.norm)
+                           or (None if cascade else suite_attacks_for(tm.norm)))
                 specs_l.append(ThreatSpec(tm, cascade or default or (AttackSpec("pgd"),)))
             specs = tuple(specs_l)
         else:

@@ -151,3 +151,32 @@ def check_agreement(net: nn.Module, loaded: LoadedModel, data: EvalData, device:
 
 #: Words in a model's error that say the input's size or shape did not fit (then the size hint applies).
 _SIZE_WORDS = re.compile(r"shape|size|mat1|mat2|dimension|channel|kernel", re.IGNORECASE)
+class LabelOnly(nn.Module):
+    """A model that answers with its predicted label only: one-hot rows ``[N, K]`` (float32), no scores.
+
+    What a label-only (decision-based) evaluation sees of a model (``labels:MODEL``, ``rbx run --label-only``).
+    The output is computed without gradient tracking, so nothing can be backpropagated through it: an attack
+    that tries fails instead of silently reading scores. ``argmax`` of the output is the model's prediction.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.training = model.training
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            out = self.model(x)
+            logits = out if isinstance(out, Tensor) else select_logits(out, type(self.model).__name__)
+            pred = logits.argmax(1)
+            return torch.zeros(logits.shape, dtype=torch.float32, device=logits.device).scatter_(1, pred[:, None], 1.0)
+
+
+def is_label_only(module: nn.Module) -> bool:
+    """Whether ``module`` (or a model it wraps, through ``.model``) answers with labels only (:class:`LabelOnly`)."""
+    seen = 0
+    while module is not None and seen < 16:
+        if isinstance(module, LabelOnly):
+            return True
+        module, seen = getattr(module, "model", None), seen + 1
+    return False

@@ -121,6 +121,8 @@ def robustbench_parts(spec: str) -> tuple[str, str, str]:
 def dataset_hint(spec: str) -> str | None:
     """The dataset a model spec runs on by default, known without loading it (None: the suite's)."""
     name, _, arg = spec.partition(":")
+    if name == "labels":
+        return dataset_hint(arg)
     if name == "robustbench":
         return ROBUSTBENCH_DATASETS.get(robustbench_parts(arg)[0])
     if name in _REFERENCE:
@@ -293,3 +295,19 @@ def timm_model(arg: str, arch_override: str | None = None, num_classes: int | No
     k = getattr(module.model if isinstance(module, Normalize) else module, "num_classes", None)
     return LoadedModel(module.eval(), f"timm:{name}", name, source, sha, norm, num_classes=k,
                        extra={"input_size": list(cfg["input_size"])} if cfg.get("input_size") else {})
+
+
+@MODELS.register("labels", takes_arg=True, arg_name="MODEL",
+                 summary="MODEL answering with its predicted label only (one-hot, no scores): for label-only runs")
+def labels_model(spec: str, arch_override: str | None = None, num_classes: int | None = None) -> LoadedModel:
+    """``labels:MODEL``: any model spec wrapped in :class:`~robustbench_ext.models.adapter.LabelOnly`. A run of it is
+    a label-only run (only decision-based attacks; no gradient is ever taken)."""
+    from .adapter import LabelOnly
+
+    if not spec:
+        raise RbxError("labels:MODEL needs a model spec after 'labels:', e.g. labels:cifar10-smallcnn-linf-at")
+    inner = MODELS.create(spec, arch_override=arch_override, num_classes=num_classes)
+    inner.module = LabelOnly(inner.module.eval()).eval()
+    inner.name = f"labels:{inner.name}"
+    inner.extra = {**inner.extra, "label_only": True}
+    return inner

@@ -6,7 +6,8 @@ Record (``schema = "rbx.record/1"``), a :class:`RunRecord`:
   ``dataset`` (name, source, location, split, n, selection, sha256 of the evaluated slice);
 - ``n``, ``clean`` / ``union`` (:class:`Accuracy`: accuracy, count, n, 95% Wilson interval);
 - ``threats``: per threat model its robust :class:`Accuracy` and the attack cascade
-  (:class:`StageResult`: name, parameters, seconds, points attacked and broken, passes, loss curve); in a
+  (:class:`StageResult`: name, parameters, seconds, points attacked and broken, passes, loss curve; for
+  black-box and decision-based attacks also ``queries``, the model queries they made); in a
   union-only run (``config.union_only``) the robust accuracy of every threat model but the first one run
   is ``null``, with ``not_measured`` saying why (and the flags npz then has ``measured`` [T] bool);
 - ``sweeps``: with ``--eps-sweep``, per threat model the robust accuracy at each swept eps;
@@ -75,6 +76,9 @@ class StageResult:
     loss_curve: tuple[float, ...] = ()
     nonfinite_grads: int = 0  # input-gradient entries that were NaN or inf, zeroed by the loop
     skipped: bool = False  # not run (--skip-stage after a failure): the threat's accuracy is an upper bound without it
+    #: Black-box and decision-based attacks (those that read only outputs): model queries made, i.e. images passed
+    #: forward, the contract's verification pass included (= n_forward; None for gradient attacks).
+    queries: int | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "StageResult":
