@@ -114,7 +114,7 @@ def _spec(kind, name):
     entry = next(e for e in REGISTRIES[kind].entries() if e.name == name)
     if not entry.takes_arg:
         return name
-    found = re.findall(rf'"({re.escape(name)}:[^"]+)"', _PAGE)
+    found = re.findall(rf'[^f]"({re.escape(name)}:[^"{{}}]+)"', _PAGE)   # a literal spec, not an f-string
     assert found, f"the page registers {kind[:-1]} {name}:ARG but never uses it with an argument"
     return found[0]
 
@@ -269,3 +269,20 @@ def test_every_command_line_in_the_docs_parses():
             _parse(line)
             checked += 1
     assert checked >= 30, checked
+
+
+def test_readme_links_resolve():
+    """Every relative link of the README points at a file of this tree (and an anchor at a heading there)."""
+    text = README.read_text()
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    assert links
+    for link in links:
+        if "://" in link:
+            continue
+        path, _, anchor = link.partition("#")
+        target = REPO / path
+        assert target.exists(), f"README links to {link}, which is not in the tree"
+        if anchor:
+            slugs = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+                     for h in re.findall(r"^#+ (.*)$", target.read_text(), re.M)}
+            assert anchor in slugs, f"README links to {link}: no heading with that anchor"
