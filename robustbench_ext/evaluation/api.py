@@ -79,6 +79,8 @@ def evaluate(
     curve: bool = False,
     union_only: bool | None = None,
     union_order: Sequence[str] | None = None,
+    audit: int | None = None,
+    escalate: bool = True,
     checkpoint_dir: Path | None = _UNSET,
 ) -> Evaluation:
     """Evaluate a model: clean accuracy, robust accuracy per threat model and union robust accuracy.
@@ -131,6 +133,13 @@ def evaluate(
     ``curves`` hold robust accuracy vs eps from its per-point minimal norms, checked at each threat
     model's eps against a fixed-eps cascade.
 
+    Masking (:mod:`robustbench_ext.evaluation.escalation`): when the pre-checks find zero or non-finite gradients,
+    an unbounded attack that does not reach ~0%, randomness or batch dependence, the run escalates by itself (a
+    black-box Square stage, EOT, one image at a time) and the record says what and why; ``escalate=False`` keeps
+    the plan (the record then says its numbers are upper bounds). ``audit`` (K; None: 20 for runs of at least
+    1,000 images, else 0): AutoAttack standard on a random sample of K points left robust per threat model, the
+    points it breaks counted as broken, and a 95% upper bound on the cascade's miss rate in the record.
+
     Returns an :class:`Evaluation`: ``print(ev)`` shows the run's table, ``ev.record`` / ``ev.flags`` hold the
     record and per-sample flags, ``ev.write(results_dir)`` writes them.
     """
@@ -149,7 +158,8 @@ def evaluate(
         normalize=normalize, n_examples=n_examples, seed=seed, batch_size=batch_size, device=device, progress=progress,
         state_dir=state_dir, resume=resume, eps_sweep=eps_sweep, search=search, dist=dist, output=output,
         allow_class_subset=allow_class_subset, skip_stages=skip_stages, randomized=randomized, draws=draws,
-        draw_seed=draw_seed, curve=curve, union_only=union_only, union_order=union_order)
+        draw_seed=draw_seed, curve=curve, union_only=union_only, union_order=union_order, audit=audit,
+        escalate=escalate)
     if request.kind != "threats":
         raise RbxError(f"suite '{suite}' evaluates common corruptions, not threat models: run it with "
                        f"robustbench_ext.evaluation.evaluate_corruptions or rbx run --suite {suite}")

@@ -10,7 +10,14 @@ Cheap checks (:func:`cheap_checks`) run before every evaluation and are stored i
 - ``zero_gradients``: the input gradient of the cross-entropy is exactly zero for some points
   (quantized inputs, hard thresholds, non-differentiable pre-processing);
 - ``finite_gradients``: the input gradient has NaN or inf entries for some points (``sqrt`` or ``log`` at
-  0): the attacks zero such entries and count them (the record's ``nonfinite_grads``).
+  0): the attacks zero such entries and count them (the record's ``nonfinite_grads``);
+- ``batch_independent``: an image's logits do not depend on the other images in its batch (a model using
+  batch statistics, e.g. BatchNorm left in train mode, fails: its robust accuracy would change with the
+  batch size). Checked only on a deterministic model (randomness would look like batch dependence).
+
+Before a run, the runner adds a cheap ``unbounded`` probe (PGD-10 at a radius covering the box on the check
+batch). A failed ``zero_gradients``, ``finite_gradients``, ``unbounded``, ``deterministic`` or
+``batch_independent`` makes the run escalate (:mod:`robustbench_ext.evaluation.escalation`).
 
 Attack-based checks (:func:`full_checks`, ``rbx check``) need a threat model and attacks:
 
@@ -107,13 +114,34 @@ def check_zero_gradients(net: nn.Module, x: Tensor, y: Tensor, g: Tensor | None 
                        "(quantization, thresholds?); white-box numbers cannot be trusted, use black-box or adaptive attacks")
 
 
+@torch.no_grad()
+def check_batch_independent(net: nn.Module, x: Tensor, probes: int = 4) -> CheckResult:
+    """Flag a model whose logits for an image change with the batch around it: ``x`` in one batch, in reversed
+    order, and its first ``probes`` images one at a time must give the same logits (up to float noise)."""
+    together = net(x).float()
+    reverse = net(x.flip(0)).float().flip(0)
+    k = min(probes, x.shape[0])
+    alone = torch.cat([net(x[i:i + 1]).float() for i in range(k)])
+    diff = max(float((together - reverse).abs().max()), float((together[:k] - alone).abs().max()))
+    scale = max(float(together.abs().max()), 1.0)
+    ok = diff <= 1e-3 * scale
+    return CheckResult("batch_independent", ok, diff,
+                       "an image's logits do not depend on its batch" if ok else
+                       f"an image's logits change by up to {diff:.3g} with the other images in its batch (batch "
+                       "statistics, e.g. BatchNorm in train mode?): robust accuracy would depend on --batch-size; rbx "
+                       "evaluates such a model one image at a time")
+
+
 def cheap_checks(net: nn.Module, x: Tensor, y: Tensor) -> list[CheckResult]:
     """The checks the runner runs before every evaluation, on a small batch (model in eval mode)."""
     with torch.no_grad():
         logits = net(x)
     g = _input_gradient(net, x, y)
-    return [check_probabilities(logits), check_deterministic(net, x), check_zero_gradients(net, x, y, g),
-            check_finite_gradients(g)]
+    deterministic = check_deterministic(net, x)
+    out = [check_probabilities(logits), deterministic, check_zero_gradients(net, x, y, g), check_finite_gradients(g)]
+    if deterministic.passed:
+        out.append(check_batch_independent(net, x))
+    return out
 
 
 # ---- attack-based checks ---------------------------------------------------------------------------
