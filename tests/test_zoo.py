@@ -61,13 +61,14 @@ def test_logit_scale_multiplies_logits():
 
 
 def test_batch_statistics_depend_on_the_batch_even_in_eval_mode():
-    net = zoo.BatchStatistics(Recorder()).eval()
+    net = zoo.BatchStatistics(Recorder(), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3)).eval()
     x = _x(8)
     alone = net(x[:4])
     together = net(x)[:4]
     assert not torch.allclose(alone, together, atol=1e-4), "the first 4 outputs must change with the batch"
-    normed = net.model.seen
-    assert torch.allclose(normed.mean((0, 2, 3)), torch.zeros(3), atol=1e-5)  # the batch's own statistics
+    normed = net.model.seen  # the batch's own statistics, mapped to the fixed mean and std
+    assert torch.allclose(normed.mean((0, 2, 3)), torch.tensor([0.5, 0.4, 0.3]), atol=1e-5)
+    assert torch.allclose(normed.std((0, 2, 3), unbiased=False), torch.tensor([0.2, 0.25, 0.3]), atol=1e-3)
 
 
 def test_nondiff_jpeg_changes_the_input_and_has_zero_gradient():
