@@ -262,23 +262,28 @@ def plan() -> list[tuple[int, str, str, int, int, list[str]]]:
 
 
 def run_queue(stages, args) -> int:
-    """Each planned job of ``stages`` as its own process (a failure is logged and the queue goes on)."""
+    """Each planned job of ``stages`` as its own process (a failure is logged and the queue goes on). A zoo entry
+    not trained yet is skipped and tried again after the last job, as long as some skipped entry became ready."""
     import zoo
 
-    for stage, model, split, start, n, norms in plan():
-        if stage not in stages:
-            continue
-        if model in zoo.ENTRIES and not zoo.is_ready(model):
-            print(f"[queue] skip {model}: not trained yet (python benchmarks/zoo.py train {model})", flush=True)
-            continue
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--model", model, "--split", split, "--start", str(start),
-               "--n", str(n), "--norms", *norms, "--threads", str(args.threads), "--batch-size", str(args.batch_size),
-               "--seed", str(args.seed), "--device", args.device, "--cache", str(args.cache)]
-        print(f"[queue] stage {stage}: {' '.join(cmd[1:])}", flush=True)
-        t0 = time.perf_counter()
-        rc = subprocess.call(cmd)
-        print(f"[queue] stage {stage}: {model} {split}[{start}:{start + n}] exit {rc} after "
-              f"{time.perf_counter() - t0:.0f} s", flush=True)
+    todo = [job for job in plan() if job[0] in stages]
+    while todo:
+        skipped = []
+        for job in todo:
+            stage, model, split, start, n, norms = job
+            if model in zoo.ENTRIES and not zoo.is_ready(model):
+                print(f"[queue] skip {model} for now: not trained yet (python benchmarks/zoo.py train {model})", flush=True)
+                skipped.append(job)
+                continue
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--model", model, "--split", split, "--start", str(start),
+                   "--n", str(n), "--norms", *norms, "--threads", str(args.threads), "--batch-size", str(args.batch_size),
+                   "--seed", str(args.seed), "--device", args.device, "--cache", str(args.cache)]
+            print(f"[queue] stage {stage}: {' '.join(cmd[1:])}", flush=True)
+            t0 = time.perf_counter()
+            rc = subprocess.call(cmd)
+            print(f"[queue] stage {stage}: {model} {split}[{start}:{start + n}] exit {rc} after "
+                  f"{time.perf_counter() - t0:.0f} s", flush=True)
+        todo = [job for job in skipped if zoo.is_ready(job[1])] and skipped
     return 0
 
 
