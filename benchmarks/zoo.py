@@ -423,15 +423,16 @@ def card(names: list[str]) -> None:
     from robustbench_ext.paths import atomic_write_text
     from robustbench_ext.records.provenance import git_state, utc_now
 
-    rows = []
+    rows, pending = [], []
     for name in names:
         if not is_ready(name):
             print(f"{name}: not trained yet, left out of the card", flush=True)
+            pending.append({"name": name, "what": ENTRIES[name].what, "command": ENTRIES[name].command})
             continue
         rows.append(clean_accuracy(name))
         print(f"{name}: clean {100 * rows[-1]['clean_accuracy']:.1f}% on {rows[-1]['dataset']}", flush=True)
     doc = {"made_by": "python benchmarks/zoo.py card", "date": utc_now(), "git_commit": git_state()["commit"],
-           "torch": torch.__version__, "entries": rows}
+           "torch": torch.__version__, "entries": rows, "not_trained_yet": pending}
     atomic_write_text(ZOO_DIR / "card.json", json.dumps(doc, indent=2) + "\n")
     atomic_write_text(ZOO_DIR / "README.md", card_markdown(doc) + "\n")
 
@@ -454,6 +455,9 @@ def card_markdown(doc: dict) -> str:
             sha += " (its base's)"
         note = f" Note: {r['notes']}." if r["notes"] else ""
         lines.append(f"| `{r['name']}` | {r['what']}.{note} | {acc} | `{sha}` | `{r['command']}` |")
+    if doc.get("not_trained_yet"):
+        lines += ["", "Not trained when this card was written (rerun `python benchmarks/zoo.py train` and `card`):", ""]
+        lines += [f"- `{r['name']}`: {r['what']} (`{r['command']}`)" for r in doc["not_trained_yet"]]
     lines += ["", "Training seconds (wall, 1 torch thread, on a 2-core machine shared with AutoAttack runs: not clean "
               "measurements) and the last epoch's training statistics are in `card.json`.", ""]
     return "\n".join(lines)
