@@ -23,6 +23,7 @@ time is inflated and noisy); the ratio reported is process-CPU time, AutoAttack'
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -51,7 +52,7 @@ NORM_ORDER = ("Linf", "L2", "L1")
 
 
 def _suite_for(dataset: str, suite: str | None) -> str:
-    return suite or {"mnist5k": str(REPO / "benchmarks" / "mnist-union.toml")}.get(dataset, "cifar10-union")
+    return suite or {"mnist5k": "mnist-union"}.get(dataset, "cifar10-union")
 
 
 def aa_side(model: str, split: str, start: int, n: int, norms, randomized: bool):
@@ -73,7 +74,16 @@ def aa_side(model: str, split: str, start: int, n: int, norms, randomized: bool)
     return flags, cpu, wall
 
 
-def run_rbx(net, data, suite: str, seed: int, batch_size: int):
+def _restrict(suite, norms):
+    """The suite with only the threat models of ``norms`` (None: all); its name says when it is a subset."""
+    if not norms:
+        return suite
+    keep = tuple(t for t in suite.threats if t.threat.norm in norms)
+    return dataclasses.replace(suite, name=f"{suite.name}[{'+'.join(t.threat.norm for t in keep)}]", threats=keep,
+                               union_order=())
+
+
+def run_rbx(net, data, suite, seed: int, batch_size: int):
     """rbx as a user runs it (escalation on, no audit); its flags, record and wall/CPU seconds."""
     t0, c0 = time.perf_counter(), time.process_time()
     ev = evaluate(net, data, suite=suite, seed=seed, batch_size=batch_size, device="cpu", progress=False, audit=0)
@@ -115,8 +125,8 @@ def cmd_compare(a) -> int:
         raise RbxError("candidate cascades are compared on tuning images only (never tune on what you report)")
     data = splits.images(split, a.start, a.n)
     # global indices in the records' flags: the slice's own positions, offset to the split's numbering
-    suites = [_suite_for(dataset, a.suite), *a.candidates]
-    norms = [t.threat.norm for t in load_suite(suites[0]).threats]
+    suites = [_restrict(load_suite(s), a.norms) for s in [_suite_for(dataset, a.suite), *a.candidates]]
+    norms = [t.threat.norm for t in suites[0].threats]
     aa, aa_cpu, aa_wall = aa_side(a.model, split, a.start, a.n, norms, bool(meta.get("randomized")))
     rows = []
     for suite in suites:
@@ -124,7 +134,7 @@ def cmd_compare(a) -> int:
         comp = compare_one(ev, aa, norms)
         for v in comp.values():
             v["aa_breaks_rbx_not"] = [a.start + i for i in v["aa_breaks_rbx_not"]]
-        row = {"suite": Path(suite).stem if suite.endswith(".toml") else suite,
+        row = {"suite": suite.name,
                "cascades": {t.threat: [s.attack + (str(s.params) if a.verbose else "") for s in t.attacks]
                             for t in ev.record.threats},
                "escalation": ev.record.escalation or None, "clean": int(ev.flags.clean_correct.sum()),
@@ -158,7 +168,7 @@ def cmd_attribute(a) -> int:
     data = splits.images(split, a.start, a.n)
     threat = ThreatModel(a.norm, aa_flags.RADII[dataset][a.norm])
     aa = aa_flags.load_flags(a.model, split, a.start, a.n, a.norm)
-    ev, _, _ = run_rbx(net, data, _suite_for(dataset, a.suite), a.seed, a.batch_size)
+    ev, _, _ = run_rbx(net, data, _restrict(load_suite(_suite_for(dataset, a.suite)), [a.norm]), a.seed, a.batch_size)
     ti = [t.norm for t in ev.record.threats].index(a.norm)
     missed = np.flatnonzero(ev.flags.clean_correct & ~aa & ev.flags.robust[:, ti])
     print(f"{len(missed)} points AutoAttack breaks and the cascade does not: {[a.start + int(i) for i in missed]}")
@@ -220,6 +230,8 @@ def main(argv=None) -> int:
         p.add_argument("--verbose", action="store_true")
         if name == "compare":
             p.add_argument("--candidates", nargs="*", default=[])
+            p.add_argument("--norms", nargs="*", default=None, choices=NORM_ORDER,
+                           help="compare only these threat models (AutoAttack's flags may exist for some only)")
         else:
             p.add_argument("--norm", required=True, choices=NORM_ORDER)
     sub.add_parser("table")
