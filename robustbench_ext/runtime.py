@@ -49,6 +49,7 @@ SEED_STREAMS: dict[str, tuple[int, ...]] = {
     "sample": (),             # one sample's random draw within an attack call: (sample key, draw number)
     "draws": (0x44524157,),   # "DRAW": majority re-checks of a randomized model: (draws, stage or 0, batch)
     "curve": (0x43555256,),   # "CURV": --curve's extra minimum-norm and reference runs
+    "audit": (0x41554454,),   # "AUDT": the audit's random sample of robust points: (audit, column)
     "checks": (0x43484B53,),  # "CHKS": the attack-based masking checks: (checks, 0, stage[, batch > 0]), (checks, 1[, batch > 0])
                               # for the black box, (checks, 2, batch > 0) for draw_spread's later batches
     "train-order": (1,),      # training: the shuffle and augmentation of an epoch: (1, epoch)

@@ -70,11 +70,18 @@ from .common import DEFAULT_MODEL, quiet_option, set_quiet
 @click.option("--allow-meaningless-eps", "allow_meaningless", is_flag=True,
               help="Run a threat model whose ball covers the whole [0, 1] box (e.g. Linf:8, eps without /255) instead of "
                    "refusing it; its table row and record are marked meaningless and leaderboards leave it out.")
+@click.option("--audit", type=int, default=None, metavar="K",
+              help="After the cascade, AutoAttack standard on K random points left robust per threat model; what it breaks "
+                   "counts as broken; the record gets a 95%% upper bound on the cascade's miss rate "
+                   "[default: 20 for runs of at least 1,000 images, else 0].")
+@click.option("--escalate/--no-escalate", default=True, show_default=True,
+              help="When the pre-checks find masking signs (zero gradients, randomness, batch dependence, ...), add a "
+                   "black-box stage, EOT or one-image-at-a-time evaluation by itself (the record says what and why).")
 @quiet_option
 def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs, attack_specs, union_specs, eps_sweep,
             n_examples, batch_size, device, seed, results_dir, as_json, progress, resume, shards, precision,
             channels_last, compile_, num_classes, output, allow_class_subset, skip_stages, randomized, draws, curve,
-            label_only, union_only, allow_meaningless, quiet) -> None:
+            label_only, union_only, allow_meaningless, audit, escalate, quiet) -> None:
     """Evaluate a model: clean accuracy, robust accuracy per threat model, and union robust accuracy.
 
     Under torchrun (WORLD_SIZE > 1) the work is split over the processes (see the docs, "Scaling").
@@ -94,7 +101,8 @@ def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs,
         device=device, search=SearchOptions(precision, channels_last, compile_),
         eps_sweep=parse_factors(eps_sweep) if eps_sweep else (), union_only=union_only, randomized=randomized,
         **({"draws": draws} if draws is not None else {}), curve=curve, label_only=label_only, skip_stages=skip_stages,
-        allow_meaningless=allow_meaningless, results_dir=results_dir, resume=resume, progress=False if quiet else progress)
+        allow_meaningless=allow_meaningless, results_dir=results_dir, resume=resume, progress=False if quiet else progress,
+        audit=audit, escalate=escalate)
     request.planned  # plan once (suite, threat models, every attack built): errors before anything is loaded
     if request.kind == "stream":
         from ..data.shards import list_shards

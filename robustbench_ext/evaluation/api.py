@@ -91,6 +91,8 @@ def evaluate(
     union_only: bool | None = None,
     union_order: Sequence[str] | None = None,
     allow_meaningless: bool = False,
+    audit: int | None = None,
+    escalate: bool = True,
     checkpoint_dir: Path | None = _UNSET,
 ) -> Evaluation:
     """Evaluate a model: clean accuracy, robust accuracy per threat model and union robust accuracy.
@@ -151,6 +153,13 @@ def evaluate(
     refused before anything runs, since its robust accuracy is meaningless; ``allow_meaningless`` runs it anyway,
     with the record marked (``config.meaningless``), the table's row marked and leaderboards leaving it out.
 
+    Masking (:mod:`robustbench_ext.evaluation.escalation`): when the pre-checks find zero or non-finite gradients,
+    an unbounded attack that does not reach ~0%, randomness or batch dependence, the run escalates by itself (a
+    black-box Square stage, EOT, one image at a time) and the record says what and why; ``escalate=False`` keeps
+    the plan (the record then says its numbers are upper bounds). ``audit`` (K; None: 20 for runs of at least
+    1,000 images, else 0): AutoAttack standard on a random sample of K points left robust per threat model, the
+    points it breaks counted as broken, and a 95% upper bound on the cascade's miss rate in the record.
+
     Returns an :class:`Evaluation`: ``print(ev)`` shows the run's table, ``ev.record`` / ``ev.flags`` hold the
     record and per-sample flags, ``ev.write(results_dir)`` writes them.
     """
@@ -170,7 +179,7 @@ def evaluate(
         state_dir=state_dir, resume=resume, eps_sweep=eps_sweep, search=search, dist=dist, output=output,
         allow_class_subset=allow_class_subset, skip_stages=skip_stages, randomized=randomized, draws=draws,
         draw_seed=draw_seed, curve=curve, label_only=label_only, union_only=union_only, union_order=union_order,
-        allow_meaningless=allow_meaningless)
+        allow_meaningless=allow_meaningless, audit=audit, escalate=escalate)
     if request.kind != "threats":
         raise RbxError(f"suite '{suite}' evaluates common corruptions, not threat models: run it with "
                        f"robustbench_ext.evaluation.evaluate_corruptions or rbx run --suite {suite}")

@@ -10,7 +10,14 @@ Cheap checks (:func:`cheap_checks`) run before every evaluation and are stored i
 - ``zero_gradients``: the input gradient of the cross-entropy is exactly zero for some points
   (quantized inputs, hard thresholds, non-differentiable pre-processing);
 - ``finite_gradients``: the input gradient has NaN or inf entries for some points (``sqrt`` or ``log`` at
-  0): the attacks zero such entries and count them (the record's ``nonfinite_grads``).
+  0): the attacks zero such entries and count them (the record's ``nonfinite_grads``);
+- ``batch_independent``: an image's logits do not depend on the other images in its batch (a model using
+  batch statistics, e.g. BatchNorm left in train mode, fails: its robust accuracy would change with the
+  batch size). Checked only on a deterministic model (randomness would look like batch dependence).
+
+Before a run, the runner adds a cheap ``unbounded`` probe (PGD-10 at a radius covering the box on the check
+batch). A failed ``zero_gradients``, ``finite_gradients``, ``unbounded``, ``deterministic`` or
+``batch_independent`` makes the run escalate (:mod:`robustbench_ext.evaluation.escalation`).
 
 Attack-based checks (:func:`full_checks`, ``rbx check``) need a threat model and attacks:
 
@@ -130,20 +137,46 @@ def check_zero_gradients(net: nn.Module, x: Tensor, y: Tensor, g: Tensor | None 
                        "(quantization, thresholds?); white-box numbers cannot be trusted, use black-box or adaptive attacks")
 
 
+@torch.no_grad()
+def check_batch_independent(net: nn.Module, x: Tensor, probes: int = 4, batch_size: int | None = None) -> CheckResult:
+    """Flag a model whose logits for an image change with the batch around it: ``x`` in one batch (at most
+    ``batch_size`` images: the first ``batch_size`` of ``x``), in reversed order, and its first ``probes`` images one
+    at a time must give the same logits (up to float noise)."""
+    if batch_size is not None:
+        x = x[:max(int(batch_size), 1)]
+    together = net(x).float()
+    reverse = net(x.flip(0)).float().flip(0)
+    k = min(probes, x.shape[0])
+    alone = torch.cat([net(x[i:i + 1]).float() for i in range(k)])
+    diff = max(float((together - reverse).abs().max()), float((together[:k] - alone).abs().max()))
+    scale = max(float(together.abs().max()), 1.0)
+    ok = diff <= 1e-3 * scale
+    return CheckResult("batch_independent", ok, diff,
+                       "an image's logits do not depend on its batch" if ok else
+                       f"an image's logits change by up to {diff:.3g} with the other images in its batch (batch "
+                       "statistics, e.g. BatchNorm in train mode?): robust accuracy would depend on --batch-size; rbx "
+                       "evaluates such a model one image at a time")
+
+
 def cheap_checks(net: nn.Module, x: Tensor, y: Tensor, batch_size: int | None = None,
                  label_only: bool = False) -> list[CheckResult]:
     """The checks the runner runs before every evaluation, on a small batch (model in eval mode), passing at most
     ``batch_size`` images through the model at once (None: all of ``x``).
 
     ``label_only``: the model answers with labels only; its outputs are no scores and no gradient is taken,
-    so only the determinism check runs (the probability and gradient checks do not apply).
+    so only the determinism and batch-independence checks run (the probability and gradient checks do not apply).
+    A deterministic model is also checked for batch dependence (:func:`check_batch_independent`).
     """
+    deterministic = check_deterministic(net, x, batch_size)
     if label_only:
-        return [check_deterministic(net, x, batch_size)]
-    logits = _logits(net, x, batch_size)
-    g = _input_gradient(net, x, y, batch_size)
-    return [check_probabilities(logits), check_deterministic(net, x, batch_size),
-            check_zero_gradients(net, x, y, g), check_finite_gradients(g)]
+        out = [deterministic]
+    else:
+        logits = _logits(net, x, batch_size)
+        g = _input_gradient(net, x, y, batch_size)
+        out = [check_probabilities(logits), deterministic, check_zero_gradients(net, x, y, g), check_finite_gradients(g)]
+    if deterministic.passed:
+        out.append(check_batch_independent(net, x, batch_size=batch_size))
+    return out
 
 
 # ---- attack-based checks ---------------------------------------------------------------------------

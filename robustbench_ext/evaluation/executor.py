@@ -58,6 +58,8 @@ class Executor:
     state_path: Path | None = None
     draws: Draws | None = None  # a randomized model: every verdict by majority over draws
     captured: dict[int, np.ndarray] | None = None  # --curve: per stage, the minimal norms it reported (NaN: not seen)
+    batch_override: int | None = None  # escalation: batch-independent evaluation (one image at a time)
+    audit_size: int = 0  # an audit stage's sample size per threat model
 
     @property
     def seed(self) -> int:
@@ -65,7 +67,7 @@ class Executor:
 
     @property
     def batch_size(self) -> int:
-        return self.request.batch_size
+        return self.batch_override or self.request.batch_size
 
     @property
     def show_bar(self) -> bool:
@@ -80,6 +82,9 @@ class Executor:
             if state.stage_points is None:
                 state.stage_points = np.flatnonzero(state.robust[:, list(stage.pool_columns)].all(1))
                 state.totals = StageTotals.fresh(len(stage.columns))
+                if stage.kind == "audit":  # a seeded random sample of the points still robust
+                    state.totals.population = int(len(state.stage_points))
+                    state.stage_points = self._audit_sample(stage, state.stage_points)
             name = stage_names(plan)[state.stage]
             if name in self.skip:
                 result = self._close_stage(stage, skipped=True)
@@ -97,6 +102,12 @@ class Executor:
                                              self.data.n, result.seconds, clock, self._units_done(state.stage)))
             state.stage, state.batch, state.stage_points, state.totals = state.stage + 1, 0, None, None
             self.save(base + time.perf_counter() - t0)
+
+    def _audit_sample(self, stage: Stage, robust: np.ndarray) -> np.ndarray:
+        """``request.audit`` of the ``robust`` points (all if fewer), drawn with the run's audit seed stream."""
+        k = min(int(self.audit_size), len(robust))
+        rng = np.random.default_rng(stream_seed(self.seed, "audit", stage.columns[0]))
+        return np.sort(rng.choice(robust, size=k, replace=False)) if k < len(robust) else robust
 
     def _failed(self, name: str, exc: Exception) -> RbxError:
         """The error for a stage that failed: which stage, that the finished ones are kept, how to go on."""
@@ -199,6 +210,7 @@ class Executor:
                              n_attacked=n_attacked, n_broken=n_attacked - robust_after, robust_after=robust_after,
                              n_forward=totals.n_forward, n_backward=totals.n_backward, loss_curve=totals.curve,
                              nonfinite_grads=totals.n_nonfinite, skipped=skipped,
-                             queries=totals.n_forward if getattr(stage.attack, "black_box", False) else None)
+                             queries=totals.n_forward if getattr(stage.attack, "black_box", False) else None,
+                             population=totals.population)
         state.results.append(dataclasses.asdict(result))
         return result

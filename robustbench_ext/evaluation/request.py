@@ -111,6 +111,8 @@ class RunRequest:
     label_only: bool = False
     skip_stages: tuple = ()
     allow_meaningless: bool = False
+    audit: int | None = None
+    escalate: bool = True
     state_dir: Path | None = None
     resume: bool | None = None
     results_dir: Path | None = None
@@ -141,6 +143,8 @@ class RunRequest:
         if self.n_examples is not None and (isinstance(self.n_examples, bool) or not isinstance(self.n_examples, int)
                                             or self.n_examples < 1):
             raise RbxError(f"--n-examples must be a positive integer, got {self.n_examples!r}")
+        if self.audit is not None and (isinstance(self.audit, bool) or not isinstance(self.audit, int) or self.audit < 0):
+            raise RbxError(f"--audit must be a number of points >= 0 (0: no audit), got {self.audit!r}")
         if isinstance(self.draws, bool) or not isinstance(self.draws, int) or self.draws < 1:
             raise RbxError(f"--draws must be a positive integer (fresh passes per re-check), got {self.draws!r}")
         Draws(self.draws, self.seed if self.draw_seed is None else int(self.draw_seed))
@@ -185,7 +189,7 @@ class RunRequest:
             ("--threat", self.threats), ("--attack", self.attacks), ("--union-attack", self.union_attacks),
             ("--eps-sweep", self.eps_sweep), ("--shards", self.shards), ("--precision", self.search.precision != "fp32"),
             ("--channels-last", self.search.channels_last), ("--compile", self.search.compile), ("--resume", self.resume),
-            ("--union-only", self.union_only)) if given]
+            ("--union-only", self.union_only), ("--audit", self.audit)) if given]
         if unused:
             raise RbxError(f"{', '.join(unused)} do not apply to the corruption suite '{self._suite.name}' (no attacks run)")
         if self.data is None:

@@ -41,7 +41,7 @@ from torch import nn
 
 from ..records import provenance
 from ..attack.search import SearchOptions, search_model
-from .checks import cheap_checks, summarize
+from .checks import cheap_checks, check_unbounded, summarize
 from ..data.datasets import EvalData, as_eval_data, check_labels_fit
 from ..attack.base import remember_num_classes
 from ..progress import resumable
@@ -60,12 +60,16 @@ from .plan import RunPlan, fit_plan, stage_names
 from .request import RunRequest
 from .suites import ThreatSpec, plan_benchmark
 from ..attack.threat import LP_NORMS, ThreatModel
+from ..registry import ATTACKS
+from .escalation import Escalation, audit_block, decide, extend_plan, resolve_audit
 from .executor import Executor, _batches
 
 log = logging.getLogger(__name__)
 
 #: Images the pre-evaluation checks look at.
 CHECK_BATCH = 64
+#: The attack of the pre-run ``unbounded`` probe (cheap: 10 steps on the check batch).
+PROBE_ATTACK = "pgd:steps=10"
 
 
 # ---- preparing the model and the data: once, for every kind of run ------------------------------------
@@ -133,13 +137,34 @@ def execute(request: RunRequest, prepared: Prepared | None = None) -> Evaluation
         device=str(dev), search=request.search.describe(), distributed=dist.describe() if dist.world > 1 else None,
         notes=notes, extra={**({"meaningless": meaningless} if meaningless else {}), **_union_only_config(plan),
                             **({"label_only": True} if request.is_label_only else {})})
+    audit = resolve_audit(request.audit, data.n)
     # (a stream's part runs with a derived 63-bit seed: its low 32 bits key the draws, as stream_seed keys everything)
     draw_setting = Draws(request.draws, (request.seed & MAX_SEED) if request.draw_seed is None else int(request.draw_seed))
-    state_path = _state_path(request, loaded, data, plan, dev, dist, draw_setting)
+    state_path = _state_path(request, loaded, data, plan, dev, dist, draw_setting, audit)
     t0 = time.perf_counter()
     # an interruption (Ctrl-C, SIGTERM) from here on names the saved evaluation state, if there is one by then
     with frozen(net), resumable(state_path if dist.is_main else None, "evaluation state"):
         state = _start_or_resume(net, data, plan, state_path, request, dev, dist, draw_setting)
+        # what the pre-checks call for (decided again from the saved checks on resume: the same plan)
+        escalation = decide(state.checks, request.escalate)
+        notes = p.notes
+        if escalation.active or audit:
+            plan, more = extend_plan(plan, escalation, audit, p.num_classes, tuple(data.x.shape[1:]))
+            notes += more
+        if escalation.flagged and not escalation.active:
+            log.warning("masking signs (%s) but escalation is off (--no-escalate): the robust accuracies are upper "
+                        "bounds that gradient attacks may be far above", ", ".join(r["sign"] for r in escalation.reasons))
+        elif escalation.active:
+            log.warning("escalating: %s", "; ".join(f"{r['sign']} -> {r['action']}" for r in escalation.reasons))
+        skip = _check_skips(plan, request.skip_stages)
+        notes += tuple(f"stage '{name}' was skipped on request (--skip-stage): its threat model's robust accuracy "
+                       "is an upper bound without it" for name in skip)
+        settings = RunSettings(
+            suite=bench.suite, threats=tuple((t.threat.label, tuple(a.label for a in t.attacks)) for t in bench.threats),
+            union_attacks=tuple(a.label for a in bench.union), seed=request.seed, batch_size=request.batch_size,
+            device=str(dev), search=request.search.describe(), distributed=dist.describe() if dist.world > 1 else None,
+            notes=notes, extra={**({"meaningless": meaningless} if meaningless else {}), **_union_only_config(plan),
+                                **({"audit": audit} if audit else {})})
         rule = _draws_for(state.checks, request.randomized, draw_setting, warn=True)
         if rule is not None:
             settings = dataclasses.replace(settings, draws=rule.describe())
@@ -147,11 +172,13 @@ def execute(request: RunRequest, prepared: Prepared | None = None) -> Evaluation
         search = search_model(net, request.search, dev)
         remember_num_classes(search, p.num_classes)
         executor = Executor(plan, state, search, None if request.search.plain else net,
-                            data, request, dev, save, dist, skip, state_path, rule, {} if request.curve else None)
+                            data, request, dev, save, dist, skip, state_path, rule, {} if request.curve else None,
+                            batch_override=escalation.batch_size if escalation.active else None, audit_size=audit)
         executor.walk()
         curves = _curves(plan, net, data, state, executor.captured, request, dev, p.num_classes) if request.curve else ()
     wall = state.elapsed + time.perf_counter() - t0
-    ev = _finish(loaded, data, plan, state, settings, provenance.collect(dev, request.seed, state.started, wall), curves)
+    ev = _finish(loaded, data, plan, state, settings, provenance.collect(dev, request.seed, state.started, wall), curves,
+                 escalation)
     if state_path is not None and dist.is_main:
         state_path.unlink(missing_ok=True)
         remove_if_empty(state_path.parent)
@@ -159,7 +186,7 @@ def execute(request: RunRequest, prepared: Prepared | None = None) -> Evaluation
 
 
 def _state_path(request: RunRequest, loaded: LoadedModel, data: EvalData, plan: RunPlan, dev: torch.device, dist: Dist,
-                draws: Draws) -> Path | None:
+                draws: Draws, audit: int = 0) -> Path | None:
     """Where this run's evaluation state lives (None: no state folder): keyed by everything that makes it this run."""
     folder = request.state_folder()
     if folder is None:
@@ -168,6 +195,8 @@ def _state_path(request: RunRequest, loaded: LoadedModel, data: EvalData, plan: 
     desc = evaluation_desc(loaded, plan.threats, bench.union, request.seed, request.batch_size) | _union_only_config(plan)
     if request.randomized is not None or request.draws != DEFAULT_DRAWS or request.draw_seed is not None:
         desc["draws"] = [request.randomized, request.draws, draws.seed]  # (kept out of plain runs' keys: they resume as before)
+    if audit or not request.escalate:
+        desc["audit_escalate"] = [audit, request.escalate]
     key = run_key(desc, data.sha256(), dev, plan.n_main,
                   request.search.describe() if request.search != SearchOptions() else None, dist.world)
     return Path(folder) / f"{key}.npz"
@@ -261,7 +290,10 @@ def _start_or_resume(net: nn.Module, data: EvalData, plan: RunPlan, path: Path |
         raise RbxError(f"--resume: no saved evaluation state of this run in {path.parent if path else 'the results directory'}; "
                        "run without --resume")
     clean = _clean_pass(net, data.x, data.y, batch_size, dev, dist)  # validates labels and logits first
-    checks = _run_checks(net, data, dev, batch_size, request.is_label_only)
+    checks = _run_checks(net, data, dev, plan, batch_size, request.is_label_only)
+    escalation = decide(checks, request.escalate)
+    if escalation.active and escalation.batch_size:  # a batch-dependent model: judged one image at a time
+        clean = _clean_pass(net, data.x, data.y, escalation.batch_size, dev, dist)
     rule = _draws_for(checks, request.randomized, draws)
     if rule is not None:  # a randomized model: clean accuracy by majority over draws too
         clean = _majority_clean(net, data, batch_size, dev, rule)
@@ -281,11 +313,17 @@ def _saver(path: Path | None, state: EvaluationState, every_batch: bool = True):
     return save
 
 
-def _run_checks(net: nn.Module, data: EvalData, dev: torch.device, batch_size: int,
+def _run_checks(net: nn.Module, data: EvalData, dev: torch.device, plan: RunPlan, batch_size: int,
                 label_only: bool = False) -> dict[str, Any]:
-    """The cheap checks on the first :data:`CHECK_BATCH` images, in batches of at most ``batch_size``."""
+    """The cheap checks on the first :data:`CHECK_BATCH` images (in batches of at most ``batch_size``), and the
+    ``unbounded`` probe: PGD-10 at a radius covering the [0, 1] box under the first threat model's norm must break
+    (almost) every point, else the gradient cannot be followed (Lp threat models of a model that gives scores)."""
     x, y = data.x[:CHECK_BATCH].to(dev), data.y[:CHECK_BATCH].to(dev)
     results = cheap_checks(net, x, y, batch_size=batch_size, label_only=label_only)
+    first = plan.threats[0].threat if plan.n_main else None
+    if (first is not None and first.norm in LP_NORMS and not label_only
+            and next(r for r in results if r.name == "deterministic").passed):
+        results.append(check_unbounded(net, x, y, first, [ATTACKS.create(PROBE_ATTACK)], batch_size=batch_size))
     for r in results:
         if r.name == "probabilities" and not r.passed:
             raise RbxError(r.message)
@@ -295,7 +333,7 @@ def _run_checks(net: nn.Module, data: EvalData, dev: torch.device, batch_size: i
 
 
 def _finish(model: LoadedModel, data: EvalData, plan: RunPlan, state: EvaluationState, settings: RunSettings,
-            prov: dict[str, Any], curves: Sequence[dict[str, Any]] = ()) -> Evaluation:
+            prov: dict[str, Any], curves: Sequence[dict[str, Any]] = (), escalation: Escalation | None = None) -> Evaluation:
     results = [StageResult.from_dict(r) for r in state.results]
     columns = []
     for ti, spec in enumerate(plan.threats):
@@ -311,9 +349,12 @@ def _finish(model: LoadedModel, data: EvalData, plan: RunPlan, state: Evaluation
                         state.broken_by[:, :n_main], tuple(t.threat for t in main), sweep_robust=state.robust[:, n_main:],
                         sweep_threats=tuple(r.threat for r in sweeps), measured=measured)
     union = tuple(r for r, s in zip(results, plan.stages) if s.kind == "union")
+    audit = tuple(audit_block(plan.threats[s.columns[0]].threat.label, r.population or 0, r.n_attacked, r.n_broken, data.n)
+                  for r, s in zip(results, plan.stages) if s.kind == "audit")
     record = build_record(settings, model=model.describe(), dataset=data.describe(), flags=flags, threats=main,
                           provenance=prov, checks=state.checks, union_attacks=union, sweeps=_sweeps(main, sweeps),
-                          curves=curves)
+                          curves=curves, audit=audit,
+                          escalation=escalation.describe() if escalation is not None and escalation.flagged else None)
     return Evaluation(record, flags)
 
 

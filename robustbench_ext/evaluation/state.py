@@ -38,6 +38,7 @@ class StageTotals:
     curve_sum: list[float] = field(default_factory=list)
     curve_n: list[int] = field(default_factory=list)
     broken: list[list[int]] = field(default_factory=lambda: [[]])
+    population: int | None = None  # an audit stage: the robust points it drew its sample from
 
     @classmethod
     def fresh(cls, n_columns: int) -> "StageTotals":

@@ -79,6 +79,7 @@ class StageResult:
     #: Black-box and decision-based attacks (those that read only outputs): model queries made, i.e. images passed
     #: forward, the contract's verification pass included (= n_forward; None for gradient attacks).
     queries: int | None = None
+    population: int | None = None  # an audit stage: the robust points its random sample was drawn from
 
     @classmethod
     def from_dict(cls, d: dict) -> "StageResult":
@@ -139,6 +140,11 @@ class RunRecord:
     #: ``--curve``: per norm, robust accuracy vs eps from a minimum-norm attack and its fixed-eps checks
     #: (:mod:`robustbench_ext.evaluation.curves`); only runs with a curve carry the block.
     curves: tuple[dict[str, Any], ...] = ()
+    #: ``audit=K``: per threat model, AutoAttack standard on a random sample of K robust points, what it broke and
+    #: the 95% upper bound on the cascade's miss rate (:mod:`robustbench_ext.evaluation.escalation`).
+    audit: tuple[dict[str, Any], ...] = ()
+    #: The masking signs the pre-checks found and what the run added because of them (empty: none found).
+    escalation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def suite_label(self) -> str:
@@ -162,6 +168,14 @@ class RunRecord:
         for t in d["threats"]:
             if t["not_measured"] is None:
                 del t["not_measured"]  # only union-only runs' later threat models carry it
+            for a in t["attacks"]:
+                if a.get("population") is None:
+                    a.pop("population", None)  # only audit stages carry it
+        for a in d["union_attacks"]:
+            a.pop("population", None)
+        for key in ("audit", "escalation"):
+            if not d[key]:
+                del d[key]  # only audited / escalated runs carry these blocks
         return {"schema": d.pop("schema"), **d}
 
     def to_json(self) -> str:
@@ -185,6 +199,7 @@ class RunRecord:
                 union_attacks=tuple(StageResult.from_dict(a) for a in d.get("union_attacks", ())),
                 sweeps=tuple(d.get("sweeps", ())),
                 curves=tuple(d.get("curves", ())),
+                audit=tuple(d.get("audit", ())), escalation=dict(d.get("escalation") or {}),
                 corruptions=CorruptionsResult.from_dict(d["corruptions"]) if d.get("corruptions") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -306,7 +321,8 @@ def run_stem(started: str, model_name: str, suite: str | None, n: int) -> str:
 def build_record(settings: RunSettings, *, model: dict[str, Any], dataset: dict[str, Any], flags: SampleFlags,
                  threats: Sequence[ThreatResult], provenance: dict[str, Any], checks: dict[str, Any] | None = None,
                  union_attacks: Sequence[StageResult] = (), sweeps: Sequence[dict[str, Any]] = (),
-                 curves: Sequence[dict[str, Any]] = (),
+                 curves: Sequence[dict[str, Any]] = (), audit: Sequence[dict[str, Any]] = (),
+                 escalation: dict[str, Any] | None = None,
                  corruption_source: dict[str, Any] | None = None, corruption_seconds: Sequence[float] = (),
                  corruptions_complete: bool = False) -> RunRecord:
     """The one record builder: accuracies (with intervals) recomputed from the flags, config from the settings.
@@ -326,6 +342,7 @@ def build_record(settings: RunSettings, *, model: dict[str, Any], dataset: dict[
         clean=Accuracy.from_flags(flags.clean_correct), threats=tuple(threats),
         union=Accuracy.from_flags(flags.union), config=settings.config(), provenance=provenance,
         checks=dict(checks or {}), union_attacks=tuple(union_attacks), sweeps=tuple(sweeps), curves=tuple(curves), corruptions=corruptions,
+        audit=tuple(audit), escalation=dict(escalation or {}),
     )
 
 

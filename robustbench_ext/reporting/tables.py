@@ -45,6 +45,7 @@ def format_table(record: RunRecord) -> str:
     for a in record.union_attacks:
         lines.append(f"{'+ ' + a.attack:<14} {'':>6}   {'':^14}   {a.seconds:>8.1f}  union stage: broke {a.n_broken} "
                      f"of {a.n_attacked} union-robust points")
+    lines += escalation_lines(record)
     order = (record.config.get("union_only") or {}).get("order")
     union_note = f"union-only run, order {' > '.join(order)}" if order else "all threat models"
     if meaningless:
@@ -54,7 +55,30 @@ def format_table(record: RunRecord) -> str:
         pts = ", ".join(f"{p['label'].split(':', 1)[1]}: {percent(p['robust']['accuracy'])}" for p in sw["points"])
         lines.append(f"eps sweep {sw['threat']}: {pts}")
     lines += curve_lines(record.curves)
+    lines += audit_lines(record.audit)
     return "\n".join(lines)
+
+
+def escalation_lines(record: RunRecord) -> list[str]:
+    """What the run added because of masking signs, or that it did not (then its numbers are upper bounds)."""
+    esc = record.escalation
+    if not esc:
+        return []
+    signs = ", ".join(r["sign"] for r in esc.get("reasons", []))
+    if not esc.get("enabled", True):
+        return [f"MASKING: pre-checks flagged {signs}; escalation was off (--no-escalate): every robust accuracy above "
+                "is an upper bound that stronger attacks may break"]
+    return [f"escalated ({r['sign']}): {r['action']}" for r in esc.get("reasons", [])]
+
+
+def audit_lines(audit) -> list[str]:
+    """One line per audited threat model: AutoAttack on a random sample of the points the run left robust."""
+    out = []
+    for a in audit:
+        out.append(f"audit {a['threat']}: AutoAttack standard broke {a['broken']} of {a['sampled']} sampled robust points "
+                   f"(of {a['population']}); cascade miss rate <= {percent(a['miss_rate_upper95'])}% (95%), robust "
+                   f"accuracy >= {percent(a['robust_lower95'])}% (95%)")
+    return out
 
 
 def _corruption_table(record: RunRecord) -> str:

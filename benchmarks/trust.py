@@ -1,0 +1,247 @@
+#!/usr/bin/env python
+"""rbx's default against AutoAttack, per sample, on tuning and held-out images and models (issue 26).
+
+AutoAttack's flags come from the cache (``benchmarks/aa_flags.py``; never recomputed here). rbx runs as a user
+runs it: ``evaluate`` with the suite, escalation on, no audit (the audit is AutoAttack itself: it would hide
+what the cascade misses). Which images are tuning and which held out is ``benchmarks/splits.py``'s rule, and
+every output says which; ``compare`` refuses to write a held-out comparison with candidate suites (candidates
+are chosen on tuning images only).
+
+    # tuning: candidate cascades against AutoAttack on the tuning slice
+    python benchmarks/trust.py compare --model cifar10-smallcnn-linf-at --start 9000 --n 500 \
+        --candidates benchmarks/candidates/l1-apgd-ce.toml
+    # which AutoAttack component breaks the points a cascade misses (each component alone, AutoAttack's settings)
+    python benchmarks/trust.py attribute --model cifar10-resnet18-linf-at --start 9000 --n 100 --norm L1
+    # held out: the default on held-out images / models, one JSON per comparison under results/trust/
+    python benchmarks/trust.py compare --model quantized --start 1000 --n 200
+    python benchmarks/trust.py table         # results/trust/table.{md,json} from every held-out comparison
+
+Seconds: wall and process-CPU time of this machine (2 cores, shared with other jobs during these runs: wall
+time is inflated and noisy); the ratio reported is process-CPU time, AutoAttack's (from the cache) over rbx's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import aa_flags  # noqa: E402
+import splits  # noqa: E402
+from robustbench_ext import evaluate  # noqa: E402
+from robustbench_ext.attack.threat import ThreatModel  # noqa: E402
+from robustbench_ext.errors import RbxError  # noqa: E402
+from robustbench_ext.evaluation.suites import load_suite  # noqa: E402
+from robustbench_ext.paths import atomic_write_text  # noqa: E402
+from robustbench_ext.records import provenance  # noqa: E402
+from robustbench_ext.records.schema import union_flags  # noqa: E402
+from robustbench_ext.registry import ATTACKS  # noqa: E402
+from robustbench_ext.runtime import frozen  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "results" / "trust"
+NORM_ORDER = ("Linf", "L2", "L1")
+
+
+def _suite_for(dataset: str, suite: str | None) -> str:
+    return suite or {"mnist5k": "mnist-union"}.get(dataset, "cifar10-union")
+
+
+def aa_side(model: str, split: str, start: int, n: int, norms, randomized: bool):
+    """AutoAttack's cached flags per norm (the majority verdict for randomized models) and their CPU seconds."""
+    flags, cpu, wall = {}, 0.0, 0.0
+    verdict = "majority" if randomized else "single"
+    for norm in norms:
+        f = aa_flags.load_flags(model, split, start, n, norm, verdict=verdict)
+        if f is None:
+            raise RbxError(f"no cached AutoAttack flags for {model} {split}[{start}:{start + n}] {norm} ({verdict}): run "
+                           f"benchmarks/aa_flags.py --model {model} --split {split} --start {start} --n {n} --norms {norm}")
+        flags[norm] = f
+        for e in aa_flags.entries():
+            k = e["key"]
+            if (k["model"] == model and k["split"] == split and k["norm"] == norm and start <= k["start"] < start + n
+                    and "verdict" not in k):
+                cpu += e.get("cpu_seconds") or 0.0
+                wall += e["seconds"]
+    return flags, cpu, wall
+
+
+def _restrict(suite, norms):
+    """The suite with only the threat models of ``norms`` (None: all); its name says when it is a subset."""
+    if not norms:
+        return suite
+    keep = tuple(t for t in suite.threats if t.threat.norm in norms)
+    return dataclasses.replace(suite, name=f"{suite.name}[{'+'.join(t.threat.norm for t in keep)}]", threats=keep,
+                               union_order=())
+
+
+def run_rbx(net, data, suite, seed: int, batch_size: int):
+    """rbx as a user runs it (escalation on, no audit); its flags, record and wall/CPU seconds."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    ev = evaluate(net, data, suite=suite, seed=seed, batch_size=batch_size, device="cpu", progress=False, audit=0)
+    return ev, time.perf_counter() - t0, time.process_time() - c0
+
+
+def compare_one(ev, aa: dict, norms) -> dict:
+    """Per threat model and union: robust counts and the points each side breaks that the other does not."""
+    f = ev.flags
+    correct = f.clean_correct
+    out, aa_cols, rbx_cols = {}, [], []
+    for ti, t in enumerate(ev.record.threats):
+        norm = t.norm
+        if norm not in aa:
+            continue
+        a = aa[norm] & correct
+        r = f.robust[:, ti]
+        aa_cols.append(a)
+        rbx_cols.append(r)
+        out[t.threat] = {"rbx_robust": int(r.sum()), "aa_robust": int(a.sum()),
+                         "aa_breaks_rbx_not": [int(i) for i in f.index[~a & r]],
+                         "rbx_breaks_aa_not": int((a & ~r).sum())}
+    ua, ur = union_flags(correct, np.stack(aa_cols, 1)), union_flags(correct, np.stack(rbx_cols, 1))
+    out["union"] = {"rbx_robust": int(ur.sum()), "aa_robust": int(ua.sum()),
+                    "aa_breaks_rbx_not": [int(i) for i in f.index[~ua & ur]], "rbx_breaks_aa_not": int((ua & ~ur).sum())}
+    return out
+
+
+def cmd_compare(a) -> int:
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    net, dataset, meta = aa_flags.resolve_model(a.model)
+    split = a.split or aa_flags.DEFAULT_SPLIT[dataset]
+    role = "tuning" if splits.is_tuning(split, a.start, a.n) else "held-out" if splits.is_held_out(split, a.start, a.n) else None
+    if role is None:
+        raise RbxError(f"{split}[{a.start}:{a.start + a.n}] mixes tuning and held-out images: keep to one side "
+                       "(benchmarks/splits.py)")
+    if a.candidates and role != "tuning":
+        raise RbxError("candidate cascades are compared on tuning images only (never tune on what you report)")
+    data = splits.images(split, a.start, a.n)
+    # global indices in the records' flags: the slice's own positions, offset to the split's numbering
+    suites = [_restrict(load_suite(s), a.norms) for s in [_suite_for(dataset, a.suite), *a.candidates]]
+    norms = [t.threat.norm for t in suites[0].threats]
+    aa, aa_cpu, aa_wall = aa_side(a.model, split, a.start, a.n, norms, bool(meta.get("randomized")))
+    rows = []
+    for suite in suites:
+        ev, wall, cpu = run_rbx(net, data, suite, a.seed, a.batch_size)
+        comp = compare_one(ev, aa, norms)
+        for v in comp.values():
+            v["aa_breaks_rbx_not"] = [a.start + i for i in v["aa_breaks_rbx_not"]]
+        row = {"suite": suite.name,
+               "cascades": {t.threat: [s.attack + (str(s.params) if a.verbose else "") for s in t.attacks]
+                            for t in ev.record.threats},
+               "escalation": ev.record.escalation or None, "clean": int(ev.flags.clean_correct.sum()),
+               "rbx_wall": round(wall, 1), "rbx_cpu": round(cpu, 1), "aa_cpu": round(aa_cpu, 1),
+               "aa_wall": round(aa_wall, 1), "cpu_ratio": round(aa_cpu / cpu, 1) if cpu else None,
+               "threats": comp}
+        rows.append(row)
+        misses = {k: len(v["aa_breaks_rbx_not"]) for k, v in comp.items()}
+        print(f"{a.model} {split}[{a.start}:{a.start + a.n}] ({role}) {row['suite']}: AA broke, rbx not: {misses}; "
+              f"rbx {cpu:.0f} s CPU ({wall:.0f} s wall), AA {aa_cpu:.0f} s CPU: {row['cpu_ratio']}x", flush=True)
+    result = {"model": a.model, "model_meta": {k: v for k, v in meta.items() if k != "module"}, "dataset": dataset,
+              "split": split, "start": a.start, "n": a.n, "role": role, "seed": a.seed, "threads": torch.get_num_threads(),
+              "device_name": provenance.device_name(torch.device("cpu")), "torch": torch.__version__,
+              "git_commit": provenance.git_state()["commit"], "date": provenance.utc_now(),
+              "command": "python " + " ".join(sys.argv), "runs": rows}
+    OUT.mkdir(parents=True, exist_ok=True)
+    tag = "tuning" if role == "tuning" else "heldout"
+    out = OUT / f"{tag}_{a.model}_{split}{a.start}-{a.start + a.n}{'_candidates' if a.candidates else ''}.json"
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_attribute(a) -> int:
+    """Each AutoAttack component alone (AutoAttack's standard settings for the norm) on the points AutoAttack
+    breaks and the default cascade does not: which component class the cascade is missing."""
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    net, dataset, meta = aa_flags.resolve_model(a.model)
+    split = a.split or aa_flags.DEFAULT_SPLIT[dataset]
+    data = splits.images(split, a.start, a.n)
+    threat = ThreatModel(a.norm, aa_flags.RADII[dataset][a.norm])
+    aa = aa_flags.load_flags(a.model, split, a.start, a.n, a.norm)
+    ev, _, _ = run_rbx(net, data, _restrict(load_suite(_suite_for(dataset, a.suite)), [a.norm]), a.seed, a.batch_size)
+    ti = [t.norm for t in ev.record.threats].index(a.norm)
+    missed = np.flatnonzero(ev.flags.clean_correct & ~aa & ev.flags.robust[:, ti])
+    print(f"{len(missed)} points AutoAttack breaks and the cascade does not: {[a.start + int(i) for i in missed]}")
+    if not len(missed):
+        return 0
+    x, y = data.x[missed], data.y[missed]
+    comps = ["apgd-ce", "apgd-t", "fab-t", "square"]
+    with frozen(net):
+        for c in comps:
+            attack = ATTACKS.create(f"aa-{c}").fit(10, tuple(x.shape[1:]), threat)[0]
+            res = attack(net, x, y, threat, seed=a.seed)
+            hit = [a.start + int(missed[i]) for i in np.flatnonzero(res.success.numpy())]
+            print(f"  {c:8s} alone ({'L1 settings: 5 restarts / 5 targets, large eps' if a.norm == 'L1' else 'standard'}):"
+                  f" breaks {len(hit)} of {len(missed)}: {hit}", flush=True)
+    return 0
+
+
+def cmd_table(a) -> int:
+    """The committed table: every held-out comparison, per model and threat model."""
+    rows, data = [], []
+    for f in sorted(OUT.glob("heldout_*.json")):
+        r = json.loads(f.read_text())
+        run = r["runs"][0]
+        data.append({k: r[k] for k in ("model", "split", "start", "n", "role", "date", "command")} | {"run": run})
+        for threat, t in run["threats"].items():
+            rows.append(f"| {r['model']} | {r['split']}[{r['start']}:{r['start'] + r['n']}] | {threat} | "
+                        f"{100 * t['rbx_robust'] / r['n']:.1f} | {100 * t['aa_robust'] / r['n']:.1f} | "
+                        f"{len(t['aa_breaks_rbx_not'])} | {t['rbx_breaks_aa_not']} | "
+                        + (f"{run['cpu_ratio']}x | " if threat == "union" else "| ")
+                        + (", ".join(e["sign"] for e in (run["escalation"] or {}).get("reasons", [])) if threat == "union"
+                           else "") + " |")
+    lines = ["# rbx's default vs AutoAttack on held-out models and images", "",
+             "Generated by `python benchmarks/trust.py table` from `results/trust/heldout_*.json` (each made by the "
+             "command it records). Robust accuracy in % of the n images; 'AA only' = points AutoAttack standard breaks "
+             "and rbx's default does not (the number that must be 0), 'rbx only' = the reverse; the time ratio is "
+             "AutoAttack's process-CPU seconds (cached) over rbx's, on this 2-core CPU (shared with other jobs, so "
+             "wall seconds are not comparable). Escalation: the masking signs rbx found and acted on.", "",
+             "| model | images | threat | rbx % | AA % | AA only | rbx only | CPU ratio | escalation |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |", *rows]
+    atomic_write_text(OUT / "table.md", "\n".join(lines) + "\n")
+    atomic_write_text(OUT / "table.json", json.dumps(data, indent=2) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("compare", "attribute"):
+        p = sub.add_parser(name)
+        p.add_argument("--model", required=True)
+        p.add_argument("--split", default=None)
+        p.add_argument("--start", type=int, required=True)
+        p.add_argument("--n", type=int, required=True)
+        p.add_argument("--suite", default=None)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--batch-size", type=int, default=500)
+        p.add_argument("--threads", type=int, default=2)
+        p.add_argument("--verbose", action="store_true")
+        if name == "compare":
+            p.add_argument("--candidates", nargs="*", default=[])
+            p.add_argument("--norms", nargs="*", default=None, choices=NORM_ORDER,
+                           help="compare only these threat models (AutoAttack's flags may exist for some only)")
+        else:
+            p.add_argument("--norm", required=True, choices=NORM_ORDER)
+    sub.add_parser("table")
+    a = ap.parse_args(argv)
+    try:
+        return {"compare": cmd_compare, "attribute": cmd_attribute, "table": cmd_table}[a.cmd](a)
+    except RbxError as exc:
+        print(f"trust: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
