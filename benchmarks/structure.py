@@ -6,7 +6,8 @@
 Reads every module of ``robustbench_ext`` (and the ``attacks``/``defenses`` plugin folders) with ``ast``, counts
 the rbx-internal imports (every import, also those inside functions), and prints: modules per package (the
 spine is the top-level modules), import arrows between modules and between packages, and the floors: the
-longest chain of packages each importing the one below (for a flat layout, of modules).
+longest chain of packages each importing the one below (for a flat layout, of modules), and the hops: how many
+engine modules hand the threat model, the seed and the model on (have a function taking it as a parameter).
 """
 
 from __future__ import annotations
@@ -65,6 +66,28 @@ def package(mod: str, known: dict[str, Path]) -> str:
     return parts[1]
 
 
+#: The values the issue followed through the engine, by the parameter names that carry them.
+CARRIERS = {"threat": {"threat", "threats", "threat_spec", "threat_specs", "th"},
+            "seed": {"seed", "seeds", "draw_seed"},
+            "model": {"model", "model_spec", "loaded", "net", "module"}}
+
+
+def hops(known: dict[str, Path]) -> dict[str, int]:
+    """Per value (:data:`CARRIERS`): how many engine modules (plugins left out) have a function that takes it as a
+    parameter, i.e. how many modules it is handed through on its way from the caller to the attack."""
+    out = {k: set() for k in CARRIERS}
+    for mod, path in known.items():
+        if mod.split(".")[1:2] in (["attacks"], ["defenses"]):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                names = {a.arg for a in [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]}
+                for k, carriers in CARRIERS.items():
+                    if names & carriers:
+                        out[k].add(mod)
+    return {k: len(v) for k, v in out.items()}
+
+
 def main(argv: list[str]) -> int:
     repo = Path(argv[0] if argv else Path(__file__).resolve().parents[1])
     known = modules(repo)
@@ -101,6 +124,9 @@ def main(argv: list[str]) -> int:
     else:
         print(f"floors (longest chain of packages above the spine): {max(pfloor(p) for p in pgraph)}; "
               f"longest chain of modules: {max(floor(m) for m in graph)}")
+    h = hops(known)
+    print("modules a value is handed through (a function parameter carries it): "
+          + ", ".join(f"{k} {v}" for k, v in h.items()))
     return 0
 
 
