@@ -91,7 +91,9 @@ def test_runner_stores_the_cheap_checks(small_cnn, cifar200):
     spec = ThreatSpec(ThreatModel.parse("L2:0.5"), (AttackSpec.parse("pgd:steps=2"),))
     rec = evaluate(small_cnn, data, [spec], progress=False).record
     assert rec.checks["passed"] is True
-    assert {r["name"] for r in rec.checks["results"]} == {"probabilities", "deterministic", "zero_gradients", "finite_gradients"}
+    # the cheap checks, the batch-independence check and the unbounded probe (issue 26)
+    assert {r["name"] for r in rec.checks["results"]} == {"probabilities", "deterministic", "zero_gradients", "finite_gradients",
+                                                          "batch_independent", "unbounded"}
     masked = LoadedModel(Quantized(small_cnn.module).eval(), "quantized", "smallcnn+round", "test")
     rec = evaluate(masked, data, [spec], progress=False).record
     assert rec.checks["passed"] is False

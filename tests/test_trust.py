@@ -9,6 +9,8 @@ that the right thing is added, recorded and counted, not the attacks' strength.
 from __future__ import annotations
 
 import numpy as np
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -130,6 +132,9 @@ def test_quantized_model_escalates_to_a_black_box_stage(small_cnn, cifar200, che
     assert off.record.escalation["enabled"] is False
     assert [s.attack for s in off.record.threats[0].attacks] == ["pgd"]
     assert "MASKING" in format_table(off.record) and "upper bound" in format_table(off.record)
+    from robustbench_ext.reporting.boards import record_row
+    assert record_row(Path("r.json"), ev.record)["escalation"] == "zero_gradients"
+    assert record_row(Path("r.json"), off.record)["escalation"] == "zero_gradients (not escalated: upper bounds)"
     assert off.record.threats[0].robust.count > ev.record.threats[0].robust.count
 
 
@@ -179,6 +184,15 @@ def test_audit_counts_what_autoattack_breaks_and_bounds_the_miss_rate(small_cnn,
     table = format_table(ev.record)
     assert "audit Linf:8/255: AutoAttack standard broke" in table
     assert ev.record.config["audit"] == 10
+    # boards and exports show it: the row's worst bound over threat models, and the RobustBench footnote
+    from robustbench_ext.reporting.boards import record_row
+    from robustbench_ext.reporting.export import entries
+    row = record_row(Path("r.json"), ev.record)
+    assert row["audit_miss_upper95"] == pytest.approx(100 * max(a["miss_rate_upper95"] for a in ev.record.audit), abs=0.01)
+    assert row["audit"].startswith("Linf:8/255: AA broke ")
+    assert row["escalation"] is None  # a clean model: nothing escalated
+    linf = ev.record.audit[0]
+    assert f"AutoAttack standard broke {linf['broken']} of {linf['sampled']}" in entries(ev.record)["Linf"]["footnote"]
 
 
 def test_audit_default_is_on_for_leaderboard_sized_runs():

@@ -81,6 +81,15 @@ def entries(record: RunRecord, meta: dict[str, Any] | None = None,
         elif aa is not t and t.robust.accuracy < aa.robust.accuracy:
             entry["external"] = _pct(t.robust.accuracy)
             notes.append(f"external: rbx ({' > '.join(a.attack for a in t.attacks)}) found a lower robust accuracy.")
+        audit = next((a for a in record.audit if a["threat"] == t.threat), None)
+        if audit is not None:
+            notes.append(f"Audit: AutoAttack standard broke {audit['broken']} of {audit['sampled']} points rbx left robust "
+                         f"(95% upper bound on the share missed: {100 * audit['miss_rate_upper95']:.1f}%).")
+        if record.escalation.get("reasons"):
+            signs = ", ".join(x["sign"] for x in record.escalation["reasons"])
+            notes.append(f"Masking signs ({signs}): " + ("rbx escalated (black box / EOT / one image at a time)."
+                                                         if record.escalation.get("enabled", True) else
+                                                         "not escalated, the number is an upper bound."))
         if "(JPEG copy)" in str(record.dataset.get("source", "")):
             notes.append("Evaluated on the JPEG copy of CIFAR-10, not the official test set.")
         if notes:
