@@ -130,5 +130,7 @@ def test_paired_mcnemar_between_two_arms_on_constructed_flags():
     assert out["Linf"]["p_value"] == pytest.approx(mcnemar_exact(6, 1)) == pytest.approx(16 / 128)
     assert out["L2"]["p_value"] == 1.0 and out["clean"]["a_only"] == out["clean"]["b_only"] == 0
     assert (out["union"]["a_only"], out["union"]["b_only"]) == (6, 1)
+    # Holm within the comparison's 4 metrics: Linf and union p = 16/128 = 0.125, x4 = 0.5 and x3 = 0.375 -> 0.5
+    assert [out[m]["p_holm"] for m in ("clean", "Linf", "L2", "union")] == pytest.approx([1.0, 0.5, 1.0, 0.5])
     with pytest.raises(UnusableInput):
         paired_mcnemar(fa, SampleFlags(idx + 1, y, clean, rb, fb.broken_by, fb.threats))
