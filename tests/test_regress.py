@@ -81,6 +81,11 @@ def test_a_significant_rise_fails_too(base_record, tmp_path):
     linf = next(c for c in res.comparisons if c.name == "Linf:8/255")
     assert res.failed and linf.verdict == "RISE"
     assert "attack got weaker" in res.report()
+    # the gate reports raw and Holm-adjusted p; a comparison is significant iff its adjusted p <= alpha
+    from robustbench_ext.reporting.regress import holm_adjust
+    assert [c.p_holm for c in res.comparisons] == pytest.approx(holm_adjust([c.p_value for c in res.comparisons]))
+    assert all(c.significant == (c.p_holm <= res.alpha) for c in res.comparisons)
+    assert f"(Holm {linf.p_holm:.3g})" in res.report()
 
 
 def test_refuses_different_images(base_record, tmp_path):

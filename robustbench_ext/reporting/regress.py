@@ -78,6 +78,7 @@ class Comparison:
     rises: int
     p_value: float
     significant: bool = False
+    p_holm: float = float("nan")  # Holm-adjusted within the gate's comparisons (significant iff p_holm <= alpha)
 
     @property
     def verdict(self) -> str:
@@ -105,7 +106,7 @@ class GateResult:
         for c in self.comparisons:
             lines.append(f"{c.name:<14} {percent(c.baseline, 2):>6}% -> {percent(c.candidate, 2):>6}%  "
                          f"({'+' if c.candidate >= c.baseline else ''}{percent(c.candidate - c.baseline, 2)})  flips: {c.drops} down, {c.rises} up  "
-                         f"p = {c.p_value:.3g}  {c.verdict}")
+                         f"p = {c.p_value:.3g} (Holm {c.p_holm:.3g})  {c.verdict}")
         lines += list(self.notes)
         lines.append("")
         if self.failed:
@@ -199,8 +200,9 @@ def compare(baseline: Path, candidate: Path, alpha: float = 0.05, allow_differen
     for name, xb, xc in series:
         drops, rises = int((xb & ~xc).sum()), int((~xb & xc).sum())
         raw.append(Comparison(name, float(xb.mean()), float(xc.mean()), drops, rises, mcnemar_exact(drops, rises)))
-    rejected = holm([r.p_value for r in raw], alpha)
-    comps = tuple(Comparison(r.name, r.baseline, r.candidate, r.drops, r.rises, r.p_value, rej) for r, rej in zip(raw, rejected))
+    adjusted = holm_adjust([r.p_value for r in raw])
+    comps = tuple(Comparison(r.name, r.baseline, r.candidate, r.drops, r.rises, r.p_value, q <= alpha, q)
+                  for r, q in zip(raw, adjusted))
     clean_flips = int((fb.clean_correct != fc.clean_correct).sum())
     if clean_flips:
         notes.append(f"clean accuracy {percent(fb.clean_correct.mean(), 2)}% -> {percent(fc.clean_correct.mean(), 2)}% "
