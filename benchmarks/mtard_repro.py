@@ -31,6 +31,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -48,6 +50,7 @@ from robustbench_ext.records.store import read_flags, read_record
 from robustbench_ext import evaluate
 from robustbench_ext.evaluation.suites import AttackSpec, ThreatSpec, load_suite
 from robustbench_ext.training.engine import TrainConfig, Trainer
+from robustbench_ext.defenses.mtard import MTARD, TEMPERATURE_RANGE
 
 STUDENT_PGD = "pgd:steps={steps},rel_step_size=0.25,start_std=0.001"  # 2/255 steps at 8/255
 
@@ -211,6 +214,26 @@ CLAIMS = (
 )
 
 
+def _temperature_lines(summary: dict) -> list[str]:
+    """What the Entropy-Based Balance did in this run, from the balanced arms' train logs (epoch means of the
+    teachers' temperatures) and the most it could do: lr_tau per batch over the run's batches."""
+    s, out = summary["settings"], []
+    for name, r in summary["arms"].items():
+        log = [e for e in r.get("train_log", []) if "tau_nat" in e]
+        if not log:
+            continue
+        batches = math.ceil(s["n_train"] / s["batch_size"]) * s["epochs"]
+        given = re.search(r"temperature_lr=([0-9.eE+-]+)", r.get("defense", ""))
+        lr_tau = float(given.group(1)) if given else MTARD.temperature_lr
+        means = "; ".join(f"epoch {e['epoch']}: tau_nat {e['tau_nat']}, tau_adv {e['tau_adv']}" for e in log)
+        out.append(f"{name}'s teachers' temperatures (the Entropy-Based Balance; epoch means from its train log, both "
+                   f"start at 1): {means}. At lr_tau = {lr_tau:g} per batch (decayed with the learning rate) "
+                   f"over this run's {batches} batches a temperature can move by at most {batches * lr_tau:.3g} (its "
+                   f"range is [{TEMPERATURE_RANGE[0]:g}, {TEMPERATURE_RANGE[1]:g}]), so a difference between the balanced and the unbalanced arm is not to be "
+                   "expected at this budget.")
+    return ["", *out] if out else []
+
+
 def report(summary: dict) -> str:
     """The page: title, the three-column summary, the arms' table, the family of tests with raw and Holm p."""
     tests = run_family(summary)
@@ -252,6 +275,7 @@ def report(summary: dict) -> str:
         f"{name} `{r['defense']}`" + (" (written before 2026-12-04, when the Entropy-Based Balance was off by default: "
                                       "temperatures fixed at 1)" if r["defense"].startswith("mtard:") and "balance=" not in r["defense"] else "")
         for name, r in summary["arms"].items() if "defense" in r) + "."]
+    lines += _temperature_lines(summary)
     if "start" in summary:
         lines += ["", f"The start row: `{summary['start']['command']}` ({summary['start']['date']}), the same suite, seed and "
                   "test images."]

@@ -284,15 +284,15 @@ def family_table(family_id: str, what: str, tests: Sequence[Test]) -> str:
 
 def shows_text(t: Test, context: Sequence[Test] = (), direction: str = "any") -> str:
     """The middle summary cell: the primary test's difference, counts, raw and Holm p, verdict (and whether a shown
-    direction is the opposite of the claimed ``direction``); then the context tests."""
+    direction is the opposite of the claimed ``direction``); then the context tests, each with its verdict when shown."""
     def one(x: Test) -> str:
         diff = 100 * (x.cand - x.base)
         return (f"{x.metric} {'+' if diff >= 0 else ''}{diff:.1f} points ({x.cand_only} / {x.base_only}, raw p "
                 f"{_p(x.p_raw)}, Holm p {_p(x.p_holm)})")
     against = t.shown and direction != "any" and (direction == "higher") != (t.cand_only > t.base_only)
     text = f"{one(t)}: **{t.verdict}{' (the opposite of the claim)' if against else ''}**"
-    if context:
-        text += "; " + "; ".join(one(c) for c in context)
+    if context:  # a context test names its verdict when it is shown, so no shown cell hides behind the primary's
+        text += "; " + "; ".join(one(c) + (f": {c.verdict}" if c.shown else "") for c in context)
     return text
 
 

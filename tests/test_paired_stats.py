@@ -112,6 +112,21 @@ def test_paired_tests_and_family_on_synthetic_flags():
         paired.pair_tests("A vs B", fa, _flags(cb[:50], {"Linf:8/255": rb[:50]}), None, 10)
 
 
+def test_summary_cell_names_a_shown_context_test():
+    """A claim's primary test not shown while a context test of the same comparison is: the cell says so for both."""
+    n = 100
+    ca, cb = _pair(n, 40, 3, 3)  # clean: 3 / 3 discordant, raw p 1
+    ra, rb = _pair(n, 30, 12, 0)  # Linf: 12 / 0, raw p 2 / 4096 = 0.000488 (printed 0.00049: 2 digits below 0.001); Holm (m = 3): x3 = 0.00146
+    clean, linf, union = paired.in_family(paired.pair_tests("A vs B", _flags(ca, {"Linf:8/255": ra}),
+                                                            _flags(cb, {"Linf:8/255": rb}), None, 10))
+    assert linf.p_holm == pytest.approx(3 * 2 / 4096) and linf.shown and not clean.shown
+    cell = paired.shows_text(clean, [linf], "higher")
+    assert cell.startswith("clean +0.0 points (3 / 3, raw p 1, Holm p 1): **not shown**")
+    assert "Linf:8/255 +12.0 points (12 / 0, raw p 0.00049, Holm p 0.00146): shown: candidate higher" in cell
+    # a context test that is not shown carries no verdict of its own
+    assert paired.shows_text(linf, [clean]).endswith("clean +0.0 points (3 / 3, raw p 1, Holm p 1)")
+
+
 def test_nothing_learned_rule():
     n = 300
     # both students with 0 % robust accuracy (the warm-start MTARD case): a strong clean difference shows nothing
