@@ -244,6 +244,7 @@ def report(summary: dict) -> str:
     s = summary["settings"]
     start = s.get("eval_start", 0)
     where = (f"test images {start}..{start + s['eval_n'] - 1}" if start else f"the first {s['eval_n']} test images")
+    where += " (held out: rbx reports on CIFAR-10 test images 0-8999 and tunes only on 9000-9999 and training images)"
     claims = []
     for claim, other, metric, direction, context in CLAIMS:
         find = {t.metric: t for t in tests if t.comparison == f"MTARD vs {other}"}
