@@ -31,6 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paired import replace_blocks  # noqa: E402
+
 from robustbench_ext.records import provenance
 from robustbench_ext.runtime import derive_seed, seed_arg
 from robustbench_ext.evaluation.majority import majority_wrong
@@ -87,7 +90,18 @@ def single_vs_majority(model_spec, data, attack_spec, a):
 def rerender(results: Path) -> None:
     """Write RESULTS/randomized.md again from the JSON (no attack runs)."""
     runs = json.loads((results / "randomized_cpu_smallcnn.json").read_text())["runs"]
-    atomic_write_text(results / "randomized.md", render(runs))
+    write_page(results / "randomized.md", runs)
+
+
+def write_page(page: Path, runs: dict) -> None:
+    """The per-sigma sections of the page: between its ``<!-- eot:sections -->`` markers when it has them (the
+    summary, the families of benchmarks/paired.py and the hand-written reading around them stay), else the page."""
+    body = "\n".join(report(r) for _, r in sorted(runs.items(), key=lambda kv: float(kv[0])))
+    text = page.read_text() if page.is_file() else ""
+    if "<!-- eot:sections -->" in text:
+        atomic_write_text(page, replace_blocks(text, {"sections": body}, str(page), prefix="eot"))
+    else:
+        atomic_write_text(page, render(runs))
 
 
 def main(argv=None) -> int:
@@ -131,7 +145,7 @@ def main(argv=None) -> int:
         runs = old["runs"] if "runs" in old else {f"{old['settings']['sigma']:g}": old}
     runs[f"{a.sigma:g}"] = summary
     atomic_write_text(out, json.dumps({"runs": runs}, indent=2) + "\n")
-    atomic_write_text(results / "randomized.md", render(runs))
+    write_page(results / "randomized.md", runs)
     print(report(summary))
     return 0
 
@@ -167,8 +181,9 @@ def report(sm: dict) -> str:
         other = np.asarray(r["robust_flags"], dtype=bool)
         only_other, only_eot = int((~eot_flags & other).sum()), int((eot_flags & ~other).sum())
         lines.append(f"- {eot_name} vs {name}, per image: {only_other} points robust only against the latter "
-                     f"(EOT broke them), {only_eot} robust only against EOT; exact McNemar p = "
-                     f"{mcnemar_exact(only_other, only_eot):.3g}.")
+                     f"(EOT broke them), {only_eot} robust only against EOT; exact McNemar raw p = "
+                     f"{mcnemar_exact(only_other, only_eot):.3g} (the Holm-adjusted p of the page's family `eot` is "
+                     "in its table at the top).")
     lines += ["", "### (b) Majority of R draws against a single pass", "",
               "| attack | points attacked | broken, single pass | broken, majority | lucky successes (single broken, majority robust) | missed by the single pass (majority broken) |",
               "|---|---:|---:|---:|---:|---:|"]

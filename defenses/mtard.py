@@ -15,13 +15,23 @@ one T_nat and an adversarially trained one T_adv. Per batch:
   the learning rate at that batch (:func:`robustbench_ext.training.engine.lr_factor`): on ``--schedule piecewise``
   that is the official x0.1 per decay; on ``onecycle`` eta also warms up and decays linearly with the LR.
 
-Temperatures: the ECCV code uses temperature 1 for both teachers (the research note agrees). The
-entropy-based temperature balance is not in MTARD but in its TPAMI extension B-MTARD (Zhao, Wang & Wei,
-"Mitigating Accuracy-Robustness Trade-off via Balanced Multi-Teacher Adversarial Distillation", 2024,
-zhaoshiji123/MTARD-extension): per batch, with H the teachers' mean prediction entropies at their current
-temperatures, tau_adv <- tau_adv - lr_tau * sign(H_adv / H_nat - 1) and tau_nat <- tau_nat - lr_tau *
-sign(H_nat / H_adv - 1), both kept in [1, 10], lr_tau = 0.001 decayed like eta. It is here as the option
-``balance_temperature=true`` (off by default: plain MTARD).
+Entropy-Based Balance (on by default; ``balance=false`` turns it off): the MTARD paper (ECCV 2022, and its
+journal version, arXiv:2306.16170, v1 "... via Multi-Teacher Adversarial Distillation", later "Balanced
+MTARD") makes it part of the method: the teachers' temperatures are adjusted so that their information
+entropies agree. The ECCV code release fixes both temperatures at 1 and leaves it out; the authors'
+extension code (zhaoshiji123/MTARD-extension) implements it, and rbx follows that code: per batch, with
+H_adv = mean over the batch of the entropy of softmax(T_adv(x') / tau_adv) and H_nat the same for
+softmax(T_nat(x) / tau_nat), both at the temperatures the batch's losses used,
+
+    tau_adv <- clip(tau_adv - lr_tau * sign(H_adv / H_nat - 1), 1, 10)
+    tau_nat <- clip(tau_nat - lr_tau * sign(H_nat / H_adv - 1), 1, 10)
+
+so the teacher with the larger entropy is sharpened and the other softened, by lr_tau = 0.001 per batch,
+decayed like eta; temperatures start at 1. (The authors' code averages p log p over batch AND classes and
+adds 1e-5 inside the log; the ratio H_adv / H_nat, all that the sign reads, is the same up to that 1e-5.)
+The updated temperatures take effect from the next batch. ``balance=false`` is MTARD as the ECCV code
+runs it (fixed temperatures). ``balance_temperature``, the option's name in rbx 0.2.0 (off by default there), still works
+with a DeprecationWarning.
 
 The loss weights, the initial losses and the temperatures are state that survives checkpoint/resume
 (:meth:`MTARD.state_dict`).
@@ -38,6 +48,7 @@ Deviation common to both: rbx's training attacks return each point's highest-los
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -90,7 +101,7 @@ def mean_entropy(logits: Tensor, tau: float) -> float:
 
 
 def temperature_step(tau_adv: float, tau_nat: float, h_adv: float, h_nat: float, lr: float) -> tuple[float, float]:
-    """B-MTARD's entropy balance: lower the temperature of the teacher with the larger entropy, raise the other's.
+    """MTARD's Entropy-Based Balance: lower the temperature of the teacher with the larger entropy, raise the other's.
 
     Both stay in :data:`TEMPERATURE_RANGE`; with a zero entropy (a one-hot teacher) nothing changes.
     """
@@ -127,7 +138,7 @@ class _Schedule:
 
 
 # ---- MTARD ---------------------------------------------------------------------------------------------
-@DEFENSES.register("mtard", summary="MTARD: distillation from a natural and a robust teacher with adaptive loss weights (Zhao et al. 2022)")
+@DEFENSES.register("mtard", summary="MTARD: distillation from a natural and a robust teacher, entropy-balanced temperatures, adaptive loss weights (Zhao et al. 2022)")
 @dataclass(eq=False)
 class MTARD(Defense):
     """See the module docstring."""
@@ -144,14 +155,21 @@ class MTARD(Defense):
     attack: str = STUDENT_PGD
     eta: float = 0.025
     w_nat_init: float = 0.5
-    tau_nat: float = 1.0  # the teachers' temperatures (1 in MTARD; B-MTARD's starting values)
+    tau_nat: float = 1.0  # the teachers' starting temperatures (1 in the authors' code)
     tau_adv: float = 1.0
-    balance_temperature: bool = False  # B-MTARD's entropy-based temperature balance (TPAMI extension)
+    balance: bool = True  # the Entropy-Based Balance of the teachers' temperatures (module docstring)
     temperature_lr: float = 0.001
+    balance_temperature: bool | None = None  # deprecated name of ``balance``
 
     def __post_init__(self) -> None:
         if not 0 < self.eta < 1 or not 0 <= self.w_nat_init <= 1 or not self.temperature_lr >= 0:
             raise RbxError("defense 'mtard': need 0 < eta < 1, 0 <= w_nat_init <= 1 and temperature_lr >= 0")
+        if self.balance_temperature is not None:
+            warnings.warn("defense 'mtard': balance_temperature is deprecated, write balance=true/false "
+                          "(the Entropy-Based Balance is now on by default)", DeprecationWarning, stacklevel=3)
+            self.balance, self.balance_temperature = self.balance_temperature, None
+        if not isinstance(self.balance, bool):
+            raise RbxError(f"defense 'mtard': balance must be true or false, got {self.balance!r}")
         if not (self.tau_nat > 0 and self.tau_adv > 0):
             raise RbxError(f"defense 'mtard': temperatures must be > 0, got tau_nat={self.tau_nat!r}, tau_adv={self.tau_adv!r}")
         self._threat = ThreatModel.parse(self.threat)
@@ -197,14 +215,14 @@ class MTARD(Defense):
             self._initial = (ln, la)
         decay = self._schedule.factor(ctx.epoch, ctx.step) if self._schedule is not None else 1.0
         self._w_nat = balance_step(self._w_nat, ln / self._initial[0], la / self._initial[1], self.eta * decay)
-        if self.balance_temperature:
+        if self.balance:
             h_adv, h_nat = mean_entropy(t_adv, tau_adv), mean_entropy(t_nat, tau_nat)
             new_adv, new_nat = temperature_step(tau_adv, tau_nat, h_adv, h_nat, self.temperature_lr * decay)
             self._tau = (new_nat, new_adv)
         w_nat, w_adv = self.weights
         stats = {"adv_acc": accuracy(s_adv, y), "clean_acc": accuracy(s_nat, y), "kl_adv": l_adv.detach(),
                  "kl_nat": l_nat.detach(), "w_nat": torch.tensor(w_nat)}
-        if self.balance_temperature:
+        if self.balance:
             stats.update(tau_nat=torch.tensor(self._tau[0]), tau_adv=torch.tensor(self._tau[1]))
         return w_adv * l_adv + w_nat * l_nat, stats
 

@@ -47,7 +47,7 @@ SEED_STREAMS: dict[str, tuple[int, ...]] = {
     "shard": (2_000_003,),    # a shard's run seed in a streamed evaluation: (shard, k)
     "samples": (7919,),       # a cascade stage's per-sample seeds inside an ensemble: (samples, i)
     "sample": (),             # one sample's random draw within an attack call: (sample key, draw number)
-    "draws": (0x44524157,),   # "DRAW": majority re-checks of a randomized model: (draws, stage or 0, batch)
+    "draws": (0x44524157,),   # "DRAW": majority re-checks of a randomized model: (draws, 0 clean / 1 stage / 2 and 3 --curve, ...; evaluation/majority.py)
     "curve": (0x43555256,),   # "CURV": --curve's extra minimum-norm and reference runs
     "audit": (0x41554454,),   # "AUDT": the audit's random sample of robust points: (audit, column)
     "checks": (0x43484B53,),  # "CHKS": the attack-based masking checks: (checks, 0, stage[, batch > 0]), (checks, 1[, batch > 0])

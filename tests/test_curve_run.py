@@ -1,13 +1,17 @@
 """``rbx run --attack fmn --curve``: robust accuracy vs eps from one minimum-norm run, in the record and the
-plots, checked against the fixed-eps cascade at each threat model's eps."""
+plots, checked against the fixed-eps cascade at each threat model's eps; on a randomized model, judged by the
+majority over draws like the fixed-eps flags."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from conftest import DATA
+from test_draws import LEVELS, coin_data
 from robustbench_ext.reporting import plots
 from robustbench_ext.cli import cli
 from robustbench_ext.errors import RbxError
@@ -75,3 +79,66 @@ def test_cli_run_curve_and_leaderboard_plot(tmp_path, monkeypatch):
                                    str(tmp_path / "res2")])
     assert bad.exit_code != 0 and "minimum-norm attack" in bad.output and "Traceback" not in bad.output
     assert np.all([not p.exists() for p in (tmp_path / "res2" / "records").glob("*.json")])
+
+
+class _Coin4(torch.nn.Module):
+    """A randomized 4-class toy (the coin model of tests/test_draws.py): each pass misclassifies a point (as
+    class 1) with probability f = LEVELS[level in pixel (0, 0, 0)], drawn afresh from torch's global RNG.
+    Within Linf 8/255 no attack can change the level, so the truth at every eps is known: a point is robust by
+    majority iff f < 1/2, and a single pass breaks some f = 0.1 points by luck."""
+
+    def forward(self, x):
+        f = LEVELS[(x[:, 0, 0, 0].detach() * 3).round().long().clamp(0, 3)]
+        wrong = torch.rand(x.shape[0]) < f
+        logits = torch.tensor([0.0, 0.0, -1.0, -2.0]).repeat(x.shape[0], 1)
+        logits[:, 0] = torch.where(wrong, 0.0, 4.0)
+        logits[:, 1] = torch.where(wrong, 4.0, 0.0)
+        return logits + 0.0 * x.flatten(1)[:, :1]
+
+
+def test_randomized_curve_is_judged_by_majority_like_the_flags():
+    x, y, f = coin_data()
+    truth = float((f < 0.5).float().mean())  # 0.5: the f = 0 and f = 0.1 points, at every eps
+    torch.manual_seed(0)
+    ev = evaluate(_Coin4(), (x, y), ["Linf:8/255"], attacks=["fmn:steps=5"], progress=False, randomized=True, draws=11,
+                  draw_seed=5, curve=True)
+    (cv,) = ev.record.curves
+    assert cv["source"] == "the run's own stage" and cv["judged"].startswith("majority of 11 draws")
+    assert ev.flags.clean_correct.mean() == truth and ev.flags.robust[:, 0].mean() == truth
+    assert cv["robust_accuracy"] == [truth] * len(cv["eps"])  # no lucky single-pass break at any eps
+    (ch,) = cv["checks"]
+    # the reference: the suite's Linf cascade (PMA, APGD-T) on the clean-correct points, re-checked stage by stage
+    assert ch["reference"].startswith("the suite's cascade")
+    assert ch["curve"] == ch["cascade"] == truth and ch["missed_by_curve"] == ch["found_only_by_curve"] == 0
+    # the same run judged by one pass: lucky successes on the f = 0.1 points pull the curve below the truth
+    torch.manual_seed(0)
+    single = evaluate(_Coin4(), (x, y), ["Linf:8/255"], attacks=["fmn:steps=5"], progress=False, randomized=False,
+                      curve=True)
+    assert single.record.curves[0]["judged"] == "single pass"
+    assert min(single.record.curves[0]["robust_accuracy"]) < truth and single.record.curves[0]["checks"][0]["cascade"] < truth
+
+
+def test_curve_extra_run_and_reference_cascade_by_majority():
+    """The two paths of a curve that do not come from the run's own stage, on the randomized toy."""
+    from robustbench_ext.attack.cascade import LabelledAttack
+    from robustbench_ext.attack.threat import ThreatModel
+    from robustbench_ext.evaluation.curves import _run_min_norm, _run_reference
+    from robustbench_ext.evaluation.majority import Draws
+    from robustbench_ext.registry import ATTACKS
+
+    x, y, f = coin_data()
+    data = SimpleNamespace(x=x, y=y, n=x.shape[0])
+    clean = (f < 0.5).numpy()  # the majority's clean-correct points
+    threat, dev, draws = ThreatModel.parse("Linf:8/255"), torch.device("cpu"), Draws(11, 5)
+    fmn = ATTACKS.create("fmn:steps=5")
+    torch.manual_seed(0)
+    norms = _run_min_norm(fmn, _Coin4(), data, np.flatnonzero(clean), threat, 0, 16, dev, draws)
+    assert np.isinf(norms).all()  # no closest point is misclassified by majority: never broken
+    torch.manual_seed(0)
+    lucky = _run_min_norm(fmn, _Coin4(), data, np.flatnonzero(clean), threat, 0, 16, dev, None)
+    assert np.isfinite(lucky).any()  # one pass: some f = 0.1 points "broken" at a tiny norm
+    stages = [LabelledAttack("fgsm", ATTACKS.create("fgsm")), LabelledAttack("fgsm", ATTACKS.create("fgsm"))]
+    torch.manual_seed(0)
+    assert (_run_reference(stages, _Coin4(), data, clean, threat, 0, 0, 16, dev, draws) == clean).all()
+    torch.manual_seed(0)
+    assert (_run_reference(stages, _Coin4(), data, clean, threat, 0, 0, 16, dev, None) != clean).any()

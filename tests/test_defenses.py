@@ -186,7 +186,7 @@ def _cfg(tmp_path, **kw):
 @pytest.mark.parametrize("spec", [
     "ramp:attack=apgd-ce:steps=2,gp=true",  # per-epoch hooks (gradient projection) included
     # state carried from batch to batch and across epochs (MTARD's loss weights and first-batch losses)
-    "mtard:attack=pgd:steps=2,nat_teacher=cifar10-smallcnn-linf-at,adv_teacher=cifar10-smallcnn-linf-at,balance_temperature=true",
+    "mtard:attack=pgd:steps=2,nat_teacher=cifar10-smallcnn-linf-at,adv_teacher=cifar10-smallcnn-linf-at,balance=true",
 ], ids=["ramp", "mtard"])
 def test_resume_reproduces_the_next_epoch_exactly(tmp_path, monkeypatch, spec):
     straight = Trainer(_cfg(tmp_path / "a", defense=spec))

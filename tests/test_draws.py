@@ -125,3 +125,38 @@ def test_cli_randomized_run_and_bad_draws(tmp_path, monkeypatch):
     assert record["config"]["draws"]["r"] == 3 and record["threats"][0]["attacks"][0]["params"]["eot"] == 2
     bad = CliRunner().invoke(cli, [*args, "--draws", "0"])
     assert bad.exit_code != 0 and "--draws must be a positive integer" in bad.output and "Traceback" not in bad.output
+
+
+class _Biased(torch.nn.Module):
+    """Misclassifies every point in each pass with probability q (fresh per pass): all points borderline."""
+
+    def __init__(self, q):
+        super().__init__()
+        self.q = q
+
+    def forward(self, x):
+        wrong = torch.rand(x.shape[0]) < self.q
+        return torch.stack([torch.where(wrong, 0.0, 4.0), torch.where(wrong, 4.0, 0.0)], 1) + 0.0 * x.flatten(1)[:, :1]
+
+
+def test_per_stage_rechecks_err_toward_broken_as_documented():
+    """majority.py's documented direction, with a known per-pass probability: q = 0.45 (robust in the limit of
+    many draws) is called broken by one re-check of R = 11 with m(q) = P(Binomial(11, 0.45) >= 6) = 0.36688; a
+    point re-checked by S stages (no attack can move it) stays robust with probability (1 - m)^S:
+    S = 1: 0.63312, S = 3: 0.63312^3 = 0.25378."""
+    from math import comb
+
+    from robustbench_ext.attack.cascade import LabelledAttack
+    from robustbench_ext.attack.threat import ThreatModel
+    from robustbench_ext.evaluation.majority import majority_cascade
+    from robustbench_ext.registry import ATTACKS
+
+    m = sum(comb(11, k) * 0.45 ** k * 0.55 ** (11 - k) for k in range(6, 12))
+    assert m == pytest.approx(0.36688, abs=1e-5)
+    n = 1000
+    x, y = torch.full((n, 3, 4, 4), 0.5), torch.zeros(n, dtype=torch.long)
+    threat, draws = ThreatModel.parse("Linf:8/255"), Draws(11, 3)
+    for stages, expected in ((1, 0.63312), (3, 0.25378)):
+        cascade = [LabelledAttack("fgsm", ATTACKS.create("fgsm"))] * stages
+        robust = majority_cascade(cascade, _Biased(0.45), x, y, threat, seeds=[0] * stages, draws=draws, key=(3, 0, 0))
+        assert float(robust.float().mean()) == pytest.approx(expected, abs=0.05)  # 3.3 standard errors at n = 1000

@@ -81,6 +81,11 @@ def test_a_significant_rise_fails_too(base_record, tmp_path):
     linf = next(c for c in res.comparisons if c.name == "Linf:8/255")
     assert res.failed and linf.verdict == "RISE"
     assert "attack got weaker" in res.report()
+    # the gate reports raw and Holm-adjusted p; a comparison is significant iff its adjusted p <= alpha
+    from robustbench_ext.reporting.regress import holm_adjust
+    assert [c.p_holm for c in res.comparisons] == pytest.approx(holm_adjust([c.p_value for c in res.comparisons]))
+    assert all(c.significant == (c.p_holm <= res.alpha) for c in res.comparisons)
+    assert f"(Holm {linf.p_holm:.3g})" in res.report()
 
 
 def test_refuses_different_images(base_record, tmp_path):
@@ -130,5 +135,7 @@ def test_paired_mcnemar_between_two_arms_on_constructed_flags():
     assert out["Linf"]["p_value"] == pytest.approx(mcnemar_exact(6, 1)) == pytest.approx(16 / 128)
     assert out["L2"]["p_value"] == 1.0 and out["clean"]["a_only"] == out["clean"]["b_only"] == 0
     assert (out["union"]["a_only"], out["union"]["b_only"]) == (6, 1)
+    # Holm within the comparison's 4 metrics: Linf and union p = 16/128 = 0.125, x4 = 0.5 and x3 = 0.375 -> 0.5
+    assert [out[m]["p_holm"] for m in ("clean", "Linf", "L2", "union")] == pytest.approx([1.0, 0.5, 1.0, 0.5])
     with pytest.raises(UnusableInput):
         paired_mcnemar(fa, SampleFlags(idx + 1, y, clean, rb, fb.broken_by, fb.threats))

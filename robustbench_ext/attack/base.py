@@ -206,19 +206,21 @@ class Attack(AttackBase):
             x, y = self._prepare(x, y, model)
             if x.shape[0] == 0:
                 empty = torch.zeros(0, dtype=torch.float64, device=x.device) if self.minimum_norm else None
-                return AttackResult(x.float().clone(), torch.zeros(0, dtype=torch.bool, device=x.device), min_norm=empty)
+                return AttackResult(x.float().clone(), torch.zeros(0, dtype=torch.bool, device=x.device), min_norm=empty,
+                                    min_norm_points=x.float().clone() if self.minimum_norm else None)
             attack, k = self.fit_to_call(model, x, [threat])
             ctx = attack._context(model, x, seed, progress, threat=threat, samples=samples, num_classes=k)
             x_adv = check_in_threat_model(self.name, x, attack.run(ctx, x, y), threat)
-            min_norm = None
+            min_norm = min_points = None
             if self.minimum_norm:
                 if ctx.min_norm_points is None:
                     raise AttackContractError(f"attack '{self.name}' is a minimum-norm attack but reported no points")
                 min_norm = verified_min_norm(self.name, ctx, x, y, ctx.min_norm_points)
+                min_points = ctx.min_norm_points.detach().to(torch.float32)
             success = verified_success(ctx.verification_logits(x_adv), y)
             ctx.report(1.0)
         return AttackResult(x_adv, success, ctx.n_forward, ctx.n_backward, *ctx.loss_trace(), n_nonfinite=ctx.n_nonfinite,
-                            min_norm=min_norm)
+                            min_norm=min_norm, min_norm_points=min_points)
 
 
 def verified_success(logits: Tensor, y: Tensor) -> Tensor:

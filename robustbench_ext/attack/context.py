@@ -61,6 +61,9 @@ class AttackResult:
     base class recomputes it from that point and the model's own prediction there. ``inf``: no
     misclassified point found; 0: the clean input is already misclassified.
     :func:`robustbench_ext.records.curves.robust_accuracy_curve` turns it into robust accuracy at every eps.
+    ``min_norm_points`` (minimum-norm attacks only): ``[N, C, H, W]`` float32, those closest points themselves
+    (any radius, in the box), so that a randomized model's curve can re-check them by majority over draws
+    (:func:`robustbench_ext.evaluation.majority.majority_min_norm`).
     """
 
     x_adv: Tensor
@@ -71,6 +74,7 @@ class AttackResult:
     loss_count: tuple[int, ...] = ()
     n_nonfinite: int = 0  # non-finite input-gradient entries the loop zeroed (the model's gradient, not the attack's)
     min_norm: Tensor | None = None
+    min_norm_points: Tensor | None = None
 
     @property
     def loss_curve(self) -> tuple[float, ...]:

@@ -15,6 +15,15 @@ weaker than the cascade gives a curve at or above the cascade's robust accuracy;
 and counts, per point, where they disagree: ``missed_by_curve`` (the cascade broke it, the minimum-norm
 attack found nothing within eps) and ``found_only_by_curve`` (the reverse). ``curve_above`` flags a
 curve above the fixed-eps result.
+
+A randomized model (the run judges by majority over draws, :mod:`robustbench_ext.evaluation.majority`) is
+judged by the same rule throughout: the clean-correct points are the run's (majority) ones; a point's
+minimal norm counts only if its closest misclassified point is misclassified in a strict majority of the
+run's R fresh passes (:func:`~robustbench_ext.evaluation.majority.majority_min_norm`; else inf), with the
+stage's own draws when the curve comes from the run's stage, so that at a threat model's eps the curve and
+that stage's fixed-eps verdict agree on every point the stage returned unprojected; and the reference
+cascade is re-checked stage by stage like the run's own (:func:`~robustbench_ext.evaluation.majority.majority_cascade`).
+The curve's entry says which rule judged it (``judged``).
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import torch
 from torch import nn
 
 from ..attack.cascade import LabelledAttack, run_cascade
+from .majority import RULE, Draws, batch_seed, majority_cascade, majority_min_norm
 from ..records.curves import eps_grid, robust_accuracy_curve
 from ..data.datasets import EvalData
 from ..runtime import stream_seed
@@ -60,13 +70,14 @@ def check_curve_plan(plan: RunPlan) -> None:
 
 def build_curves(plan: RunPlan, net: nn.Module, data: EvalData, clean: np.ndarray, robust: np.ndarray,
                  captured: dict[int, np.ndarray], seed: int, batch_size: int, dev: torch.device,
-                 reference_cascade) -> tuple[dict[str, Any], ...]:
+                 reference_cascade, draws: Draws | None = None) -> tuple[dict[str, Any], ...]:
     """The record's ``curves`` block: one entry per norm with a minimum-norm attack (see the module docstring).
 
     ``clean`` ``[N]`` / ``robust`` ``[N, T]``: the run's flags; ``captured``: per stage index, the minimal
     norms ``[N]`` (NaN where the stage did not see the point) the run's own minimum-norm stages reported;
     ``reference_cascade(threat)``: the fixed-eps attacks to check a threat model against when its own
-    cascade has none.
+    cascade has none. ``draws``: a randomized run's re-check rule (None: single-pass verdicts, as the run's);
+    ``captured`` then holds norms already judged by it (the executor does so).
     """
     out = []
     columns = list(range(plan.n_main))
@@ -83,7 +94,7 @@ def build_curves(plan: RunPlan, net: nn.Module, data: EvalData, clean: np.ndarra
             origin = "the run's own stage"
         else:
             norms[clean] = _run_min_norm(stage.attack, net, data, np.flatnonzero(clean), plan.threats[cols[0]].threat,
-                                         seed, batch_size, dev)
+                                         seed, batch_size, dev, draws)
             origin = "an extra run over the clean-correct points"
         eps_main = sorted({plan.threats[c].threat.eps for c in cols})
         grid = sorted(set(eps_grid(2 * max(eps_main), GRID_POINTS)) | set(eps_main))
@@ -98,7 +109,7 @@ def build_curves(plan: RunPlan, net: nn.Module, data: EvalData, clean: np.ndarra
                 reference = "this run's cascade: " + ", ".join(plan.stages[i].label for i in plan.column_stages(c))
             else:
                 stages = reference_cascade(threat)
-                ref_robust = _run_reference(stages, net, data, clean, threat, seed, c, batch_size, dev)
+                ref_robust = _run_reference(stages, net, data, clean, threat, seed, c, batch_size, dev, draws)
                 reference = "the suite's cascade: " + ", ".join(s.label for s in stages)
             curve_robust = norms > threat.eps
             acc_curve, acc_ref = float(curve_robust.mean()), float(ref_robust.mean())
@@ -115,28 +126,38 @@ def build_curves(plan: RunPlan, net: nn.Module, data: EvalData, clean: np.ndarra
         out.append({"norm": norm, "attack": stage.label, "params": stage.attack.params(), "source": origin,
                     "n": int(data.n), "eps": list(curve.eps), "robust_accuracy": list(curve.robust_accuracy),
                     "median_min_norm": float(np.median(finite)) if finite.size else math.inf,
-                    "never_broken": int((np.isinf(norms)).sum()), "checks": checks})
+                    "never_broken": int((np.isinf(norms)).sum()), "checks": checks,
+                    "judged": f"majority of {draws.r} draws: {RULE}" if draws is not None else "single pass"})
     return tuple(out)
 
 
 def _run_min_norm(attack, net, data: EvalData, idx: np.ndarray, threat: ThreatModel, seed: int, batch_size: int,
-                  dev: torch.device) -> np.ndarray:
+                  dev: torch.device, draws: Draws | None = None) -> np.ndarray:
+    """``[len(idx)]`` minimal norms of the points ``idx`` (inf: none found); with ``draws``, judged by majority."""
     out = np.full(idx.size, math.inf)
     for bi, i in enumerate(range(0, idx.size, batch_size)):
         chunk = idx[i:i + batch_size]
-        res = attack(net, data.x[chunk].to(dev), data.y[chunk].to(dev), threat, seed=stream_seed(seed, "curve", 0, bi))
-        out[i:i + chunk.size] = res.min_norm.cpu().numpy()
+        xb, yb = data.x[chunk].to(dev), data.y[chunk].to(dev)
+        res = attack(net, xb, yb, threat, seed=stream_seed(seed, "curve", 0, bi))
+        norms = res.min_norm if draws is None else majority_min_norm(net, xb, yb, res.min_norm_points, threat, draws.r,
+                                                                     batch_seed(draws, 2, 0, bi))
+        out[i:i + chunk.size] = norms.cpu().numpy()
     return out
 
 
 def _run_reference(stages: Sequence[LabelledAttack], net, data: EvalData, clean: np.ndarray, threat: ThreatModel, seed: int,
-                   column: int, batch_size: int, dev: torch.device) -> np.ndarray:
-    """``[N]`` bool: correct and left robust by ``stages`` at ``threat`` (batches seeded by position)."""
+                   column: int, batch_size: int, dev: torch.device, draws: Draws | None = None) -> np.ndarray:
+    """``[N]`` bool: correct and left robust by ``stages`` at ``threat`` (batches seeded by position); with
+    ``draws``, every stage's returned points judged by majority (:func:`majority_cascade`)."""
     robust = np.zeros(data.n, dtype=bool)
     idx = np.flatnonzero(clean)
     for bi, i in enumerate(range(0, idx.size, batch_size)):
         chunk = idx[i:i + batch_size]
         seeds = [stream_seed(seed, "curve", 1, column, bi, j) for j in range(len(stages))]
-        _, r = run_cascade(stages, net, data.x[chunk].to(dev), data.y[chunk].to(dev), threat, seeds=seeds)
+        xb, yb = data.x[chunk].to(dev), data.y[chunk].to(dev)
+        if draws is None:
+            _, r = run_cascade(stages, net, xb, yb, threat, seeds=seeds)
+        else:
+            r = majority_cascade(stages, net, xb, yb, threat, seeds=seeds, draws=draws, key=(3, column, bi))
         robust[chunk] = r.cpu().numpy()
     return robust

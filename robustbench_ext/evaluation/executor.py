@@ -21,7 +21,7 @@ from ..attack.base import SampleSeeds, verified_success
 from ..data.datasets import EvalData
 from ..runtime import stream_seed
 from .distributed import Dist
-from .majority import Draws, batch_seed, majority_wrong
+from .majority import Draws, batch_seed, majority_min_norm, majority_wrong
 from ..errors import RbxError
 from .state import EvaluationState, StageTotals
 from .request import RunRequest
@@ -171,7 +171,12 @@ class Executor:
         res = stage.attack(self.net, xb, yb, stage.threat, seed=seed, progress=report, samples=samples)
         self.state.totals.add_curve(res.loss_sum, res.loss_count)
         if self.captured is not None and res.min_norm is not None:
-            self.captured.setdefault(self.state.stage, np.full(self.data.n, np.nan))[chunk] = res.min_norm.cpu().numpy()
+            norms = res.min_norm
+            if self.draws is not None:  # the curve's points judged like the flags: by majority, with this stage's draws
+                norms = majority_min_norm(self.verify if self.verify is not None else self.net, xb, yb,
+                                          res.min_norm_points, stage.threat, self.draws.r,
+                                          batch_seed(self.draws, 1, *stage.seed_key, bi, 0))
+            self.captured.setdefault(self.state.stage, np.full(self.data.n, np.nan))[chunk] = norms.cpu().numpy()
         success = self._majority(res.x_adv, yb, self._verified(res.x_adv, yb, res.success), stage, bi, 0)
         return [[int(i) for i in chunk[success.cpu().numpy()]]], res
 

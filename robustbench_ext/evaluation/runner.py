@@ -175,7 +175,7 @@ def execute(request: RunRequest, prepared: Prepared | None = None) -> Evaluation
                             data, request, dev, save, dist, skip, state_path, rule, {} if request.curve else None,
                             batch_override=escalation.batch_size if escalation.active else None, audit_size=audit)
         executor.walk()
-        curves = _curves(plan, net, data, state, executor.captured, request, dev, p.num_classes) if request.curve else ()
+        curves = _curves(plan, net, data, state, executor.captured, request, dev, p.num_classes, rule) if request.curve else ()
     wall = state.elapsed + time.perf_counter() - t0
     ev = _finish(loaded, data, plan, state, settings, provenance.collect(dev, request.seed, state.started, wall), curves,
                  escalation)
@@ -203,9 +203,10 @@ def _state_path(request: RunRequest, loaded: LoadedModel, data: EvalData, plan: 
 
 
 def _curves(plan: RunPlan, net: nn.Module, data: EvalData, state: EvaluationState, captured, request: RunRequest,
-            dev: torch.device, num_classes: int) -> tuple[dict[str, Any], ...]:
+            dev: torch.device, num_classes: int, draws: Draws | None = None) -> tuple[dict[str, Any], ...]:
     """The record's ``curves`` (:func:`robustbench_ext.evaluation.curves.build_curves`); the reference cascade for a
-    threat model whose own cascade is only minimum-norm attacks is the suite's (default suite's) for its norm."""
+    threat model whose own cascade is only minimum-norm attacks is the suite's (default suite's) for its norm.
+    ``draws``: the run's re-check rule (a randomized model): the curve judges points by the same majority."""
     shape = tuple(data.x.shape[1:])
     suite = request.planned.bench.suite
 
@@ -216,7 +217,7 @@ def _curves(plan: RunPlan, net: nn.Module, data: EvalData, state: EvaluationStat
 
     with frozen(net):
         return build_curves(plan, net, data, state.clean_correct, state.robust, captured or {}, request.seed,
-                            request.batch_size, dev, reference)
+                            request.batch_size, dev, reference, draws)
 
 
 def _union_only_config(plan: RunPlan) -> dict[str, Any]:

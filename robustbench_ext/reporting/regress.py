@@ -44,16 +44,27 @@ def mcnemar_exact(drops: int, rises: int) -> float:
     return min(1.0, 2 * tail / 2**n)
 
 
-def holm(pvalues: Sequence[float], alpha: float) -> list[bool]:
-    """Holm-Bonferroni: which hypotheses are rejected at family-wise level ``alpha``."""
-    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
-    reject = [False] * len(pvalues)
+def holm_adjust(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values of one family of m tests, in the input order.
+
+    With the raw p sorted ascending, p_(1) <= ... <= p_(m): adjusted p_(i) = max over j <= i of
+    min(1, (m - j + 1) p_(j)) (Holm 1979, "A simple sequentially rejective multiple test procedure").
+    A test is rejected at family-wise level alpha iff its adjusted p <= alpha, which is exactly Holm's
+    step-down rule; the adjusted p is what results pages report beside the raw p.
+    """
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    out = [1.0] * m
+    running = 0.0
     for rank, i in enumerate(order):
-        if pvalues[i] <= alpha / (len(pvalues) - rank):
-            reject[i] = True
-        else:
-            break
-    return reject
+        running = max(running, min(1.0, (m - rank) * float(pvalues[i])))
+        out[i] = running
+    return out
+
+
+def holm(pvalues: Sequence[float], alpha: float) -> list[bool]:
+    """Holm-Bonferroni: which hypotheses are rejected at family-wise level ``alpha`` (adjusted p <= alpha)."""
+    return [q <= alpha for q in holm_adjust(pvalues)]
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,7 @@ class Comparison:
     rises: int
     p_value: float
     significant: bool = False
+    p_holm: float = float("nan")  # Holm-adjusted within the gate's comparisons (significant iff p_holm <= alpha)
 
     @property
     def verdict(self) -> str:
@@ -94,7 +106,7 @@ class GateResult:
         for c in self.comparisons:
             lines.append(f"{c.name:<14} {percent(c.baseline, 2):>6}% -> {percent(c.candidate, 2):>6}%  "
                          f"({'+' if c.candidate >= c.baseline else ''}{percent(c.candidate - c.baseline, 2)})  flips: {c.drops} down, {c.rises} up  "
-                         f"p = {c.p_value:.3g}  {c.verdict}")
+                         f"p = {c.p_value:.3g} (Holm {c.p_holm:.3g})  {c.verdict}")
         lines += list(self.notes)
         lines.append("")
         if self.failed:
@@ -188,8 +200,9 @@ def compare(baseline: Path, candidate: Path, alpha: float = 0.05, allow_differen
     for name, xb, xc in series:
         drops, rises = int((xb & ~xc).sum()), int((~xb & xc).sum())
         raw.append(Comparison(name, float(xb.mean()), float(xc.mean()), drops, rises, mcnemar_exact(drops, rises)))
-    rejected = holm([r.p_value for r in raw], alpha)
-    comps = tuple(Comparison(r.name, r.baseline, r.candidate, r.drops, r.rises, r.p_value, rej) for r, rej in zip(raw, rejected))
+    adjusted = holm_adjust([r.p_value for r in raw])
+    comps = tuple(Comparison(r.name, r.baseline, r.candidate, r.drops, r.rises, r.p_value, q <= alpha, q)
+                  for r, q in zip(raw, adjusted))
     clean_flips = int((fb.clean_correct != fc.clean_correct).sum())
     if clean_flips:
         notes.append(f"clean accuracy {percent(fb.clean_correct.mean(), 2)}% -> {percent(fc.clean_correct.mean(), 2)}% "
@@ -215,8 +228,10 @@ def _check_only(only: Sequence[str], common: Sequence[str], unmeasured: Sequence
 
 def paired_mcnemar(fa: SampleFlags, fb: SampleFlags) -> dict[str, dict]:
     """Two models on the same images, per metric (clean, each threat model both measured, union): the accuracies of
-    a and b in %, the discordant pairs (a only, b only) and the exact two-sided McNemar p-value (raw, not
-    Holm-corrected). For reproductions that compare different training arms; :func:`compare` is the gate."""
+    a and b in %, the discordant pairs (a only, b only), the exact two-sided McNemar p-value (``p_value``, raw)
+    and Holm's adjusted p with this comparison's metrics as the family (``p_holm``). For reproductions that
+    compare different training arms; a page that reports several comparisons declares a larger family and
+    adjusts within it (``benchmarks/paired.py``: the rule every results page follows). :func:`compare` is the gate."""
     if not (np.array_equal(fa.index, fb.index) and np.array_equal(fa.y, fb.y)):
         raise UnusableInput("the two evaluations did not see the same images; evaluate both on the same slice")
     series = {"clean": (fa.clean_correct, fb.clean_correct)}
@@ -229,6 +244,8 @@ def paired_mcnemar(fa: SampleFlags, fb: SampleFlags) -> dict[str, dict]:
         a_only, b_only = int((a & ~b).sum()), int((~a & b).sum())
         out[name] = {"a": percent(a.mean(), 2), "b": percent(b.mean(), 2), "a_only": a_only, "b_only": b_only,
                      "p_value": mcnemar_exact(a_only, b_only)}
+    for v, q in zip(out.values(), holm_adjust([v["p_value"] for v in out.values()])):
+        v["p_holm"] = q
     return out
 
 
