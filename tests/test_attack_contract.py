@@ -12,7 +12,21 @@ from robustbench_ext.errors import AttackContractError, RbxError, UnsupportedNor
 from robustbench_ext.registry import ATTACKS
 from robustbench_ext.attack.threat import NORMS, ThreatModel
 
-EPS = {"Linf": [4 / 255, 0.3], "L2": [0.5, 3.0], "L1": [5.0, 40.0], "L0": [2.0, 24.0], "L0c": [3.0, 60.0]}
+EPS = {"Linf": [4 / 255, 0.3], "L2": [0.5, 3.0], "L1": [5.0, 40.0], "L0": [2.0, 24.0], "L0c": [3.0, 60.0],
+       "spatial-rt": [5.0, 90.0], "stadv": [0.02, 1.0], "color": [0.02, 1.0], "jpeg-linf": [0.01, 0.5]}
+
+
+def assert_in_threat_model(res, x, threat):
+    """The result's images are members of the threat model: in the ball (lp), or rendered from parameters inside
+    the budget box (transformation threat models)."""
+    if threat.is_lp:
+        geom = threat.geometry
+        assert res.params is None
+        assert (geom.norm_of(res.x_adv.double() - x.double()) <= geom.tolerance(threat.eps, x[0].numel())).all()
+    else:
+        tf = threat.transform
+        assert res.params is not None and (tf.budget_used(res.params, threat) <= 1 + 1e-5).all()
+        assert torch.allclose(res.x_adv, tf.apply(x.float(), res.params), atol=1e-6)
 MULTI = [n for n in ATTACKS.names() if issubclass(ATTACKS.get(n).factory, MultiThreatAttack)]
 SINGLE = [n for n in ATTACKS.names() if n not in MULTI]
 CASES = [(name, norm) for name in SINGLE for norm in NORMS]
@@ -40,13 +54,14 @@ def test_contract(name, norm):
         assert res.x_adv.shape == x.shape and res.x_adv.dtype == torch.float32
         assert torch.isfinite(res.x_adv).all()
         assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1
-        geom = threat.geometry
-        assert (geom.norm_of(res.x_adv.double() - x.double()) <= geom.tolerance(eps, x[0].numel())).all()
+        assert_in_threat_model(res, x, threat)
         with torch.no_grad():
             assert torch.equal(res.success, model(res.x_adv).argmax(1) != y)
         assert res.n_forward >= x.shape[0] and res.n_backward >= 0
         again = attack(model, x, y, threat, seed=0)
         assert torch.equal(again.x_adv, res.x_adv) and torch.equal(again.success, res.success)
+        if not threat.is_lp:
+            assert torch.equal(again.params, res.params)
     # On this weak random model, the large radius must break most points: the attack really searches.
     big = ThreatModel(norm, EPS[norm][1])
     if attack.supports(big):
@@ -59,6 +74,9 @@ def test_empty_batch_and_input_checks(name):
     model = tiny_model()
     norm = attack.norms[0]
     threat = ThreatModel(norm, EPS[norm][0])
+    if not threat.is_lp:  # a transformation threat model also refuses inputs it cannot transform, in one line
+        with pytest.raises(RbxError, match=norm):
+            attack(model, torch.rand(2, 3, 5), torch.zeros(2, dtype=torch.long), threat)
     empty = attack(model, torch.zeros((0, 3, 8, 8)), torch.zeros(0, dtype=torch.long), threat)
     assert empty.x_adv.shape == (0, 3, 8, 8) and empty.success.numel() == 0
     x = tiny_batch(4)

@@ -204,13 +204,20 @@ class Attack(AttackBase):
         self.require(threat)
         with autograd_on():
             x, y = self._prepare(x, y, model)
+            if not threat.is_lp:
+                threat.transform.check_input(x.shape[1:])
             if x.shape[0] == 0:
                 empty = torch.zeros(0, dtype=torch.float64, device=x.device) if self.minimum_norm else None
+                params = None if threat.is_lp else threat.transform.identity(x.float())
                 return AttackResult(x.float().clone(), torch.zeros(0, dtype=torch.bool, device=x.device), min_norm=empty,
-                                    min_norm_points=x.float().clone() if self.minimum_norm else None)
+                                    min_norm_points=x.float().clone() if self.minimum_norm else None, params=params)
             attack, k = self.fit_to_call(model, x, [threat])
             ctx = attack._context(model, x, seed, progress, threat=threat, samples=samples, num_classes=k)
-            x_adv = check_in_threat_model(self.name, x, attack.run(ctx, x, y), threat)
+            params = None
+            if threat.is_lp:
+                x_adv = check_in_threat_model(self.name, x, attack.run(ctx, x, y), threat)
+            else:
+                params, x_adv = check_transform_params(self.name, x, attack.run(ctx, x, y), threat)
             min_norm = min_points = None
             if self.minimum_norm:
                 if ctx.min_norm_points is None:
@@ -220,7 +227,7 @@ class Attack(AttackBase):
             success = verified_success(ctx.verification_logits(x_adv), y)
             ctx.report(1.0)
         return AttackResult(x_adv, success, ctx.n_forward, ctx.n_backward, *ctx.loss_trace(), n_nonfinite=ctx.n_nonfinite,
-                            min_norm=min_norm, min_norm_points=min_points)
+                            min_norm=min_norm, min_norm_points=min_points, params=params)
 
 
 def verified_success(logits: Tensor, y: Tensor) -> Tensor:
@@ -336,6 +343,32 @@ def require_positive_ints(attack: Any, *fields: str) -> None:
             raise RbxError(f"attack '{attack.name}': {name} must be a positive integer, got {value!r}")
 
 
+def check_transform_params(name: str, x: Tensor, params: Tensor, threat: ThreatModel) -> tuple[Tensor, Tensor]:
+    """For a non-lp threat model: ``(params, x_adv)`` after checking the attack's returned parameters.
+
+    An attack on a transformation threat model returns the transformation's parameters ``[N, *param_shape]``
+    (:mod:`robustbench_ext.attack.transforms`); they must be finite and inside the budget box (a violation raises
+    :class:`AttackContractError`: a bug in the attack). The adversarial images are rendered here from the
+    parameters, so that every returned image is a member of the threat model's set.
+    """
+    tf = threat.transform
+    want = (x.shape[0], *tf.param_shape(x.shape[1:]))
+    if not isinstance(params, Tensor) or tuple(params.shape) != want:
+        raise AttackContractError(f"attack '{name}' returned shape {tuple(getattr(params, 'shape', ()))} for {threat.label}: "
+                                  f"an attack on a {threat.norm} threat model returns its parameters {want}")
+    params = params.detach().to(torch.float32)
+    if not torch.isfinite(params).all():
+        raise AttackContractError(f"attack '{name}' returned NaN or inf {threat.norm} parameters")
+    used = tf.budget_used(params, threat)
+    bad = used > 1 + tf.rtol
+    if bad.any():
+        raise AttackContractError(f"attack '{name}' returned {int(bad.sum())} parameter sets outside the {threat.label} "
+                                  f"budget ({used.max().item():.6g} x the budget): a bug in the attack")
+    with torch.no_grad():
+        x_adv = tf.apply(x.float(), params).detach().to(torch.float32)
+    return params, x_adv
+
+
 def check_in_threat_model(name: str, x: Tensor, x_adv: Tensor, threat: ThreatModel) -> Tensor:
     """``x_adv`` as float32 after checking it is in ball ∩ box (norms accumulated in float64).
 
@@ -359,6 +392,32 @@ def check_in_threat_model(name: str, x: Tensor, x_adv: Tensor, threat: ThreatMod
             f"(largest {threat.norm} norm {norms.max().item():.6g} > eps {threat.eps:.6g}): a bug in the attack"
         )
     return x_adv
+
+
+def check_transform_params(name: str, x: Tensor, params: Tensor, threat: ThreatModel) -> tuple[Tensor, Tensor]:
+    """For a non-lp threat model: ``(params, x_adv)`` after checking the attack's returned parameters.
+
+    An attack on a transformation threat model returns the transformation's parameters ``[N, *param_shape]``
+    (:mod:`robustbench_ext.attack.transforms`); they must be finite and inside the budget box (a violation raises
+    :class:`AttackContractError`: a bug in the attack). The adversarial images are rendered here from the
+    parameters, so that every returned image is a member of the threat model's set.
+    """
+    tf = threat.transform
+    want = (x.shape[0], *tf.param_shape(x.shape[1:]))
+    if not isinstance(params, Tensor) or tuple(params.shape) != want:
+        raise AttackContractError(f"attack '{name}' returned shape {tuple(getattr(params, 'shape', ()))} for {threat.label}: "
+                                  f"an attack on a {threat.norm} threat model returns its parameters {want}")
+    params = params.detach().to(torch.float32)
+    if not torch.isfinite(params).all():
+        raise AttackContractError(f"attack '{name}' returned NaN or inf {threat.norm} parameters")
+    used = tf.budget_used(params, threat)
+    bad = used > 1 + tf.rtol
+    if bad.any():
+        raise AttackContractError(f"attack '{name}' returned {int(bad.sum())} parameter sets outside the {threat.label} "
+                                  f"budget ({used.max().item():.6g} x the budget): a bug in the attack")
+    with torch.no_grad():
+        x_adv = tf.apply(x.float(), params).detach().to(torch.float32)
+    return params, x_adv
 
 
 def check_inputs(x: Tensor, y: Tensor) -> None:
@@ -430,6 +489,8 @@ class MultiThreatAttack(AttackBase):
         threats = list(threats)
         if not threats:
             raise RbxError(f"attack '{self.name}' needs at least one threat model")
+        for t in threats:
+            self.require(t)
         with autograd_on():
             x, y = self._prepare(x, y, model)
             attack, k = self.fit_to_call(model, x, threats) if x.shape[0] else (self, None)

@@ -94,6 +94,9 @@ def cascade_stages(label: str, attack: Attack, threat: ThreatModel) -> list[Labe
     """The stages an attack contributes to a cascade: itself, or an ensemble's parts (recursively), each
     checked against ``threat``'s norm (an error names the part that does not support it)."""
     if isinstance(attack, Ensemble):
+        if threat.norm not in attack.norms:  # before building parts: a component may not even construct for it
+            raise UnsupportedNormError(f"attack '{label}' does not support {threat.norm} (threat {threat.label}); "
+                                       f"it supports: {', '.join(attack.norms)}")
         return [s for part in attack.parts(threat) for s in cascade_stages(f"{label}/{part.name}", part, threat)]
     if not attack.supports(threat):
         raise UnsupportedNormError(f"attack '{label}' does not support {threat.norm} (threat {threat.label}); "

@@ -16,6 +16,7 @@ from ..runtime import stream_seed
 from .geometry import Geometry
 from ..progress import StepReport
 from .threat import ThreatModel
+from .transforms import Transform
 
 
 # ---- counting --------------------------------------------------------------------------------------
@@ -75,6 +76,9 @@ class AttackResult:
     n_nonfinite: int = 0  # non-finite input-gradient entries the loop zeroed (the model's gradient, not the attack's)
     min_norm: Tensor | None = None
     min_norm_points: Tensor | None = None
+    #: Non-lp threat models only (else None): the transformation's parameters ``[N, *param_shape]`` (float32,
+    #: inside the budget box, checked); ``x_adv`` is the base class's rendering of them.
+    params: Tensor | None = None
 
     @property
     def loss_curve(self) -> tuple[float, ...]:
@@ -130,7 +134,9 @@ class AttackContext:
         self.eot = int(eot)
         self.threat = threat
         self.threats = tuple(threats) if threats else ((threat,) if threat is not None else ())
-        self.geometry: Geometry | None = threat.geometry if threat is not None else None
+        self.geometry: Geometry | None = threat.geometry if threat is not None and threat.is_lp else None
+        #: Non-lp threat models: their parametrized transformation (:mod:`robustbench_ext.attack.transforms`).
+        self.transform: "Transform | None" = threat.transform if threat is not None and not threat.is_lp else None
         self.eps = threat.eps if threat is not None else None
         self.generator = generator
         self.progress = progress
@@ -176,7 +182,9 @@ class AttackContext:
         out[~same] = self.model(x_adv[~same]).to(out.dtype)
         return out
 
-    def value_and_grad(self, x: Tensor, loss_fn: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    def value_and_grad(self, x: Tensor, loss_fn: Callable[[Tensor], Tensor], *,
+                       render: Callable[[Tensor], Tensor] | None = None,
+                       penalty: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Logits ``[N, K]``, per-sample loss ``[N]`` and d(loss)/dx ``[N, ...]`` at ``x`` (all detached).
 
         Gradient entries that are NaN or inf (a model with ``sqrt`` at 0, say) are zeroed and counted:
@@ -185,16 +193,24 @@ class AttackContext:
         randomness; each draw's non-finite entries zeroed before averaging).
         """
         if self.eot > 1:
-            draws = [self.value_and_grad_once(x, loss_fn) for _ in range(self.eot)]
+            draws = [self.value_and_grad_once(x, loss_fn, render=render, penalty=penalty) for _ in range(self.eot)]
             return tuple(_draw_mean([d[i] for d in draws]) for i in range(3))  # type: ignore[return-value]
-        return self.value_and_grad_once(x, loss_fn)
+        return self.value_and_grad_once(x, loss_fn, render=render, penalty=penalty)
 
-    def value_and_grad_once(self, x: Tensor, loss_fn: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """:meth:`value_and_grad` from one forward and one backward pass, whatever ``eot`` is."""
+    def value_and_grad_once(self, x: Tensor, loss_fn: Callable[[Tensor], Tensor], *,
+                            render: Callable[[Tensor], Tensor] | None = None,
+                            penalty: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`value_and_grad` from one forward and one backward pass, whatever ``eot`` is.
+
+        ``render`` (non-lp threat models): ``x`` are a transformation's parameters and the model sees
+        ``render(x)``; the gradient is then with respect to the parameters. ``penalty(x)`` ``[N]``, if given,
+        is subtracted from the loss (StAdv's flow smoothness)."""
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
-            logits = self.model(xg)
+            logits = self.model(render(xg) if render is not None else xg)
             loss = loss_fn(logits)
+            if penalty is not None:
+                loss = loss - penalty(xg)
             (grad,) = torch.autograd.grad(loss.sum(), xg)
         grad = grad.detach()
         bad = ~torch.isfinite(grad)

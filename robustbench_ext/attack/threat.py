@@ -6,6 +6,16 @@ sparse-PGD, Zhong et al., ICML 2024). ``L0c:K`` counts changed *coordinates* ins
 pixel on its own; Croce & Hein's "Sparse and imperceivable adversarial attacks", ICCV 2019, call it the
 unstructured case). Both radii are whole numbers. Inputs that are not images (``[D]``) have one coordinate
 per pixel, so the two agree there.
+
+Threat models beyond lp (:data:`TRANSFORM_KINDS`) are sets of images reachable by a parametrized
+transformation whose parameters lie in a box: ``spatial-rt:30,3`` (rotation by at most 30 degrees and
+translation by at most 3 pixels per axis; Engstrom et al. 2019), ``stadv:0.05`` (a per-pixel flow field of
+Linf at most 0.05 in grid units; Xiao et al. 2018), ``color:0.1`` (global hue, saturation and brightness
+shifts) and ``jpeg-linf:0.03`` (Linf in the JPEG DCT coefficient domain; Kang et al. 2019). Their exact
+sets, budget conventions and citations are in :mod:`robustbench_ext.attack.transforms`; they share the
+grammar (``KIND:EPS``) so that a union mixes them with lp threat models. ``spatial-rt`` has two budgets
+(``spatial-rt:ROT,TRANS``); ``eps`` is the rotation in degrees and ``eps2`` the translation in pixels
+(``spatial-rt:30`` takes Engstrom et al.'s CIFAR ratio, 3 pixels per 30 degrees).
 """
 
 from __future__ import annotations
@@ -19,12 +29,16 @@ from ..errors import ThreatModelError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .geometry import Geometry
+    from .transforms import Transform
 
 #: Canonical norm names, in the order tables show them.
-NORMS: tuple[str, ...] = ("Linf", "L2", "L1", "L0", "L0c")
+NORMS: tuple[str, ...] = ("Linf", "L2", "L1", "L0", "L0c", "spatial-rt", "stadv", "color", "jpeg-linf")
 #: The lp norms with p >= 1 (real norms: a dual norm, steepest-ascent steps of a length): what an attack
 #: supports unless it says otherwise. The L0 "norms" count changed pixels (``L0``) or coordinates (``L0c``).
 LP_NORMS: tuple[str, ...] = ("Linf", "L2", "L1")
+#: Threat models beyond lp: parametrized transformations with a budget on their parameters
+#: (:mod:`robustbench_ext.attack.transforms`). Attacks support them only when they say so.
+TRANSFORM_KINDS: tuple[str, ...] = ("spatial-rt", "stadv", "color", "jpeg-linf")
 #: Norms whose radius counts something (pixels, coordinates): eps must be a whole number.
 COUNT_NORMS: tuple[str, ...] = ("L0", "L0c")
 
@@ -34,6 +48,10 @@ _NORM_ALIASES = {
     "l1": "L1", "1": "L1",
     "l0": "L0", "0": "L0", "l0-pixel": "L0", "l0p": "L0",
     "l0c": "L0c", "l0-coordinate": "L0c",
+    "spatial-rt": "spatial-rt", "spatial": "spatial-rt", "rt": "spatial-rt",
+    "stadv": "stadv", "flow": "stadv",
+    "color": "color", "colour": "color", "hsb": "color",
+    "jpeg-linf": "jpeg-linf", "jpeg": "jpeg-linf",
 }
 
 def canonical_norm(norm: str) -> str:
@@ -81,9 +99,22 @@ class ThreatModel:
 
     norm: str
     eps: float
+    #: ``spatial-rt`` only: the translation budget in pixels (None elsewhere).
+    eps2: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", canonical_norm(self.norm))
+        if self.norm == "spatial-rt":
+            eps2 = float(self.eps) / 10.0 if self.eps2 is None else self.eps2
+            try:
+                eps2 = float(eps2)
+            except (TypeError, ValueError):
+                raise ThreatModelError(f"spatial-rt: the translation budget must be a number, got {self.eps2!r}") from None
+            if math.isnan(eps2) or math.isinf(eps2) or eps2 < 0:
+                raise ThreatModelError(f"spatial-rt: the translation budget must be a finite number >= 0 pixels, got {eps2:g}")
+            object.__setattr__(self, "eps2", eps2)
+        elif self.eps2 is not None:
+            raise ThreatModelError(f"{self.norm} takes one budget (write {self.norm}:EPS); only spatial-rt takes two")
         try:
             eps = float(self.eps)
         except (TypeError, ValueError):
@@ -106,20 +137,46 @@ class ThreatModel:
         parts = re.split(r"[:=]", str(text).strip(), maxsplit=1)
         if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
             raise ThreatModelError(
-                f"cannot parse threat model '{text}': write NORM:EPS, e.g. Linf:8/255, L2:0.5, L1:12 or L0:10"
+                f"cannot parse threat model '{text}': write NORM:EPS, e.g. Linf:8/255, L2:0.5, L1:12, L0:10, "
+                "spatial-rt:30,3, stadv:0.05, color:0.1 or jpeg-linf:0.03"
             )
-        return cls(canonical_norm(parts[0]), parse_eps(parts[1]))
+        norm = canonical_norm(parts[0])
+        budgets = parts[1].split(",")
+        if len(budgets) > 1 and norm != "spatial-rt" or len(budgets) > 2:
+            raise ThreatModelError(f"cannot parse threat model '{text}': {norm} takes one budget"
+                                   + (" (spatial-rt takes ROT,TRANS, e.g. spatial-rt:30,3)" if norm == "spatial-rt" else ""))
+        return cls(norm, parse_eps(budgets[0]), parse_eps(budgets[1]) if len(budgets) == 2 else None)
+
+    @property
+    def is_lp(self) -> bool:
+        """Whether this is an lp (or L0) ball; False for the transformation threat models (:data:`TRANSFORM_KINDS`)."""
+        return self.norm not in TRANSFORM_KINDS
+
+    @property
+    def transform(self) -> "Transform":
+        """The parametrized transformation of a non-lp threat model (:mod:`robustbench_ext.attack.transforms`)."""
+        from .transforms import get_transform
+
+        return get_transform(self.norm)
+
+    def scaled(self, factor: float) -> "ThreatModel":
+        """The same threat model with every budget multiplied by ``factor`` (eps sweeps, strength grids)."""
+        return ThreatModel(self.norm, self.eps * factor, None if self.eps2 is None else self.eps2 * factor)
 
     @property
     def geometry(self) -> "Geometry":
         """The per-norm math (norm, projection, step direction, random start) for this threat model."""
         from .geometry import get_geometry
 
+        if not self.is_lp:
+            raise ThreatModelError(f"{self.norm} is not an lp ball: it has no geometry; use threat.transform")
         return get_geometry(self.norm)
 
     @property
     def label(self) -> str:
         """Canonical text form, e.g. ``Linf:8/255``; ``ThreatModel.parse(tm.label) == tm`` up to float rounding."""
+        if self.norm == "spatial-rt":
+            return f"{self.norm}:{format_eps(self.eps)},{format_eps(self.eps2)}"
         return f"{self.norm}:{format_eps(self.eps)}"
 
     def __str__(self) -> str:
@@ -131,7 +188,10 @@ class ThreatModel:
         ``n_features``: the input's shape ``[C, H, W]`` (L0 needs it: its unit is a pixel of C channels) or
         its number of features (then an ``L0`` ball is taken as covering only when eps reaches it).
         Then every input can be moved anywhere and robust accuracy says nothing about robustness.
+        Transformation threat models never cover the box (their sets are low-dimensional): False.
         """
+        if not self.is_lp:
+            return False
         return self.eps >= box_diameter(self.norm, n_features)
 
 

@@ -42,16 +42,41 @@ def leaderboard_cmd(results_dir: Path, readme: Path | None, readme_suite: str) -
 @click.argument("record", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Folder for the report and its plots [default: <record folder>/../reports/<run>].")
-def report_cmd(record: Path, out: Path | None) -> None:
+@click.option("--multirobust", is_flag=True, default=False,
+              help="Also MultiRobustBench's metrics (robust accuracy vs strength, CR_ind-avg, CR_ind-worst, stability) "
+                   "and a strength-curve plot.")
+@click.option("--reference", type=click.Path(path_type=Path), default=None,
+              help="With --multirobust: a record of the individually trained reference models (default: none, a "
+                   "perfect reference).")
+def report_cmd(record: Path, out: Path | None, multirobust: bool, reference: Path | None) -> None:
     """One run's report: prints its table; writes it with its plots (per-class accuracy, attribution, loss curves,
     eps sweep) as Markdown into the report's own folder."""
     from ..reporting.tables import write_report
 
     if not record.is_file():
         raise RbxError(f"no such record: {record}")
+    if reference is not None and not (multirobust and reference.is_file()):
+        raise RbxError(f"--reference needs --multirobust and an existing record, got {reference}")
     table, path = write_report(record, out)
     click.echo(table)
     click.echo(f"report: {path}")
+    if multirobust:
+        from ..records.multirobust import metrics_table
+        from ..records.store import read_record
+        from ..reporting.plots import strength_curves
+
+        rec = read_record(record)
+        try:
+            text = metrics_table([rec], read_record(reference) if reference is not None else None)
+        except ValueError as exc:
+            raise RbxError(f"MultiRobustBench metrics: {exc}") from None
+        click.echo(text)
+        png = strength_curves([rec])
+        folder = Path(path).parent
+        (folder / "multirobust.md").write_text(text + ("\n![strength curves](strength_curves.png)\n" if png else ""))
+        if png:
+            (folder / "strength_curves.png").write_bytes(png)
+        click.echo(f"multirobust: {folder / 'multirobust.md'}")
 
 
 @click.command("export")

@@ -39,6 +39,8 @@ once (the cheap checks and the attacks run batch by batch, the seeds keyed by th
 
 from __future__ import annotations
 
+import math
+
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
@@ -214,7 +216,7 @@ def check_eps_monotone(net, x, y, threat: ThreatModel, attacks, fractions=(0.25,
     """
     if not _any_correct(net, x, y, batch_size):
         return _no_evidence("eps_monotone", len(y))
-    accs = [_robust(net, x, y, ThreatModel(threat.norm, threat.eps * f), attacks, batch_size=batch_size).float().mean().item()
+    accs = [_robust(net, x, y, threat.scaled(f), attacks, batch_size=batch_size).float().mean().item()
             for f in fractions]
     slack = 1.0 / len(y)
     rises = max(b - a for a, b in zip(accs, accs[1:]))
@@ -238,7 +240,13 @@ def _any_correct(net: nn.Module, x: Tensor, y: Tensor, batch_size: int | None) -
 
 
 def check_unbounded(net, x, y, threat: ThreatModel, attacks, limit: float = 0.02, batch_size: int | None = None) -> CheckResult:
-    """With a radius covering the whole box, the attacks must break (almost) every point that was correct."""
+    """With a radius covering the whole box, the attacks must break (almost) every point that was correct.
+
+    Transformation threat models (spatial, colour, JPEG) have no radius that covers the box: the check does
+    not apply to them and passes with a note saying so."""
+    if not threat.is_lp:
+        return CheckResult("unbounded", True, None, f"not applicable to {threat.norm}: no budget of a "
+                           "transformation threat model reaches every image of the box")
     if not _any_correct(net, x, y, batch_size):
         return _no_evidence("unbounded", len(y))
     big = ThreatModel(threat.norm, box_diameter(threat.norm, tuple(x.shape[1:])))

@@ -116,6 +116,8 @@ def compile_plan(threats: Sequence[ThreatSpec], union: Sequence[AttackSpec] = ()
         kind = "threat" if ti < len(main) else "sweep"
         stages += [Stage(kind, (ti,), s.label, s.attack, (j,), (ti, j), spec.threat) for j, s in enumerate(cascade)]
     for j, (label, attack) in enumerate(build_union(tuple(union))):
+        for t in main:
+            attack.require(t.threat)  # a union attack must search every main threat model: refuse before running
         stages.append(Stage("union", tuple(range(len(main))), label, attack,
                                    tuple(lengths[ti] + j for ti in range(len(main))), (UNION_KEY, j)))
     return RunPlan(tuple(columns), len(main), tuple(stages))
@@ -130,7 +132,7 @@ def _sweep_specs(threats: Sequence[ThreatSpec], factors: Sequence[float]) -> lis
     out, seen = [], set()
     for t in threats:
         for f in sorted(set(float(f) for f in factors)):
-            tm = ThreatModel(t.threat.norm, t.threat.eps * f)
+            tm = t.threat.scaled(f)
             if f != 1.0 and tm.label not in main and tm.label not in seen:
                 seen.add(tm.label)
                 out.append(ThreatSpec(tm, t.attacks))

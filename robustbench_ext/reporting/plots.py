@@ -177,3 +177,29 @@ def corruption_grid(record: RunRecord) -> bytes | None:
                  f"{100 * record.clean.accuracy:.1f}, mean {100 * c.mean.accuracy:.1f})", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.05)
     return png_bytes(fig)
+
+
+def strength_curves(records: Sequence[RunRecord]) -> bytes | None:
+    """MultiRobustBench-style robust accuracy vs strength, one panel per threat-model type (strengths normalized
+    by each type's largest), one line per record; None if no record has a measured threat model."""
+    from ..records.multirobust import strength_curves as curves_of
+
+    per = [(r, curves_of(r)) for r in records]
+    norms = list(dict.fromkeys(n for _, c in per for n in c))
+    if not norms:
+        return None
+    fig, axes = plt.subplots(1, len(norms), figsize=(2.6 * len(norms), 2.8), squeeze=False, sharey=True)
+    for ax, norm in zip(axes[0], norms):
+        for r, c in per:
+            if norm in c:
+                cv = c[norm]
+                ax.plot((0.0, *cv.eps), (100 * float(r.clean.accuracy), *(100 * a for a in cv.accuracy)), marker="o",
+                        ms=3, label=f"{r.model.get('name', '?')} (n={r.n})")
+        ax.set_title(norm, fontsize=9)
+        ax.set_xlabel("strength", fontsize=8)
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("robust accuracy (%)")
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    return png_bytes(fig)
