@@ -66,7 +66,7 @@ def record_row(path: Path, r: RunRecord) -> dict:
         "threats": [t.threat for t in r.threats],
         "attacks": "; ".join(f"{t.threat}: " + " > ".join(a.attack for a in t.attacks) for t in r.threats),
         # the per-run audit (rbx run --audit K): the largest 95% upper bound on the share of robust points the
-        # cascade missed, over the audited threat models, in %; None when the run was not audited
+        # cascade missed, over the audited threat models (a fraction, as every rate in a row); None when not audited
         "audit_miss_upper95": (_pct(max(a["miss_rate_upper95"] for a in r.audit)) if r.audit else None),
         "audit": "; ".join(f"{a['threat']}: AA broke {a['broken']}/{a['sampled']}" for a in r.audit) or None,
         # masking signs the run escalated on (or, with --no-escalate, that make its numbers upper bounds)
