@@ -619,3 +619,31 @@ def test_a_meaningless_eps_is_refused_unless_allowed_and_then_marked(tmp_path):
     assert read_record(next((tmp_path / "records").glob("*.json"))).config["meaningless"] == ["Linf:8"]
     with pytest.raises(RbxError, match="allow_meaningless=True"):  # the library refuses the same way
         evaluate("cifar10-smallcnn-linf-at", DATA, "L2:100", n_examples=2, attacks=["pgd:steps=1"], progress=False)
+
+
+def test_a_plugin_that_forgets_super_post_init_is_still_checked():
+    """The kind behind five plugins that skipped the type checks: their own __post_init__ did not call the base's.
+    The base now runs its checks before any subclass's own __post_init__."""
+    from dataclasses import dataclass as _dc
+
+    from robustbench_ext.attack.base import Attack
+
+    seen = []
+
+    @_dc(eq=False)
+    class Forgetful(Attack):
+        name = "forgetful"
+        steps: int = 3
+
+        def __post_init__(self) -> None:  # no super().__post_init__()
+            seen.append(self.steps)
+
+        def run(self, ctx, x, y):
+            return x
+
+    Forgetful(steps=4)
+    assert seen == [4]
+    with pytest.raises(RbxError, match="forgetful"):
+        Forgetful(steps="3")
+    with pytest.raises(RbxError, match="forgetful"):
+        Forgetful(steps=2, eot=0)

@@ -85,6 +85,21 @@ class AttackBase(ABC):
     #: model allows (decision-based: RayS, HopSkipJump).
     label_only: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass's own ``__post_init__`` runs after the base checks (:meth:`__post_init__`: parameter types
+        and ``eot``) even when it does not call ``super().__post_init__()``: a plugin cannot skip them by
+        forgetting the call (the checks are idempotent, so one that does call it is checked twice, cheaply)."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__post_init__")
+        if own is not None and not getattr(own, "_rbx_checked", False):
+            @functools.wraps(own)
+            def __post_init__(self, *args: Any, **kw: Any) -> None:
+                AttackBase.__post_init__(self)
+                own(self, *args, **kw)
+
+            __post_init__._rbx_checked = True  # type: ignore[attr-defined]
+            cls.__post_init__ = __post_init__  # type: ignore[method-assign]
+
     def __post_init__(self) -> None:
         """Checks every attack's parameters get when it is built: each parameter's type from its dataclass field
         (:func:`check_param_types`: ints are ints, floats finite numbers, flags true or false) and ``eot`` a
