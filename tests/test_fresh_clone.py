@@ -79,6 +79,7 @@ def _venv_seeing_installed_packages(clone: Path, audit_dir: Path) -> None:
     (audit_dir / "sitecustomize.py").write_text(AUDIT)
 
 
+@pytest.mark.slow
 def test_fresh_clone_runs_make_demo_offline(tmp_path):
     if shutil.which("make") is None or shutil.which("git") is None:
         pytest.skip("needs make and git")

@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from robustbench_ext.records.store import read_record
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,6 +42,7 @@ def test_the_ci_recipe_is_rbx_run_then_rbx_regress_on_the_baselines_settings():
     assert int(opts["--n-examples"]) == rec.n == 200 and int(opts["--seed"]) == rec.config["seed"]
 
 
+@pytest.mark.slow
 def test_rbx_has_not_regressed_against_its_baseline(tmp_path):
     shutil.copytree(REPO / "results" / "baselines", tmp_path / "results" / "baselines")
     rbx = shutil.which("rbx", path=str(Path(sys.executable).parent)) or shutil.which("rbx")
