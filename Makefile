@@ -10,7 +10,8 @@
 # What the install brings: rbx (editable) with torch and torchvision (pinned in constraints.txt), robustbench,
 # pyautoattack, pandas, matplotlib and the test tools. On Linux x86-64 PyPI's torch wheels carry CUDA: about 6 GB
 # installed (this project's .venv: 6.3 GB, of which 3.2 GB NVIDIA libraries, 1.2 GB torch, 0.9 GB triton).
-# On a Linux machine without nvidia-smi the install adds PyTorch's CPU-only index (TORCH_INDEX), whose wheels are
+# On a Linux machine without nvidia-smi the install adds PyTorch's CPU-only index (TORCH_INDEX) when it answers
+# within 5 s (a machine that cannot reach it installs from PyPI alone instead of retrying it for every package), whose wheels are
 # far smaller; pip takes a CPU wheel of the pinned version from there when one exists, else PyPI's.
 # Choose yourself with TORCH_INDEX=<index URL> (or TORCH_INDEX= for PyPI's default wheels).
 PYTHON ?= python3
@@ -21,7 +22,9 @@ DEMO_DATA ?= cifar10-1k
 DEMO_N ?= 300
 DEMO_DIR ?= results-demo
 CPU_INDEX := https://download.pytorch.org/whl/cpu
-TORCH_INDEX ?= $(if $(filter Linux,$(shell uname -s)),$(if $(shell command -v nvidia-smi 2>/dev/null),,$(CPU_INDEX)),)
+# Expanded (and the index probed) only by the install recipe.
+CPU_INDEX_REACHABLE = $(shell $(PYTHON) -c "import urllib.request as u; u.urlopen('$(CPU_INDEX)/', timeout=5)" >/dev/null 2>&1 && echo yes)
+TORCH_INDEX ?= $(if $(filter Linux,$(shell uname -s)),$(if $(shell command -v nvidia-smi 2>/dev/null),,$(if $(CPU_INDEX_REACHABLE),$(CPU_INDEX))),)
 # Reinstalls when the package metadata or the pins change.
 STAMP := $(VENV)/.rbx-installed
 
@@ -44,7 +47,7 @@ test-all: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	@echo "rbx: installing rbx and its dependencies into $(VENV) (torch and torchvision pinned in constraints.txt)."
-	@echo "rbx: torch wheels: $(if $(TORCH_INDEX),$(TORCH_INDEX) first (CPU-only where it has the pinned version), else PyPI,PyPI's default (on Linux x86-64 with CUDA: about 6 GB installed))."
+	@echo "rbx: torch wheels: $(if $(TORCH_INDEX),PyPI plus $(TORCH_INDEX) (pip takes its CPU-only wheel of the pinned version where it has one; TORCH_INDEX= for PyPI only),PyPI's default (on Linux x86-64 with CUDA: about 6 GB installed))."
 	@echo "rbx: the first install takes minutes; pip lists each package as it goes."
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -c constraints.txt \
