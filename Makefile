@@ -1,8 +1,9 @@
 # The two user-facing commands (see README):
 #   make demo      create .venv if missing, install, run the default union suite on the embedded model and
 #                  CIFAR-10 slice (offline), write the record and leaderboard into results-demo/ (ignored by git)
-#   make test      install, then run the fast test tier (tests marked slow or gpu are left out; about 5 minutes on
-#                  2 CPU cores)
+#   make test      install, then run the fast test tier (tests marked slow or gpu are left out). Measured 2026-12-04
+#                  on this project's 2-core CPU machine: about 4 minutes of CPU time (230 s user+sys, tests and their
+#                  subprocesses); wall time there was about 25 minutes because other jobs held both cores (load ~11)
 #   make test-all  the whole suite, slow tests included (what CI runs: .ci/run); gpu tests still need -m gpu
 # Bigger demos: make demo DEMO_N=1000, or make demo DEMO_MODEL=cifar10-resnet18-linf-at DEMO_DATA=cifar10
 # (those two need ../shared, $RBX_MODELS / $RBX_DATA or internet; see README, "Data and models").
