@@ -71,6 +71,17 @@ def import_robustbench(submodule: str = "") -> ModuleType:
             raise RbxError(f"cannot import {name} ({exc}): pip install robustbench 'setuptools<81'") from None
 
 
+def import_timm() -> ModuleType:
+    """Import ``timm`` without its import-time warnings (``torch.jit.interface`` is deprecated) in the user's output."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=FutureWarning)
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        try:
+            return importlib.import_module("timm")
+        except ImportError as exc:
+            raise RbxError(f"cannot import timm ({exc}): pip install timm") from None
+
+
 def robustbench_helper_file(name: str) -> Path | None:
     """``robustbench/helper_files/<name>`` of the installed robustbench, found without importing it; None if absent."""
     try:

@@ -11,13 +11,20 @@ Two channels, both on stderr:
   ``robustbench_ext.progress`` logger. The CLI shows these lines whether or not stderr is a terminal;
   ``--quiet`` silences them. Library callers see them once they enable that logger.
 
+Both follow one terminal rule (:func:`show_bars`): a bar is drawn only when asked, and by default only when
+stderr is a terminal, in the CLI and the Python API alike. Downloads done by other libraries (torchvision,
+robustbench's gdown, the Hugging Face Hub, timm) draw their own bars; :func:`third_party_bars` keeps those out
+of a stderr that is not a terminal (a log file) too.
+
 This is a leaf module: it imports nothing from rbx.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -41,6 +48,62 @@ def resumable(path: "Path | str | None", what: str) -> Iterator[None]:
         if path is not None and getattr(exc, "rbx_saved", None) is None and Path(path).exists():
             exc.rbx_saved = (str(path), what)  # type: ignore[attr-defined]
         raise
+def show_bars(progress: bool | None = None) -> bool:
+    """The terminal rule: ``progress`` if given, else whether stderr is a terminal (never into a log file)."""
+    if progress is not None:
+        return bool(progress)
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # a replaced or closed stderr
+        return False
+
+
+class _DropRedraws(io.TextIOBase):
+    """A stderr that passes lines through but drops progress-bar redraws (writes holding a carriage return, and the
+    bare newline a finished bar leaves), so a log file gets the messages without the bars."""
+
+    def __init__(self, target) -> None:
+        super().__init__()
+        self._target = target
+        self._dropped = False
+        self.dropped_chars = 0
+
+    def write(self, text: str) -> int:
+        if "\r" in text or (self._dropped and text.strip() == ""):
+            self._dropped = "\r" in text or (self._dropped and text == "")
+            self.dropped_chars += len(text)
+            return len(text)
+        self._dropped = False
+        return self._target.write(text)
+
+    def flush(self) -> None:
+        self._target.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    @property
+    def encoding(self):  # type: ignore[override]
+        return getattr(self._target, "encoding", "utf-8")
+
+
+@contextlib.contextmanager
+def third_party_bars(progress: bool | None = None) -> Iterator[None]:
+    """Around a call into another library that may draw progress bars (a download): when :func:`show_bars` says no,
+    its bar redraws are dropped from stderr (its other messages pass); otherwise nothing changes."""
+    if show_bars(progress):
+        yield
+        return
+    original = sys.stderr
+    filtered = _DropRedraws(original)
+    sys.stderr = filtered
+    try:
+        yield
+    finally:
+        if sys.stderr is filtered:
+            sys.stderr = original
+        if filtered.dropped_chars:
+            log.debug("dropped %d characters of progress-bar redraws (stderr is not a terminal)", filtered.dropped_chars)
 
 
 def fmt_seconds(s: float) -> str:

@@ -219,6 +219,10 @@ class Registry(Generic[T]):
             pass
         return entry.factory(*args, **params)
 
+    def parameters(self, spec: "str | Spec") -> list[str]:
+        """The keyword parameters the factory of ``spec`` takes (a dataclass's fields, else its signature's names)."""
+        return _parameters(self.get(spec).factory)
+
     def names(self, pattern: str = "*", *, display: bool = False) -> list[str]:
         """Registered names matching a glob ``pattern``, sorted (``display`` shows ``name:ARG`` forms)."""
         self._ensure_loaded()

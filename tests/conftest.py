@@ -7,6 +7,7 @@ use :func:`needs_shared`, which skips them with a message saying what is missing
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,14 @@ from robustbench_ext.data.datasets import EvalData
 from robustbench_ext.errors import DataError, ModelLoadError
 from robustbench_ext.models.loading import LoadedModel, find_checkpoint, load_model
 from robustbench_ext.registry import DATASETS
+
+# One intra-op thread for the tests, and for the rbx processes they start: their tensors are small, so a second
+# thread buys little, while on a shared machine the threads' spin-waits cost a great deal. Measured on this
+# project's 2-core machine under load (2026-12-04): aa-fab-t's contract calls took 0.37 s CPU / 10 s wall with one
+# thread, 16 s CPU / 352 s wall with two. Results do not depend on it (every comparison is within a process or
+# statistical).
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 #: The dataset every test evaluates on: the embedded slice (identical images to the JPEG copy's first 1,000).

@@ -30,6 +30,7 @@ def robust_acc(net, x, y, spec, threat, seed=0):
     return (~res.success).sum().item() / N, res
 
 
+@pytest.mark.slow
 def test_pma_not_weaker_than_pgd_at_equal_steps(correct_points):
     net, x, y = correct_points
     # PMA with 50 steps per round runs 100 steps in all: the same as PGD-100.
@@ -39,6 +40,7 @@ def test_pma_not_weaker_than_pgd_at_equal_steps(correct_points):
     assert res.n_backward <= 2 * 50 * len(y)  # early stop: never more than the budget
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("threat", ["L2:0.5", "L1:12"])
 def test_pma_through_the_geometry_beats_pgd(correct_points, threat):
     net, x, y = correct_points
@@ -47,6 +49,7 @@ def test_pma_through_the_geometry_beats_pgd(correct_points, threat):
     assert pma <= pgd
 
 
+@pytest.mark.slow
 def test_apgd_ce_matches_pyautoattack(correct_points):
     net, x, y = correct_points
     ours, _ = robust_acc(net, x, y, "apgd-ce", "Linf:8/255")
@@ -59,6 +62,7 @@ def test_apgd_ce_matches_pyautoattack(correct_points):
     assert abs(ours - theirs) <= 0.015, (ours, theirs)
 
 
+@pytest.mark.slow
 def test_pma_plus_not_weaker_than_apgd_ce(correct_points):
     net, x, y = correct_points
     plus, _ = robust_acc(net, x, y, "pma+:n_targets=3", "Linf:8/255")
@@ -66,6 +70,7 @@ def test_pma_plus_not_weaker_than_apgd_ce(correct_points):
     assert plus <= apgd
 
 
+@pytest.mark.slow
 def test_apgd_l1_large_eps_and_targets_run_through_the_geometry(correct_points):
     net, x, y = correct_points
     plain, _ = robust_acc(net, x, y, "apgd-ce:steps=50", "L1:12")

@@ -66,6 +66,7 @@ def test_cheap_checks_on_constructed_models(small_cnn, batch):
         assert not check_deterministic(Noisy(net), x).passed
 
 
+@pytest.mark.slow
 def test_masked_model_is_flagged_by_every_attack_based_check(small_cnn, batch):
     x, y = batch[0][:30], batch[1][:30]
     net = Quantized(small_cnn.module).eval()
@@ -77,6 +78,7 @@ def test_masked_model_is_flagged_by_every_attack_based_check(small_cnn, batch):
     assert not results["black_box"].passed  # Square finds what the gradient hides
 
 
+@pytest.mark.slow
 def test_reference_model_passes_every_check(small_cnn, batch):
     x, y = batch
     net = small_cnn.module
@@ -100,6 +102,7 @@ def test_runner_stores_the_cheap_checks(small_cnn, cifar200):
     assert not next(r for r in rec.checks["results"] if r["name"] == "zero_gradients")["passed"]
 
 
+@pytest.mark.slow
 def test_rbx_check_cli_exit_codes(small_cnn):
     MODELS.register("test-quantized")(lambda arch_override=None, num_classes=10: LoadedModel(
         Quantized(small_cnn.module).eval(), "test-quantized", "smallcnn+round", "test"))

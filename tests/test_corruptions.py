@@ -291,7 +291,7 @@ def test_rbx_run_corruption_suite_end_to_end(in_tmp):
     csv = (in_tmp / "res" / "leaderboard.csv").read_text().splitlines()
     assert {"gaussian_noise", "fog", "mean", "mean_lo", "severities", "source"} <= set(csv[0].split(","))
     html = (in_tmp / "res" / "leaderboard.html").read_text()
-    assert ">mean</th>" in html and ">corruption source</th>" in html
+    assert ">mean</th>" in html and "corruption source: CIFAR-10-C generated" in html
     assert list((in_tmp / "res" / "plots").glob("*_corruptions.png"))
     res = runner.invoke(cli, ["report", str(records[0])])
     assert res.exit_code == 0 and "gaussian_noise" in res.output

@@ -73,12 +73,22 @@ def _venv_seeing_installed_packages(clone: Path, audit_dir: Path) -> None:
                                    "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                   capture_output=True, text=True, check=True).stdout.strip())
     ours = [p for p in {sysconfig.get_paths()["purelib"], *site.getsitepackages()} if Path(p).is_dir()]
+    # A virtualenv that itself sees another one's packages through a .pth path line (a git worktree's .venv
+    # pointing at the main checkout's): those directories too, else the clone would install torch & co. again.
+    for d in list(ours):
+        for pth in sorted(Path(d).glob("*.pth")):
+            for line in pth.read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith(("#", "import")) and Path(line).is_dir() \
+                        and not Path(line).resolve().is_relative_to(REPO) and line not in ours:
+                    ours.append(line)
     # Plain path lines: the directories join sys.path, but their own .pth files (this checkout's editable
     # rbx) are not processed, so `import robustbench_ext` can only find the clone's.
     (purelib / "zz_shared_packages.pth").write_text("\n".join(ours) + "\n")
     (audit_dir / "sitecustomize.py").write_text(AUDIT)
 
 
+@pytest.mark.slow
 def test_fresh_clone_runs_make_demo_offline(tmp_path):
     if shutil.which("make") is None or shutil.which("git") is None:
         pytest.skip("needs make and git")

@@ -1,5 +1,6 @@
 """Leaderboards, plots, reports and RobustBench export, all derived from real records."""
 
+import html as html_lib
 import json
 import shutil
 import subprocess
@@ -57,28 +58,99 @@ def test_leaderboard_files_are_derived_and_ranked(results):
         assert col in df.columns
     md = (out / "leaderboard.md").read_text()
     assert "## mini-union" in md and "## aa-mini" in md
-    for target in [line.split("](")[1].rstrip(")") for line in md.splitlines() if line.startswith("- [")]:
+    links = [line.split("](")[1].split(")")[0] for line in md.splitlines() if line.startswith("- [")]
+    assert [t for t in links if t.startswith("#")], "no table of contents"
+    for target in [t for t in links if not t.startswith("#")]:
         assert (out / target).is_file(), target  # every linked plot exists
     assert (out / "plots" / "mini-union_eps_Linf.png").is_file()  # the sweep record gives the eps plot
     html = (out / "leaderboard.html").read_text()
-    assert html.count("data:image/png;base64,") >= 6 and "<table" in html and "smallcnn-shrunk" in html
+    assert "<table" in html and "smallcnn-shrunk" in html and "<script src" not in html and "<link" not in html
+    # board-level plots inside the page (the eps sweep), per-record plots as files beside it, linked
+    assert html.count("data:image/png;base64,") == 3
+    linked = [t for t in html.split('href="')[1:] if t.startswith("plots/")]
+    assert len(linked) >= 6 and all((out / t.split('"')[0]).is_file() for t in linked)
+    # AutoAttack's union beside rbx's: the aa-mini record was evaluated with AutoAttack itself
+    assert "AutoAttack union" in html and "autoattack_union" in df.columns
+    aa_row = df[df["suite"] == "aa-mini"].iloc[0]
+    assert aa_row["autoattack_union"] == aa_row["union"] and aa_row["autoattack_source"] == "record"
 
 
-def test_html_renders_in_headless_chromium(results, tmp_path):
+#: Appended to a copy of the page in the render test: measures the layout at the window's width and tries the
+#: search box, writing what it found into the DOM that --dump-dom prints.
+PROBE = """<script>
+window.addEventListener("load", function () {
+  var out = {viewport: document.documentElement.clientWidth, page: document.documentElement.scrollWidth, tables: []};
+  document.querySelectorAll("table.board").forEach(function (t) {
+    var r = t.getBoundingClientRect();
+    out.tables.push({board: t.dataset.board, right: Math.ceil(r.right), scroll: t.scrollWidth, width: Math.ceil(r.width)});
+  });
+  var input = document.getElementById("filter");
+  input.value = "shrunk";
+  input.dispatchEvent(new Event("input"));
+  out.visible = Array.prototype.filter.call(document.querySelectorAll("tbody tr"), function (tr) {
+    return tr.offsetParent !== null; }).map(function (tr) { return tr.cells[1].textContent.trim(); });
+  document.body.dataset.probe = JSON.stringify(out);
+});
+</script>"""
+
+
+def _chromium():
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if chromium is None:
         pytest.skip("Chromium is not installed (apt-get install chromium); the HTML render check needs it")
+    return chromium
+
+
+def _dump_dom(chromium: str, page, profile, width: int = 1400) -> str:
+    proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                           "--disable-component-update", "--disable-sync", "--no-first-run", f"--window-size={width},1000",
+                           f"--user-data-dir={profile}", "--dump-dom", page.resolve().as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    return proc.stdout
+
+
+def test_html_renders_in_headless_chromium_and_fits_1400_px(results, tmp_path):
+    chromium = _chromium()
     out, _, _ = results
     write_all(out)
-    proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                           "--disable-component-update", "--disable-sync", "--no-first-run",
-                           f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
-                           (out / "leaderboard.html").resolve().as_uri()],
-                          capture_output=True, text=True, timeout=120)
-    dom = proc.stdout
-    assert 'data-sortable="ready"' in dom  # the sorting script ran
+    dom = _dump_dom(chromium, out / "leaderboard.html", tmp_path / "profile")
+    assert 'data-sortable="ready"' in dom and 'data-searchable="ready"' in dom  # the scripts ran
     assert dom.count("<table") == 2 and dom.count("<tr>") >= 5
-    assert dom.count('src="data:image/png;base64,') >= 6
+    assert 'src="data:image/png;base64,' in dom
+    assert 'nav class="toc"' in dom and dom.index("mini-union") < dom.index("aa-mini")  # contents, main board first
+    probe_page = out / "probe.html"
+    probe_page.write_text((out / "leaderboard.html").read_text().replace("</body>", PROBE + "</body>"))
+    try:
+        dom = _dump_dom(chromium, probe_page, tmp_path / "profile")
+    finally:
+        probe_page.unlink()
+    probe = json.loads(html_lib.unescape(dom.split('data-probe="', 1)[1].split('"', 1)[0]))
+    assert probe["page"] <= probe["viewport"] <= 1400, probe  # no horizontal scroll bar at 1400 px
+    for t in probe["tables"]:
+        assert t["right"] <= probe["viewport"] and t["scroll"] <= t["width"], t
+    assert probe["visible"] and all("shrunk" in v for v in probe["visible"]), probe["visible"]
+
+
+def test_a_wide_corruption_board_fits_too(tmp_path):
+    """Fifteen corruption columns: the widest board rbx makes."""
+    chromium = _chromium()
+    from robustbench_ext.reporting.boards import Board, render_html
+
+    rows = pd.DataFrame([{
+        "rank": 1, "model": "a-model-with-a-rather-long-name-of-the-kind-training-scripts-produce-e1", "architecture": "wrn-28-10",
+        "clean": 0.9, "clean_ci": (0.88, 0.92), "mean": 0.7, "mean_ci": (0.68, 0.72), "n": 10000, "attacks": "CIFAR-10-C",
+        "dataset": "CIFAR-10-C", "device": "NVIDIA H200", "date": "2026-12-04", "seconds": 1.0, "record": "records/x.json",
+        **{c: 0.7 for c in CORRUPTIONS}, **{f"{c} ci": (0.69, 0.71) for c in CORRUPTIONS}}])
+    page = tmp_path / "wide.html"
+    board = Board("cifar10-corruptions", list(CORRUPTIONS), rows, dataset="CIFAR-10-C", n=10000, images="f" * 64, kind="corruptions")
+    page.write_text(render_html([board], 1).replace("</body>", PROBE + "</body>"))
+    dom = _dump_dom(chromium, page, tmp_path / "profile")
+    probe = json.loads(html_lib.unescape(dom.split('data-probe="', 1)[1].split('"', 1)[0]))
+    assert probe["page"] <= probe["viewport"] and probe["tables"][0]["right"] <= probe["viewport"], probe
+
+
+CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
+               "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression")
 
 
 def test_report_command(results, tmp_path):

@@ -55,6 +55,7 @@ def _kill_when(results: Path, ready, timeout: float = 240.0) -> None:
         proc.wait()
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_identical_record(tmp_path):
     ref, run = tmp_path / "ref", tmp_path / "run"
     done = subprocess.run([_rbx(), *ARGS, "--results-dir", str(ref)], capture_output=True, text=True, timeout=600)

@@ -62,6 +62,7 @@ def _same_run(a, b) -> None:
         assert (sa.n_attacked, sa.n_broken, sa.n_backward) == (sb.n_attacked, sb.n_broken, sb.n_backward)
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_give_the_single_process_record(tmp_path):
     args = ["run", *ATTACK_ARGS, "--dataset", "cifar10-1k", "--n-examples", "30"]
     _rbx(args, tmp_path / "one")
@@ -94,6 +95,7 @@ def test_pack_shards_roundtrip(shard_dir):
         np.testing.assert_array_equal(z["index"], np.arange(20, 25))
 
 
+@pytest.mark.slow
 def test_stream_merges_resumes_and_matches_two_ranks(shard_dir, tmp_path):
     args = ["run", *ATTACK_ARGS, "--shards", str(shard_dir)]
     res = tmp_path / "one"

@@ -4,7 +4,6 @@ lines on stderr (``--quiet``) and when to show a bar."""
 from __future__ import annotations
 
 import logging
-import sys
 
 import click
 
@@ -38,5 +37,19 @@ def quiet_option(f):
     return click.option("-q", "--quiet", is_flag=True, help="No progress lines or bars on stderr.")(f)
 
 
+def parse_arch_kwargs(text: str | None) -> dict:
+    """``--arch-kwargs depth=28,width=10`` as a dict (values are TOML literals: numbers, true/false, quoted strings)."""
+    from ..errors import RbxError
+    from ..specs import parse_params
+
+    try:
+        return parse_params(text, f"--arch-kwargs {text}") if text else {}
+    except RbxError:
+        raise RbxError(f"--arch-kwargs takes KEY=VALUE,KEY=VALUE (e.g. depth=28,width=10); got '{text}'") from None
+
+
 def _show_bar(progress: bool | None, quiet: bool) -> bool:
-    return False if quiet else (progress if progress is not None else sys.stderr.isatty())
+    """The CLI's bar rule: none with ``--quiet``, else :func:`robustbench_ext.progress.show_bars`."""
+    from ..progress import show_bars
+
+    return False if quiet else show_bars(progress)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from .common import DEFAULT_MODEL, STATE_DIR, _show_bar, quiet_option, set_quiet
+from .common import DEFAULT_MODEL, STATE_DIR, _show_bar, parse_arch_kwargs, quiet_option, set_quiet
 from ..errors import RbxError
 from ..reporting.tables import format_table
 from ..evaluation.suites import DEFAULT_SUITE
@@ -92,10 +92,14 @@ def train_cmd(defense_spec, arch, init_spec, dataset_spec, n_train, epochs, batc
 
 # ---- rbx check -------------------------------------------------------------------------------------
 @click.command("check")
-@click.option("--model", "model_spec", default=DEFAULT_MODEL, show_default=True)
-@click.option("--arch", default=None)
+@click.option("--model", "model_spec", default=None,
+              help=f"Model spec, as for rbx run [default: {DEFAULT_MODEL}; where its file is absent, the embedded small CNN "
+                   "on the embedded CIFAR-10 slice].")
+@click.option("--arch", default=None, help="Architecture of a state-dict model, as for rbx run.")
+@click.option("--arch-kwargs", default=None, metavar="K=V,...", help="Keyword arguments for --arch.")
+@click.option("--trust-pickle", is_flag=True, help="Let pickle:PATH unpickle a whole model (runs the file's code).")
 @click.option("--normalize", default=None)
-@click.option("--dataset", "dataset_spec", default="cifar10", show_default=True)
+@click.option("--dataset", "dataset_spec", default=None, help="Dataset [default: cifar10, or cifar10-1k with the embedded model].")
 @click.option("--n-examples", type=int, default=100, show_default=True)
 @click.option("--threat", "threat_spec", default="Linf:8/255", show_default=True, metavar="NORM:EPS")
 @click.option("--attack", "attack_specs", multiple=True, metavar="NAME[:K=V,...]",
@@ -111,15 +115,20 @@ def train_cmd(defense_spec, arch, init_spec, dataset_spec, n_train, epochs, batc
               help="Report the spread over draws (draw_spread) [default: when the determinism check fails].")
 @click.option("--draws", type=int, default=11, show_default=True, metavar="R", help="Fresh passes for draw_spread.")
 @quiet_option
-def check_cmd(model_spec, arch, normalize, dataset_spec, n_examples, threat_spec, attack_specs, black_box_spec,
-              batch_size, device, as_json, randomized, draws, quiet) -> None:
+def check_cmd(model_spec, arch, arch_kwargs, trust_pickle, normalize, dataset_spec, n_examples, threat_spec, attack_specs,
+              black_box_spec, batch_size, device, as_json, randomized, draws, quiet) -> None:
     """Gradient-masking checks: exit 0 when every check passes, 1 when any flags a problem."""
     from ..evaluation.api import check
+    from ..evaluation.request import default_model
 
     set_quiet(quiet)
-    report = check(model_spec, dataset_spec, threat_spec, attacks=attack_specs, black_box=black_box_spec,
-                   n_examples=n_examples, normalize=normalize, arch=arch, device=device, batch_size=batch_size,
-                   randomized=randomized, draws=draws)
+    if model_spec is None:
+        model_spec, dataset_spec, note = default_model(dataset_spec)
+        if note:
+            click.echo(f"rbx: {note}", err=True)
+    report = check(model_spec, dataset_spec or "cifar10", threat_spec, attacks=attack_specs, black_box=black_box_spec,
+                   n_examples=n_examples, normalize=normalize, arch=arch, arch_kwargs=parse_arch_kwargs(arch_kwargs),
+                   trust_pickle=trust_pickle, device=device, batch_size=batch_size, randomized=randomized, draws=draws)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else str(report))
     if not report.passed:
         sys.exit(1)

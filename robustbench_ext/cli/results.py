@@ -22,14 +22,15 @@ from ..evaluation.suites import DEFAULT_SUITE
               help="Also write the board of --readme-suite between the README's leaderboard markers.")
 @click.option("--readme-suite", default=DEFAULT_SUITE, show_default=True)
 def leaderboard_cmd(results_dir: Path, readme: Path | None, readme_suite: str) -> None:
-    """Write leaderboard.md, .csv, .html and plots/ in RESULTS_DIR from every record there (one board per suite)."""
+    """Write leaderboard.md, .csv, .html and plots/ in RESULTS_DIR from every record there (one board per suite and
+    image set; the default suite's board on its largest image set first)."""
     from ..reporting.boards import embed_in_readme, write_all
     from ..paths import ensure_writable
 
     if not results_dir.is_dir():
         raise RbxError(f"no results directory {results_dir}: run `rbx run` first or pass --results-dir")
     ensure_writable(results_dir)
-    paths = write_all(results_dir)
+    paths = write_all(results_dir, main_suite=DEFAULT_SUITE)
     for p in paths[:3]:
         click.echo(f"leaderboard: {p}")
     click.echo(f"plots: {len(paths) - 3} in {results_dir / 'plots'}")

@@ -9,14 +9,22 @@ import click
 
 from ..evaluation.suites import DEFAULT_SUITE
 from ..reporting.tables import format_table
-from .common import DEFAULT_MODEL, quiet_option, set_quiet
+from .common import DEFAULT_MODEL, parse_arch_kwargs, quiet_option, set_quiet
 
 
 # ---- rbx run ---------------------------------------------------------------------------------------
 @click.command("run")
-@click.option("--model", "model_spec", default=DEFAULT_MODEL, show_default=True,
-              help="Registered model, robustbench:ID or file:PATH (see `rbx list models`).")
-@click.option("--arch", default=None, help="Architecture for file:PATH models (see `rbx list architectures`).")
+@click.option("--model", "model_spec", default=None,
+              help=f"Registered model or a source: file:PATH, torchscript:PATH, pickle:PATH, hf:ORG/NAME, torchvision:NAME, "
+                   f"timm:NAME, robustbench:ID, trained:DIR (see `rbx list models`) [default: {DEFAULT_MODEL}; where its "
+                   "file is absent, the embedded small CNN on the embedded CIFAR-10 slice].")
+@click.option("--arch", default=None,
+              help="Architecture of a state-dict model (file:, hf:): a registered name (`rbx list architectures`), "
+                   "torchvision:NAME, timm:NAME, pkg.module:Class or path/to/file.py:Class.")
+@click.option("--arch-kwargs", default=None, metavar="K=V,...",
+              help="Keyword arguments for --arch, e.g. depth=28,width=10 (values are TOML literals).")
+@click.option("--trust-pickle", is_flag=True,
+              help="Let pickle:PATH unpickle a whole model. Unpickling runs code named by the file: only for files you trust.")
 @click.option("--normalize", default=None, help="Wrap the model with input normalization: cifar10, imagenet or MEAN,../STD,...")
 @click.option("--dataset", "dataset_spec", default=None, help="Dataset (default: the suite's); see `rbx list datasets`.")
 @click.option("--suite", "suite_spec", default=None, help=f"Suite name or .toml path [default: the dataset's DATASET-union suite, else {DEFAULT_SUITE}; none with --threat].")
@@ -78,7 +86,7 @@ from .common import DEFAULT_MODEL, quiet_option, set_quiet
               help="When the pre-checks find masking signs (zero gradients, randomness, batch dependence, ...), add a "
                    "black-box stage, EOT or one-image-at-a-time evaluation by itself (the record says what and why).")
 @quiet_option
-def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs, attack_specs, union_specs, eps_sweep,
+def run_cmd(model_spec, arch, arch_kwargs, trust_pickle, normalize, dataset_spec, suite_spec, threat_specs, attack_specs, union_specs, eps_sweep,
             n_examples, batch_size, device, seed, results_dir, as_json, progress, resume, shards, precision,
             channels_last, compile_, num_classes, output, allow_class_subset, skip_stages, randomized, draws, curve,
             label_only, union_only, allow_meaningless, audit, escalate, quiet) -> None:
@@ -89,14 +97,19 @@ def run_cmd(model_spec, arch, normalize, dataset_spec, suite_spec, threat_specs,
     from ..attack.search import SearchOptions
     from ..evaluation.api import run
     from ..evaluation.distributed import init_from_env
-    from ..evaluation.request import RunRequest, parse_factors
+    from ..evaluation.request import RunRequest, default_model, parse_factors
     from ..paths import ensure_writable
 
     set_quiet(quiet)
+    if model_spec is None:
+        model_spec, dataset_spec, note = default_model(dataset_spec, streamed=shards is not None)
+        if note:
+            click.echo(f"rbx: {note}", err=True)
     # One request: every option checked in its constructor, before any model, data or file is touched.
     request = RunRequest(
         model=model_spec, data=dataset_spec, threats=threat_specs, suite=suite_spec, attacks=attack_specs,
-        union_attacks=union_specs, arch=arch, normalize=normalize, num_classes=num_classes, output=output,
+        union_attacks=union_specs, arch=arch, arch_kwargs=parse_arch_kwargs(arch_kwargs), trust_pickle=trust_pickle,
+        normalize=normalize, num_classes=num_classes, output=output,
         allow_class_subset=allow_class_subset, n_examples=n_examples, shards=shards, seed=seed, batch_size=batch_size,
         device=device, search=SearchOptions(precision, channels_last, compile_),
         eps_sweep=parse_factors(eps_sweep) if eps_sweep else (), union_only=union_only, randomized=randomized,

@@ -44,6 +44,7 @@ from torch import Tensor
 from ..attack.threat import box_advice
 from ..errors import DataError
 from ..paths import ASSETS, describe_search, download_guard, search_path
+from ..progress import third_party_bars
 from ..registry import DATASETS
 from ..runtime import autograd_tensor
 
@@ -308,7 +309,7 @@ def _torchvision_set(spec: _TorchvisionSet, root: Path, train: bool, n_examples:
 
     split = "train" if train else "test"
     try:
-        with download_guard(root):
+        with download_guard(root), third_party_bars():  # torchvision's download bar: only on a terminal
             ds = getattr(tvd, spec.torchvision_class)(str(root), train=train, download=download)
     except Exception as exc:
         where = f"{spec.folder}/" + (f" or {spec.packed}/{split}_jpeg.npz" if spec.packed else "")

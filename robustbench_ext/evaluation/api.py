@@ -94,6 +94,9 @@ def evaluate(
     audit: int | None = None,
     escalate: bool = True,
     checkpoint_dir: Path | None = _UNSET,
+    arch: str | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
+    trust_pickle: bool = False,
 ) -> Evaluation:
     """Evaluate a model: clean accuracy, robust accuracy per threat model and union robust accuracy.
 
@@ -102,7 +105,9 @@ def evaluate(
 
     - ``model``: a plain ``nn.Module`` (``[N, C, H, W]`` in [0, 1] -> logits; ``normalize`` wraps one that
       expects normalized inputs), a :class:`LoadedModel`, or a model spec (``cifar10-smallcnn-linf-at``,
-      ``file:ckpt.pt``, ``robustbench:ID``);
+      ``file:ckpt.pt``, ``torchscript:PATH``, ``hf:ORG/NAME``, ``robustbench:ID``; see
+      :func:`~robustbench_ext.models.load_model`) with, for a state dict, ``arch`` and ``arch_kwargs``
+      (``--arch``, ``--arch-kwargs``) and, for ``pickle:PATH``, ``trust_pickle`` (``--trust-pickle``);
     - ``data``: an :class:`EvalData`, a pair of tensors ``(x [N, C, H, W] in [0, 1], y [N])``, or a dataset
       spec (``cifar10-1k``), of which the first ``n_examples`` are taken; None: the model's own dataset, else
       the suite's;
@@ -179,7 +184,8 @@ def evaluate(
         state_dir=state_dir, resume=resume, eps_sweep=eps_sweep, search=search, dist=dist, output=output,
         allow_class_subset=allow_class_subset, skip_stages=skip_stages, randomized=randomized, draws=draws,
         draw_seed=draw_seed, curve=curve, label_only=label_only, union_only=union_only, union_order=union_order,
-        allow_meaningless=allow_meaningless, audit=audit, escalate=escalate)
+        allow_meaningless=allow_meaningless, audit=audit, escalate=escalate, arch=arch,
+        arch_kwargs=arch_kwargs or (), trust_pickle=trust_pickle)
     if request.kind != "threats":
         raise RbxError(f"suite '{suite}' evaluates common corruptions, not threat models: run it with "
                        f"robustbench_ext.evaluation.evaluate_corruptions or rbx run --suite {suite}")
@@ -202,18 +208,21 @@ def check(
     randomized: bool | None = None,
     draws: int = DEFAULT_DRAWS,
     on_result: Callable[[CheckResult, float], None] | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
+    trust_pickle: bool = False,
 ) -> CheckReport:
     """Gradient-masking checks on ``model`` (``rbx check``): the cheap checks, then the attack-based ones
     (eps monotone, unbounded radius, black box after white box, seed spread; see
     :mod:`robustbench_ext.evaluation.checks`). ``attacks``: the white-box cascade (default: the suite's for
     the norm); ``black_box``: the black-box attack (default: :data:`DEFAULT_BLACK_BOXES` for the norm). Model, data
-    and attacks go through the same request, preparation and fitting as a run.
+    and attacks go through the same request, preparation and fitting as a run (``arch``, ``arch_kwargs``,
+    ``trust_pickle``: as for :class:`RunRequest`).
     ``batch_size``: no forward pass of any check sees more images than this (GPU memory).
     ``on_result(result, seconds)`` is called as each check finishes. Returns a :class:`CheckReport`
     (``report.passed``: every check passed)."""
     request = RunRequest(model=model, data=data, threats=(threat,), attacks=attacks, n_examples=n_examples,
-                         normalize=normalize, arch=arch, device=device, batch_size=batch_size, randomized=randomized,
-                         draws=draws)
+                         normalize=normalize, arch=arch, arch_kwargs=arch_kwargs or (), trust_pickle=trust_pickle,
+                         device=device, batch_size=batch_size, randomized=randomized, draws=draws)
     if request.is_label_only:
         raise RbxError("rbx check looks for gradient masking with gradient attacks and input gradients; a label-only "
                        "model gives neither: evaluate it with rbx run --label-only (decision-based attacks)")

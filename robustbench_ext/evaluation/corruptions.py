@@ -56,8 +56,9 @@ def corruption_set(spec: str, n_examples: int | None = None, *, seed: int = 0, b
     """Create the corruption set ``spec`` names; ``seed`` and ``base`` fill in what the spec does not set itself."""
     parsed = DATASETS.parse(spec)
     if not is_corruption_dataset(spec):
-        raise DataError(f"dataset '{spec}' is not a set of common corruptions; use one of "
-                        f"{', '.join(n for n in DATASETS.names() if is_corruption_dataset(n))}, or give it as base=")
+        known = ", ".join(e.name for e in DATASETS.entries() if e.tags.get("corruptions"))
+        raise DataError(f"dataset '{spec}' is not a set of common corruptions; use one of {known}, "
+                        f"or give it as base= (e.g. cifar10-c:base={spec})")
     settings = {"seed": seed} if "seed" not in parsed.params else {}
     if base is not None:
         if "base" in parsed.params:

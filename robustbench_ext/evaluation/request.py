@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -34,7 +33,8 @@ from ..attack.threat import ThreatModel
 from ..data.datasets import EvalData
 from ..errors import RbxError
 from ..models.adapter import is_label_only
-from ..models.loading import LoadedModel, parse_normalization
+from ..progress import show_bars
+from ..models.loading import SOURCE_OPTIONS, LoadedModel, parse_normalization
 from ..registry import DATASETS, MODELS
 from ..runtime import check_batch_size, check_seed, resolve_device
 from .distributed import Dist
@@ -42,7 +42,8 @@ from .majority import DEFAULT_DRAWS, Draws
 from .plan import RunPlan, compile_plan
 from .suites import Benchmark, Suite, ThreatSpec, default_suite, load_suite, plan_benchmark
 
-#: The model a bare ``rbx run`` evaluates when the reference ResNet-18 is at hand (else the embedded small CNN).
+#: The model a bare ``rbx run`` evaluates when the reference ResNet-18 is at hand (else the embedded small CNN:
+#: :func:`default_model`).
 DEFAULT_MODEL = "cifar10-resnet18-linf-at"
 #: The suite a label-only run uses when none is named (its cascades are decision-based attacks only).
 LABEL_ONLY_SUITE = "cifar10-labelonly"
@@ -69,10 +70,13 @@ class Planned:
 class RunRequest:
     """One run, as asked for. Validated in the constructor; :attr:`planned` plans it once.
 
-    ``model``: a model spec (``cifar10-smallcnn-linf-at``, ``file:ckpt.pt``, ``robustbench:ID``), a
-    :class:`~robustbench_ext.models.LoadedModel` or a plain ``nn.Module`` (``[N, C, H, W]`` in [0, 1] ->
-    logits; ``normalize`` wraps one that expects normalized inputs). ``arch``, ``num_classes``: for
-    ``file:`` checkpoints. ``output``: which entry of a structured output holds the logits.
+    ``model``: a model spec (``cifar10-smallcnn-linf-at``, ``file:ckpt.pt``, ``hf:ORG/NAME``, ``robustbench:ID``;
+    see :func:`~robustbench_ext.models.load_model`), a :class:`~robustbench_ext.models.LoadedModel` or a plain
+    ``nn.Module`` (``[N, C, H, W]`` in [0, 1] -> logits; ``normalize`` wraps one that expects normalized inputs).
+    ``arch`` (a registered architecture, ``pkg.module:Class`` or ``path/to/file.py:Class``), ``arch_kwargs``
+    (its keyword arguments: a mapping or ``(key, value)`` pairs), ``num_classes``: for state-dict files
+    (``file:``, ``hf:``). ``trust_pickle``: let ``pickle:PATH`` unpickle a whole model (runs the file's code).
+    ``output``: which entry of a structured output holds the logits.
 
     ``data``: a dataset spec (``cifar10-1k``), an :class:`~robustbench_ext.data.EvalData` or a pair of tensors
     ``(x [N, C, H, W] in [0, 1], y [N])``, of which the first ``n_examples`` are taken; None: the model's own
@@ -91,6 +95,8 @@ class RunRequest:
     attacks: tuple = ()
     union_attacks: tuple = ()
     arch: str | None = None
+    arch_kwargs: Any = ()
+    trust_pickle: bool = False
     normalize: str | None = None
     num_classes: int | None = None
     output: str | int | None = None
@@ -129,6 +135,13 @@ class RunRequest:
             object.__setattr__(self, name, tuple(value or ()))
         if self.union_order is not None:
             object.__setattr__(self, "union_order", tuple(self.union_order))
+        kwargs = self.arch_kwargs
+        if isinstance(kwargs, dict) or hasattr(kwargs, "items"):
+            kwargs = tuple(kwargs.items())
+        if not isinstance(kwargs, (tuple, list)) or not all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str)
+                                                          for p in kwargs):
+            raise RbxError(f"arch_kwargs must be a mapping of keyword arguments, got {self.arch_kwargs!r}")
+        object.__setattr__(self, "arch_kwargs", tuple(kwargs))
         for name in ("state_dir", "results_dir"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
@@ -176,6 +189,14 @@ class RunRequest:
             parse_normalization(self.normalize)
         if isinstance(self.model, str):
             MODELS.get(self.model)
+            if self.arch_kwargs and self.arch is None:
+                raise RbxError("--arch-kwargs gives the keyword arguments of --arch: give --arch too")
+            for key, given in (("arch_kwargs", bool(self.arch_kwargs)), ("trust_pickle", bool(self.trust_pickle))):
+                if given and key not in MODELS.parameters(self.model):
+                    raise RbxError(SOURCE_OPTIONS[key].format(spec=self.model))
+        elif self.arch is not None or self.arch_kwargs or self.trust_pickle:
+            raise RbxError("--arch, --arch-kwargs and --trust-pickle are for model specs (file:, pickle:, hf:), "
+                           f"not for a {type(self.model).__name__} object")
         elif not isinstance(self.model, (LoadedModel, nn.Module)):
             raise RbxError(f"model must be a model spec, a LoadedModel or an nn.Module, got {type(self.model).__name__}")
         if isinstance(self.data, str):
@@ -288,9 +309,31 @@ class RunRequest:
 
     def show_progress(self, is_main: bool = True) -> bool:
         """Progress bars: ``progress`` if set, else when stderr is a terminal (the CLI's rule, in the API too)."""
-        if not is_main:
-            return False
-        return bool(self.progress) if self.progress is not None else sys.stderr.isatty()
+        return is_main and show_bars(self.progress)
+
+
+def default_model(dataset: str | None, *, streamed: bool = False) -> tuple[str, str | None, str | None]:
+    """What a command run without ``--model`` evaluates: ``(model, dataset, note)``.
+
+    The reference ResNet-18 (:data:`DEFAULT_MODEL`) when its file is on this machine (``$RBX_MODELS``,
+    ``./models``, ``../shared/models``); else -- a fresh clone or install, offline -- the model and data that ship
+    inside the package: the embedded small CNN and, unless a dataset was named (or shards are streamed), the
+    embedded 1,000-image CIFAR-10 slice. ``note`` (None for the reference model) says so in one line."""
+    from ..data.datasets import EMBEDDED_DATASET
+    from ..errors import ModelLoadError
+    from ..models.loading import EMBEDDED_MODEL, find_checkpoint
+
+    filename = MODELS.get(DEFAULT_MODEL).tags["filename"]
+    try:
+        find_checkpoint(filename)
+        return DEFAULT_MODEL, dataset, None
+    except ModelLoadError:
+        pass
+    data = dataset if dataset is not None or streamed else EMBEDDED_DATASET
+    on = "" if data == dataset else f" on the embedded 1,000-image CIFAR-10 slice ({EMBEDDED_DATASET})"
+    note = (f"the reference model {DEFAULT_MODEL} is not on this machine ({filename} does not ship with rbx): running the "
+            f"embedded {EMBEDDED_MODEL}{on} instead; put {filename} in ./models or set RBX_MODELS=DIR for the reference model")
+    return EMBEDDED_MODEL, data, note
 
 
 def check_label_only(plan: RunPlan) -> None:

@@ -90,7 +90,8 @@ class Prepared:
 def load_requested_model(request: RunRequest) -> LoadedModel:
     """The request's model, loaded once (a spec through its model source; an object wrapped as it is)."""
     if isinstance(request.model, str):
-        return load_model(request.model, arch=request.arch, normalize=request.normalize, num_classes=request.num_classes)
+        return load_model(request.model, arch=request.arch, normalize=request.normalize, num_classes=request.num_classes,
+                          arch_kwargs=dict(request.arch_kwargs), trust_pickle=request.trust_pickle)
     return as_loaded_model(request.model, request.normalize)
 
 

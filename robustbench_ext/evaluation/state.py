@@ -127,7 +127,8 @@ def evaluation_desc(model: Any, threats: Sequence[Any], union: Sequence[Any], se
     ``model`` is a :class:`~robustbench_ext.models.loading.LoadedModel`, ``threats`` are ThreatSpecs and ``union``
     attack specs (typed loosely: this module sits below the layers that define them).
     """
-    return {"model": [model.name, model.source, model.sha256, model.normalization],
+    # the architecture too: the same weights file under other --arch-kwargs (say an activation) is another model
+    return {"model": [model.name, model.source, model.sha256, model.normalization, model.architecture],
             "threats": [[t.threat.label, [[a.name, dict(a.params)] for a in t.attacks]] for t in threats],
             "union": [[a.name, dict(a.params)] for a in union], "seed": seed, "batch_size": batch_size}
 

@@ -1,12 +1,14 @@
-"""Models: where they come from (registered names, ``file:``, ``trained:``, ``torchvision:``, ``timm:``,
-``robustbench:``), the built-in architectures, and the model adapter every evaluated model goes through
-(one output adapter, errors named, the model/data agreement check).
+"""Models: where they come from (registered names, ``file:`` (state dicts, safetensors, TorchScript, detected),
+``torchscript:``, ``pickle:`` (opt-in), ``hf:`` (the Hugging Face Hub), ``trained:``, ``torchvision:``, ``timm:``,
+``robustbench:``), the built-in architectures and architectures from the user's code (``--arch pkg.module:Class``),
+what a model file is (:mod:`~robustbench_ext.models.formats`), and the model adapter every evaluated model goes
+through (one output adapter, errors named, the model/data agreement check).
 
 Model sources register in :data:`robustbench_ext.registry.MODELS`, architectures in
 :data:`~robustbench_ext.registry.ARCHITECTURES` (see the "adding a model source" guide in the docs).
 """
 
-from . import architectures, sources  # noqa: F401  (registers the architectures and model sources)
+from . import architectures, hub, sources, whole  # noqa: F401  (registers the architectures and model sources)
 from .adapter import ModelAdapter, ModelError, check_agreement, select_logits
 from .loading import EMBEDDED_MODEL, LoadedModel, Normalize, as_loaded_model, load_model
 

@@ -1,12 +1,14 @@
-"""Models: :class:`LoadedModel`, the inference wrappers, checkpoint reading, and what ``evaluate`` accepts.
+"""Models: :class:`LoadedModel`, the inference wrappers, architectures filled from state dicts, and what
+``evaluate`` accepts.
 
 Every model source (:mod:`robustbench_ext.models.sources`) returns a :class:`LoadedModel`: an
 ``nn.Module`` in eval mode that maps ``[N, C, H, W]`` inputs in [0, 1] to logits ``[N, K]``, plus what
 the record needs to identify it (name, architecture, source, sha256, class count, the dataset it was
-made for). Checkpoints are read with ``weights_only=True``; a file that is not a checkpoint (an empty
-file, an HTML page from a failed download, a truncated file) is one line naming the file and saying to
-delete it and download it again, never advice to unpickle it. The class count of a checkpoint is read
-from its last layer, so a 100-class or a 5-class net of a known architecture loads without flags.
+made for). State dicts are read by :mod:`~robustbench_ext.models.files` (tensors only; a file that is not
+one is a one-line error saying what it is); whole-model files (TorchScript, opt-in pickles) by
+:mod:`~robustbench_ext.models.whole`. The class count of a checkpoint is read from its last layer, so a
+100-class or a 5-class net of a known architecture loads without flags. Architectures are registered names
+or the user's own code (``pkg.module:Class``, ``path/to/file.py:Class``: :mod:`~robustbench_ext.models.architectures`).
 
 The reference models (``cifar10-resnet18-linf-at``, ``cifar10-smallcnn-linf-at``) are looked for,
 by file name, in ``$RBX_MODELS`` (``os.pathsep``-separated), ``./models``, ``<repo>/models``,
@@ -21,7 +23,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +31,8 @@ from torch import Tensor, nn
 from ..errors import ModelLoadError, RbxError
 from ..paths import ASSETS, describe_search, search_path
 from ..registry import ARCHITECTURES, MODELS
+from .architectures import import_architecture, is_code_spec
+from .files import checkpoint_error, file_error, file_sha256, read_state_dict  # noqa: F401  (importable from here too)
 
 log = logging.getLogger(__name__)
 
@@ -134,103 +138,6 @@ def parse_normalization(text: str) -> tuple[tuple[float, ...], tuple[float, ...]
     return mean, std
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-# ---- checkpoints -----------------------------------------------------------------------------------
-def read_state_dict(path: Path) -> dict[str, Tensor]:
-    """Read a state dict (plain, or under ``state_dict``/``model_state_dict``/``model``), floats as float32.
-
-    ``torch.save`` files (only tensors are unpickled: ``weights_only``) and ``.safetensors`` files. A file that is
-    not a checkpoint is a one-line error that names it and what it looks like (:func:`checkpoint_error`).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"checkpoint not found: {path}")
-    try:
-        obj = _read_safetensors(path) if _is_safetensors(path) else torch.load(path, map_location="cpu", weights_only=True)
-    except RbxError:
-        raise
-    except BaseException as exc:  # EOFError (empty file) included: click would turn it into an "abort"
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        raise checkpoint_error(path, exc) from None
-    for key in ("state_dict", "model_state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        nested = [k for k, v in obj.items() if isinstance(v, dict) and v and all(isinstance(t, Tensor) for t in v.values())] \
-            if isinstance(obj, dict) else []
-        found = (f"its key '{nested[0]}' holds one: save that dict alone (torch.save(checkpoint['{nested[0]}'], PATH))"
-                 if nested else f"it holds {_kind_of(obj)}: save model.state_dict() with torch.save")
-        raise ModelLoadError(f"checkpoint {path} has no state dict of tensors where rbx looks (the top level, or under "
-                             f"state_dict, model_state_dict or model); {found}")
-    return {
-        (k[len("module."):] if k.startswith("module.") else k): (v.float() if v.is_floating_point() else v)
-        for k, v in obj.items()
-    }
-
-
-def _kind_of(obj: object) -> str:
-    if isinstance(obj, dict):
-        return f"a dict with keys {sorted(map(str, obj))[:6]}"
-    return f"a {type(obj).__name__}"
-
-
-def _is_safetensors(path: Path) -> bool:
-    """A safetensors file: its ending, or its first bytes (an 8-byte header length, then the JSON header)."""
-    if path.suffix.lower() == ".safetensors":
-        return True
-    try:
-        with open(path, "rb") as f:
-            head = f.read(9)
-    except OSError:
-        return False
-    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100_000_000
-
-
-def _read_safetensors(path: Path) -> dict[str, Tensor]:
-    try:
-        from safetensors.torch import load_file
-    except ImportError as exc:
-        raise ModelLoadError(f"{path} is a safetensors file and reading it needs safetensors ({exc}): "
-                             "pip install safetensors") from None
-    return load_file(str(path), device="cpu")
-
-
-def checkpoint_error(path: Path, exc: BaseException | None = None) -> ModelLoadError:
-    """The one-line error for a file that is not a readable checkpoint: what it looks like (from its bytes, and from
-    the loader's error ``exc`` when there is one), and what to do -- re-download it only when it looks damaged."""
-    path = Path(path)
-    text = str(exc or "")
-    if "Unsupported global" in text:  # weights_only met a class to import: a pickled object, not only tensors
-        what = re.search(r"GLOBAL ([\w.]+)", text)
-        return ModelLoadError(f"checkpoint {path} holds a pickled Python object{f' ({what.group(1)})' if what else ''}, "
-                              "not only tensors, and rbx does not unpickle code (it could run anything): save "
-                              "model.state_dict() with torch.save and load that")
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(512).lstrip().lower()
-    except OSError as exc:
-        return ModelLoadError(f"cannot read checkpoint {path} ({exc.strerror or exc})")
-    if size == 0:
-        what = "an empty file"
-    elif head.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<")):
-        what = "an HTML page, not a checkpoint (a failed or blocked download?)"
-    elif head.startswith(b"{") or head.startswith(b"["):
-        what = "a JSON/text file, not a checkpoint"
-    else:
-        what = f"truncated or corrupt ({size:,} bytes)"
-    return ModelLoadError(f"checkpoint {path} is {what}: delete it and download it again")
-
-
 def last_layer(module: nn.Module) -> str | None:
     """The name of a classifier's output layer: its last ``nn.Linear`` (else its last ``nn.Conv2d``), or None."""
     last_linear = last_conv = None
@@ -264,10 +171,9 @@ def load_into(module: nn.Module, state: dict[str, Tensor], arch: str, path: Path
         if mismatched:
             k = mismatched[0]
             parts.append(f"{len(mismatched)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
-        raise ModelLoadError(
-            f"checkpoint {path} does not fit architecture '{arch}': {'; '.join(parts)}; "
-            f"pick the matching --arch (known: {', '.join(ARCHITECTURES.names())})"
-        )
+        hint = ("check the class and its --arch-kwargs" if is_code_spec(arch.partition("(")[0])
+                else f"pick the matching --arch (known: {', '.join(ARCHITECTURES.names())}, or pkg.module:Class)")
+        raise ModelLoadError(f"checkpoint {path} does not fit architecture '{arch}': {'; '.join(parts)}; {hint}")
     module.load_state_dict(state, strict=True)
     return module.eval()
 
@@ -291,35 +197,80 @@ def find_checkpoint(filename: str) -> Path:
         f"put it in ./models or set RBX_MODELS=DIR, or use the embedded model: --model {EMBEDDED_MODEL}")
 
 
-def build_architecture(arch: str, num_classes: int | None = None) -> nn.Module:
-    return ARCHITECTURES.create(arch, **({"num_classes": num_classes} if num_classes is not None else {}))
+def build_architecture(arch: str, num_classes: int | None = None, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+    """An untrained ``arch``: a registered architecture (``ARCHITECTURES``, e.g. ``resnet18``, ``torchvision:NAME``)
+    or code (``pkg.module:Class``, ``path/to/file.py:Class``; :func:`~robustbench_ext.models.architectures.import_architecture`),
+    built with ``kwargs`` and, when given, ``num_classes``."""
+    kw = dict(kwargs or {})
+    if is_code_spec(arch):
+        return import_architecture(arch).build(kw, num_classes)
+    if num_classes is not None:
+        kw["num_classes"] = num_classes
+    return ARCHITECTURES.create(arch, **kw)
 
 
-def from_file(path: Path, arch: str, name: str, num_classes: int | None = None) -> LoadedModel:
-    """Build ``arch`` with the checkpoint's class count (read from its last layer) and load the checkpoint.
+def architecture_label(arch: str, kwargs: Mapping[str, Any] | None = None) -> str:
+    """How a record names an architecture: ``arch``, or ``arch(k=v, ...)`` with keyword arguments."""
+    return arch if not kwargs else f"{arch}(" + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")"
 
-    ``num_classes`` overrides the inference; a checkpoint with another class count is then an error.
+
+def from_file(path: Path, arch: str, name: str, num_classes: int | None = None,
+              arch_kwargs: Mapping[str, Any] | None = None) -> LoadedModel:
+    """Build ``arch`` (with ``arch_kwargs``) with the checkpoint's class count (read from its last layer) and load
+    the checkpoint (a PyTorch state dict or a safetensors file).
+
+    ``num_classes`` (or ``num_classes`` in ``arch_kwargs``) overrides the inference; a checkpoint with another
+    class count is then an error.
     """
-    module = build_architecture(arch)  # validates the arch name first
+    kwargs = dict(arch_kwargs or {})
+    if "num_classes" in kwargs:
+        given = kwargs.pop("num_classes")
+        if num_classes is not None and given != num_classes:
+            raise RbxError(f"num_classes={given} in --arch-kwargs disagrees with --num-classes {num_classes}")
+        num_classes = given
+    code = import_architecture(arch) if is_code_spec(arch) else None
+
+    def build(k: int | None) -> nn.Module:
+        return code.build(kwargs, k) if code is not None else build_architecture(arch, k, kwargs)
+
+    module = build(None)  # validates the architecture (and the code) before the weights are read
     state = read_state_dict(path)
     found = checkpoint_classes(state, module)
     if num_classes is not None and found is not None and found != num_classes:
         raise ModelLoadError(f"checkpoint {path} has {found} classes (its last layer), not --num-classes {num_classes}")
     k = num_classes or found
-    if k is not None and k != checkpoint_classes(module.state_dict(), module):
-        module = build_architecture(arch, k)
-    load_into(module, state, arch, path)
-    return LoadedModel(module, name, arch, str(path), file_sha256(path), num_classes=k)
+    if k is not None and k != checkpoint_classes(module.state_dict(), module) and (code is None or code.takes_num_classes):
+        module = build(k)
+    label = architecture_label(arch, kwargs)
+    load_into(module, state, label, path)
+    extra = {"architecture_code": code.provenance(kwargs)} if code is not None else {}
+    return LoadedModel(module, name, label, str(path), file_sha256(path), num_classes=k, extra=extra)
+
+
+#: Options of :func:`load_model` that only some model sources take, and what to say when one is given to another.
+SOURCE_OPTIONS = {
+    "arch_kwargs": "--arch-kwargs goes with --arch (file:, pickle: and hf: models); model '{spec}' does not take it",
+    "trust_pickle": "--trust-pickle is for pickle:PATH models only (model '{spec}' is not unpickled)",
+}
 
 
 def load_model(spec: str, *, arch: str | None = None, normalize: str | None = None,
-               num_classes: int | None = None) -> LoadedModel:
-    """Load the model named by ``spec`` (a registered name, ``file:PATH`` or ``robustbench:ID``).
+               num_classes: int | None = None, arch_kwargs: Mapping[str, Any] | None = None,
+               trust_pickle: bool = False) -> LoadedModel:
+    """Load the model named by ``spec`` (a registered name or a source: ``file:PATH``, ``torchscript:PATH``,
+    ``pickle:PATH``, ``hf:ORG/NAME``, ``torchvision:NAME``, ``timm:NAME``, ``robustbench:ID``, ``trained:DIR``).
 
-    ``arch`` is needed for ``file:PATH``; ``normalize`` wraps the model in :class:`Normalize`;
-    ``num_classes`` overrides the class count read from a checkpoint.
+    ``arch`` (with ``arch_kwargs``) builds the architecture of a state dict (``file:``, ``hf:``); ``normalize``
+    wraps the model in :class:`Normalize`; ``num_classes`` overrides the class count read from a checkpoint;
+    ``trust_pickle`` allows ``pickle:PATH`` to unpickle a whole model (which runs code from the file).
     """
-    loaded: LoadedModel = MODELS.create(spec, arch_override=arch, num_classes=num_classes)
+    options = {k: v for k, v in (("arch_kwargs", dict(arch_kwargs or {})), ("trust_pickle", bool(trust_pickle))) if v}
+    if options:
+        takes = MODELS.parameters(spec)
+        for key in options:
+            if key not in takes:
+                raise RbxError(SOURCE_OPTIONS[key].format(spec=spec))
+    loaded: LoadedModel = MODELS.create(spec, arch_override=arch, num_classes=num_classes, **options)
     return with_normalization(loaded, normalize)
 
 

@@ -5,8 +5,14 @@ spec                                  model
 ====================================  ====================================================================
 ``cifar10-smallcnn-linf-at``,         rbx's reference models (the small CNN ships inside the package)
 ``cifar10-resnet18-linf-at``
-``file:PATH --arch ARCH``             a state-dict checkpoint in a registered architecture; the class count
-                                      is read from its last layer (``--num-classes`` overrides)
+``file:PATH [--arch ARCH]``           a model file, by what it is: a state dict or safetensors file in
+                                      ``--arch`` (registered, ``pkg.module:Class`` or ``file.py:Class``,
+                                      ``--arch-kwargs K=V``; class count read from its last layer), or a
+                                      TorchScript archive (no ``--arch``)
+``torchscript:PATH``                  a TorchScript archive
+``pickle:PATH --trust-pickle``        a whole pickled model; unpickling runs the file's code: opt-in only
+``hf:ORG/NAME[,file=F][,rev=R]``      a Hugging Face Hub model (safetensors first; timm's hub models
+                                      through timm); see :mod:`robustbench_ext.models.hub`
 ``trained:DIR``                       a model trained by ``rbx train``, with its inference wrapper
 ``robustbench:[DATASET/][THREAT/]ID`` a RobustBench zoo entry, which runs on its own dataset by default
 ``torchvision:NAME[,weights=W]``      a torchvision model: ``weights`` = a weights enum name (default
@@ -31,10 +37,14 @@ from pathlib import Path
 
 from torch import nn
 
-from .._compat import import_robustbench
+from .._compat import import_robustbench, import_timm
 from ..errors import ModelLoadError, RbxError, UnknownNameError
-from .loading import LoadedModel, Normalize, apply_wrapper, checkpoint_classes, checkpoint_error, file_sha256, find_checkpoint, from_file, load_into, read_state_dict
+from .files import checkpoint_error, file_error, file_sha256, read_state_dict
+from .formats import sniff
+from .loading import LoadedModel, Normalize, apply_wrapper, checkpoint_classes, find_checkpoint, from_file, load_into
+from .whole import load_pickled, load_torchscript
 from ..paths import download_guard
+from ..progress import third_party_bars
 from ..registry import ARCHITECTURES, MODELS
 from ..specs import parse_params
 
@@ -50,16 +60,22 @@ _REFERENCE = {
 }
 
 
+#: The reference models' card (the record's ``model.card``): both are trained with PGD adversarial training
+#: (Madry et al., ICLR 2018); the small CNN's own card is ``robustbench_ext/assets/README.md``.
+REFERENCE_CARD = {"paper": "https://arxiv.org/abs/1706.06083"}
+
+
 def _register_reference(name: str, filename: str, arch: str, summary: str) -> None:
     def factory(arch_override: str | None = None, num_classes: int | None = None) -> LoadedModel:
         if arch_override not in (None, arch):
             raise RbxError(f"model '{name}' is a {arch}; drop --arch (it is for file:PATH models)")
         loaded = from_file(find_checkpoint(filename), arch, name, num_classes)
         loaded.dataset = "cifar10"
+        loaded.extra = {**loaded.extra, "card": dict(REFERENCE_CARD)}
         return loaded
 
     factory.__doc__ = summary
-    MODELS.register(name, summary=summary, architecture=arch, filename=filename)(factory)
+    MODELS.register(name, summary=summary, architecture=arch, filename=filename, card=REFERENCE_CARD)(factory)
 
 
 for _name, (_file, _arch, _summary) in _REFERENCE.items():
@@ -79,15 +95,46 @@ def _path_hint(text: str) -> tuple[str, str] | None:
         return f"trained:{text}", "a model trained with rbx train"
     if p.suffix.lower() in WEIGHT_SUFFIXES or p.is_file():
         state = "" if p.exists() else "; no such file yet"
-        return f"file:{text}", f"a state-dict checkpoint: give its --arch too{state}"
+        return f"file:{text}", f"a model file (a state dict needs its --arch too){state}"
     return None
 
 
-@MODELS.register("file", takes_arg=True, arg_name="PATH", summary="a state-dict checkpoint; needs --arch (class count read from it)")
-def file_model(path: str, arch_override: str | None = None, num_classes: int | None = None) -> LoadedModel:
+@MODELS.register("file", takes_arg=True, arg_name="PATH",
+                 summary="a model file: a state dict or safetensors file (needs --arch), or a TorchScript archive (detected)")
+def file_model(path: str, arch_override: str | None = None, num_classes: int | None = None,
+               arch_kwargs: dict | None = None) -> LoadedModel:
+    """A model file, by what it is (:func:`~robustbench_ext.models.formats.sniff`): a state dict or safetensors file
+    loads into ``--arch`` (class count read from it); a TorchScript archive runs as it is; anything else (a whole
+    pickled model, an HTML page, ...) is a one-line error saying what the file is and what to do."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelLoadError(f"checkpoint not found: {p}")
+    kind = sniff(p)
+    if kind.kind == "torchscript":
+        if arch_override is not None or arch_kwargs:
+            raise RbxError(f"{p} is {kind.what}: it carries its own architecture; drop --arch")
+        return load_torchscript(p, f"file:{p.name}")
+    if kind.kind not in ("state_dict", "safetensors"):
+        raise file_error(p, kind)
     if arch_override is None:
-        raise RbxError(f"model 'file:{path}' needs --arch; known architectures: {', '.join(ARCHITECTURES.names(display=True))}")
-    return from_file(Path(path), arch_override, f"file:{Path(path).name}", num_classes)
+        raise RbxError(f"model 'file:{path}' is {kind.what} and needs --arch: a registered architecture "
+                       f"({', '.join(ARCHITECTURES.names(display=True))}), --arch pkg.module:Class or --arch path/to/file.py:Class")
+    return from_file(p, arch_override, f"file:{p.name}", num_classes, arch_kwargs)
+
+
+@MODELS.register("torchscript", takes_arg=True, arg_name="PATH",
+                 summary="a TorchScript archive (torch.jit.script/trace(model).save): architecture and weights in one file")
+def torchscript_model(path: str, arch_override: str | None = None, num_classes: int | None = None) -> LoadedModel:
+    if arch_override is not None:
+        raise RbxError(f"torchscript:{path} carries its own architecture; drop --arch")
+    return load_torchscript(Path(path), f"torchscript:{Path(path).name}")
+
+
+@MODELS.register("pickle", takes_arg=True, arg_name="PATH",
+                 summary="a whole pickled model (torch.save(model)); runs the file's code, so only with --trust-pickle")
+def pickle_model(path: str, arch_override: str | None = None, num_classes: int | None = None,
+                 arch_kwargs: dict | None = None, trust_pickle: bool = False) -> LoadedModel:
+    return load_pickled(Path(path), f"pickle:{Path(path).name}", trust_pickle, arch_override, arch_kwargs, num_classes)
 
 
 @MODELS.register("trained", takes_arg=True, arg_name="DIR",
@@ -150,7 +197,7 @@ def robustbench_model(spec: str, arch_override: str | None = None, num_classes: 
     ckpt = model_dir / dataset / threat / f"{model_id}.pt"
     try:
         # robustbench prints download progress to stdout; a failed download leaves no empty folders behind
-        with contextlib.redirect_stdout(sys.stderr), download_guard(model_dir):
+        with third_party_bars(), contextlib.redirect_stdout(sys.stderr), download_guard(model_dir):
             module = utils.load_model(model_name=model_id, model_dir=str(model_dir), dataset=dataset, threat_model=threat)
     except KeyboardInterrupt:
         raise
@@ -241,7 +288,8 @@ def torchvision_model(arg: str, arch_override: str | None = None, num_classes: i
                            f"{', '.join(w.name for w in tvm.get_model_weights(name))}, none, or a file path") from None
         hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
         try:
-            module = tvm.get_model(name, weights=w)
+            with third_party_bars():
+                module = tvm.get_model(name, weights=w)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:
@@ -261,7 +309,7 @@ def torchvision_model(arg: str, arch_override: str | None = None, num_classes: i
 @MODELS.register("timm", takes_arg=True, arg_name="NAME[,weights=hub|none|PATH]",
                  summary="a timm model through timm.create_model (its normalization wrapped in; pretrained from the hub or a local file)")
 def timm_model(arg: str, arch_override: str | None = None, num_classes: int | None = None) -> LoadedModel:
-    import timm
+    timm = import_timm()
 
     name, opts = _name_and_options(arg, "timm")
     if not timm.is_model(name):
@@ -274,7 +322,8 @@ def timm_model(arg: str, arch_override: str | None = None, num_classes: int | No
         module, source = timm.create_model(name, pretrained=False, **kw), f"timm:{name} (random weights)"
     elif weights.lower() == "hub":
         try:
-            module = timm.create_model(name, pretrained=True, **kw)
+            with third_party_bars():
+                module = timm.create_model(name, pretrained=True, **kw)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:
@@ -285,10 +334,11 @@ def timm_model(arg: str, arch_override: str | None = None, num_classes: int | No
         path = Path(weights)
         if not path.is_file():
             raise ModelLoadError(f"checkpoint not found: {path}")
+        state = read_state_dict(path)  # what the file is, before any model is built
         probe = timm.create_model(name, pretrained=False)
-        k = checkpoint_classes(read_state_dict(path), probe) or num_classes
+        k = checkpoint_classes(state, probe) or num_classes
         module = timm.create_model(name, pretrained=False, **({"num_classes": k} if k else {}))
-        load_into(module, read_state_dict(path), f"timm:{name}", path)
+        load_into(module, state, f"timm:{name}", path)
         sha, source = file_sha256(path), f"timm:{name} + {path}"
     cfg = getattr(module, "pretrained_cfg", {}) or {}
     module, norm = _normalized(module.eval(), cfg.get("mean"), cfg.get("std"))

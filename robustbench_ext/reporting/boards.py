@@ -1,15 +1,25 @@
 """Leaderboards derived from result records (never typed by hand): Markdown, CSV, HTML and plots.
 
 :func:`records_table` flattens every record under a results directory into one pandas DataFrame
-(a row per record, accuracies in percent). :func:`build_boards` keeps the newest record per
-(suite, model, image set) and makes one board per suite and image set (the dataset and exactly which
-images, by the hash of the evaluated slice), ranked by union accuracy: runs on different images or a
-different n are never ranked together, and a run never replaces one made on other images. Common-corruption
-runs (records with a ``corruptions`` block) get boards of their own: clean, each corruption's mean over its
-severities and the overall mean, ranked by that mean (RobustBench's corruptions accuracy). :func:`write_all`
-writes ``leaderboard.md``, ``leaderboard.csv``, a self-contained ``leaderboard.html`` (sortable
-columns, plots embedded; rendered from ``templates/leaderboard.html.j2``) and the PNG plots under
-``plots/`` (linked from the Markdown).
+(a row per record, accuracies as fractions). :func:`build_boards` keeps the newest record per
+(suite, image set, model) and makes **one board per suite and image set** -- the image set being exactly which
+images were evaluated, by the sha256 of the evaluated slice's pixels and labels, so records of the same images
+under different dataset labels land on one board, and runs on other images are never ranked together nor
+replace each other. Boards rank by union accuracy. Common-corruption runs (records with a ``corruptions``
+block) get boards of their own: clean, each corruption's mean over its severities and the overall mean,
+ranked by that mean (RobustBench's corruptions accuracy).
+
+Order: the **main board** first (the main suite's -- ``rbx leaderboard`` passes the default suite -- on its
+largest image set), then the other attack boards (by suite, largest image set first), corruption boards last.
+Rows carry the model card's links where the record has them (``model.card``: the model's page, its paper;
+the reference models' cards from the registry) and AutoAttack's union accuracy where the results directory
+holds AutoAttack's flags or a comparison for that model and those images (:mod:`.autoattack`).
+
+:func:`write_all` writes ``leaderboard.md`` (a table of contents, then the boards), ``leaderboard.csv``, one
+self-contained ``leaderboard.html`` (CSS and a small script inline, no CDN: a table of contents, sortable
+columns, a search box that filters every board, tables that fit a 1400 px window; board-level plots embedded;
+rendered from ``templates/leaderboard.html.j2``) and the PNG plots under ``plots/`` (per-record plots are
+linked from the Markdown and the HTML, not embedded, which keeps the page small).
 """
 
 from __future__ import annotations
@@ -23,7 +33,9 @@ from typing import Any
 import pandas as pd
 
 from . import plots
+from .autoattack import AAIndex, AAView
 from ..errors import RbxError
+from ..registry import MODELS
 from ..records.provenance import utc_now
 from ..records.schema import NOT_MEASURED, RunRecord
 from ..paths import atomic_write_bytes, atomic_write_text
@@ -52,7 +64,9 @@ def record_row(path: Path, r: RunRecord) -> dict:
         "architecture": r.model.get("architecture"),
         "dataset": r.dataset.get("source"),
         "dataset_sha256": r.dataset.get("sha256"),
+        "images": images_key(r),
         "n": r.n,
+        **card_links(r),
         "clean": _pct(r.clean.accuracy),
         "clean_ci": tuple(_pct(v) for v in r.clean.ci95),
     }
@@ -88,7 +102,8 @@ def _corruption_row(path: Path, r: RunRecord) -> dict:
     assert c is not None
     row: dict[str, Any] = {
         "suite": r.suite_label, "model": r.model.get("name"), "architecture": r.model.get("architecture"),
-        "dataset": r.dataset.get("source"), "dataset_sha256": r.dataset.get("sha256"), "n": r.n,
+        "dataset": r.dataset.get("source"), "dataset_sha256": r.dataset.get("sha256"), "images": images_key(r), "n": r.n,
+        **card_links(r),
         "clean": _pct(r.clean.accuracy), "clean_ci": tuple(_pct(v) for v in r.clean.ci95),
     }
     for name, m in c.per_corruption.items():
@@ -106,10 +121,32 @@ def _corruption_row(path: Path, r: RunRecord) -> dict:
     return row
 
 
-def records_table(results_dir: Path) -> pd.DataFrame:
-    """Every record under ``results_dir`` as a DataFrame, oldest first; records marked meaningless (a threat
-    model whose ball covers the whole [0, 1] box, e.g. ``Linf:8`` for 8/255) are left out of every board."""
-    return pd.DataFrame([record_row(p, r) for p, r in iter_records(results_dir) if not r.config.get("meaningless")])
+def images_key(r: RunRecord) -> str:
+    """Which images a record evaluated: the sha256 of the evaluated slice (pixels and labels), else its dataset and n."""
+    return str(r.dataset.get("sha256") or f"{r.dataset.get('source')}|n={r.n}")
+
+
+def card_links(r: RunRecord) -> dict[str, str | None]:
+    """The model card's links of a record: ``model_link`` (the model's page) and ``paper_link``, from the record's
+    ``model.card`` block, else from the model registry's entry of that name (rbx's reference models); None where
+    neither says."""
+    card = r.model.get("card") if isinstance(r.model.get("card"), dict) else {}
+    name = str(r.model.get("name") or "")
+    tags = MODELS.get(name).tags if name and ":" not in name and name in MODELS.names() else {}
+    registered = tags.get("card") or {}
+    def web(url: Any) -> str | None:  # only web links reach a page (never javascript: or file: URLs from a record)
+        return url if isinstance(url, str) and url.startswith(("https://", "http://")) else None
+
+    return {"model_link": web(card.get("model") or registered.get("model")),
+            "paper_link": web(card.get("paper") or registered.get("paper"))}
+
+
+def records_table(results_dir: Path, records: "list[tuple[Path, RunRecord]] | None" = None) -> pd.DataFrame:
+    """Every record under ``results_dir`` (or the ``records`` already read from it) as a DataFrame, oldest first;
+    records marked meaningless (a threat model whose ball covers the whole [0, 1] box, e.g. ``Linf:8`` for 8/255)
+    are left out of every board."""
+    found = iter_records(results_dir) if records is None else records
+    return pd.DataFrame([record_row(p, r) for p, r in found if not r.config.get("meaningless")])
 
 
 def meaningless_records(results_dir: Path) -> list[str]:
@@ -117,8 +154,9 @@ def meaningless_records(results_dir: Path) -> list[str]:
     return [r.run_id for _, r in iter_records(results_dir) if r.config.get("meaningless")]
 
 
-#: What makes runs comparable on one board: the suite and exactly the same images.
-BOARD_KEY = ["suite", "dataset", "dataset_sha256"]
+#: What makes runs comparable on one board: the suite and exactly the same images (:func:`images_key`) -- not the
+#: dataset's label, which two records of the same images may spell differently.
+BOARD_KEY = ["suite", "images"]
 
 
 def latest_per_board(df: pd.DataFrame) -> pd.DataFrame:
@@ -130,9 +168,10 @@ def latest_per_board(df: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass
 class Board:
-    """One board: a suite on one image set (dataset and slice), its threat models and rows, ranked by union accuracy.
+    """One board: a suite on one image set, its threat models and rows, ranked by union accuracy.
 
     A corruption board (``kind == "corruptions"``): ``threats`` are its corruptions, ranked by the ``mean``.
+    ``labels``: the dataset labels its records give these images (usually one); ``main``: the page's main board.
     """
 
     suite: str
@@ -144,6 +183,8 @@ class Board:
     images: str = ""  # sha256 of the evaluated slice
     only_one: bool = True  # the suite's only board: its anchor (and plot names) need no n or image hash
     kind: str = "threats"
+    labels: list[str] = field(default_factory=list)
+    main: bool = False
 
     @property
     def rank_column(self) -> str:
@@ -159,24 +200,57 @@ class Board:
         name = self.suite if self.only_one else f"{self.suite} n{self.n} {self.images[:8]}"
         return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
+    @property
+    def attacks(self) -> list[str]:
+        """The attack cascades (or corruption sources) its rows were evaluated with, each once."""
+        return list(dict.fromkeys(str(a) for a in self.rows["attacks"]))
 
-def build_boards(results_dir: Path) -> list[Board]:
-    """One board per (suite, image set) from the newest record per model; largest n first within a suite."""
-    df = latest_per_board(records_table(results_dir))
-    boards = []
+    @property
+    def has_autoattack(self) -> bool:
+        return "aa" in self.rows and any(v is not None for v in self.rows["aa"])
+
+    @property
+    def has_links(self) -> bool:
+        return any(not _missing(v) and bool(v) for col in ("model_link", "paper_link") if col in self.rows for v in self.rows[col])
+
+
+def build_boards(results_dir: Path, main_suite: str | None = None) -> list[Board]:
+    """One board per (suite, image set) from the newest record per model; the main board first (see the module
+    docstring: ``main_suite``'s board on its largest image set, else the attack board with the most images), then
+    the other attack boards by suite and largest image set, corruption boards last."""
+    results_dir = Path(results_dir)
+    found = list(iter_records(results_dir))
+    df = latest_per_board(records_table(results_dir, found))
+    boards: list[Board] = []
     if df.empty:
         return boards
-    for (suite, dataset, sha), rows in df.groupby(BOARD_KEY, sort=False, dropna=False):
+    index, by_path = AAIndex.scan(results_dir), {str(p): r for p, r in found}
+    for (suite, images), rows in df.groupby(BOARD_KEY, sort=False, dropna=False):
         kind = str(rows["kind"].iloc[0])
         rank_by = "mean" if kind == "corruptions" else "union"
         rows = rows.sort_values([rank_by, "clean"], ascending=False).reset_index(drop=True)
         rows.insert(0, "rank", range(1, len(rows) + 1))
-        boards.append(Board(str(suite), list(rows["threats"].iloc[0]), rows, dataset=str(dataset),
-                            n=int(rows["n"].iloc[0]), images=str(sha), kind=kind))
-    boards.sort(key=lambda b: (b.suite, b.dataset, -b.n, b.images))
+        if kind != "corruptions":
+            rows = rows.assign(aa=[_autoattack(index, Path(p), by_path[p]) for p in rows["record"]])
+        labels = list(rows["dataset"].value_counts(sort=True).index.astype(str))
+        boards.append(Board(str(suite), list(rows["threats"].iloc[0]), rows, dataset=labels[0], n=int(rows["n"].iloc[0]),
+                            images=str(rows["dataset_sha256"].iloc[0] or images), kind=kind, labels=labels))
+    attack_boards = [b for b in boards if b.kind != "corruptions"]
+    candidates = [b for b in attack_boards if b.suite == main_suite] or attack_boards
+    main = max(candidates, key=lambda b: (b.n, len(b.rows))) if candidates else None
+    boards.sort(key=lambda b: (b is not main, b.kind == "corruptions", b.suite, -b.n, b.images))
     for b in boards:
         b.only_one = sum(o.suite == b.suite for o in boards) == 1
+        b.main = b is main
     return boards
+
+
+def _autoattack(index: AAIndex, path: Path, record: RunRecord) -> AAView | None:
+    try:
+        flags = read_flags(path, record)
+    except Exception:  # noqa: BLE001 -- a record whose flags file is missing still shows, without AutoAttack's numbers
+        flags = None
+    return index.view(path, record, flags)
 
 
 def _missing(acc: Any) -> bool:
@@ -219,11 +293,13 @@ def board_markdown(board: Board, link_base: Path | None = None, plot_links: dict
         return "\n".join(lines) + "\n"
     out = pd.DataFrame({
         "rank": rows["rank"].values,
-        "model": rows["model"].values,
+        "model": [_md_model(m, link) for m, link in zip(rows["model"], rows["model_link"])],
         "architecture": rows["architecture"].values,
         "clean": [_fmt(a, c) for a, c in zip(rows["clean"], rows["clean_ci"])],
         **{t: [_fmt(a, c) for a, c in zip(rows[t], rows[f"{t} ci"])] for t in board.threats},
         "union": [_fmt(a, c) for a, c in zip(rows["union"], rows["union_ci"])],
+        **({"AutoAttack union": [_aa_cell(v) for v in rows["aa"]]} if board.has_autoattack else {}),
+        **({"paper": [f"[paper]({u})" if _text(u) else "" for u in rows["paper_link"]]} if board.has_links else {}),
         "n": rows["n"].values,
         "attack suite": [board.suite] * len(rows),
         "dataset": rows["dataset"].values,
@@ -237,10 +313,30 @@ def board_markdown(board: Board, link_base: Path | None = None, plot_links: dict
     return "\n".join(lines) + "\n"
 
 
+def _text(value: Any) -> str:
+    """A string cell of a board row, "" where the row has none (None, or the NaN pandas puts in its place)."""
+    return "" if _missing(value) else str(value)
+
+
+def _md_model(name: str, link: str | None) -> str:
+    return f"[{name}]({link})" if _text(link) else str(name)
+
+
+def _aa_cell(view: AAView | None) -> str:
+    """AutoAttack's union accuracy (%) where known; its per-threat numbers where only some threat models were run."""
+    if view is None:
+        return ""
+    if view.union is not None:
+        return percent(view.union)
+    return "partial: " + ", ".join(f"{t} {percent(a)}" for t, a in view.per_threat.items())
+
+
 def leaderboard_markdown(results_dir: Path, *, link_base: Path | None = None,
-                         plot_links: dict[str, list[tuple[str, str]]] | None = None) -> str:
-    """A Markdown page with one board per suite: a row per model, ranked by union accuracy."""
-    boards = build_boards(results_dir)
+                         plot_links: dict[str, list[tuple[str, str]]] | None = None, main_suite: str | None = None,
+                         boards: list[Board] | None = None) -> str:
+    """A Markdown page: a table of contents, then one board per suite and image set (the main board first), a row
+    per model ranked by union accuracy."""
+    boards = build_boards(results_dir, main_suite) if boards is None else boards
     lines = ["# rbx leaderboard", "",
              "Generated by `rbx leaderboard` from the records in this directory; do not edit by hand.",
              "Accuracies in %, with 95% Wilson intervals; union = correct and robust under every threat model.", ""]
@@ -250,8 +346,14 @@ def leaderboard_markdown(results_dir: Path, *, link_base: Path | None = None,
                       "over the images); with all 15 corruptions x 5 severities it is RobustBench's corruptions accuracy.", ""]
     if not boards:
         lines += ["_No records yet: run `rbx run` first._", ""]
+    elif len(boards) > 1:
+        lines += ["**Boards**", ""] + [f"- [{b.title}](#{b.anchor}){' (main board)' if b.main else ''}: {len(b.rows)} "
+                                       f"model{'s' if len(b.rows) != 1 else ''}" for b in boards] + [""]
     for board in boards:
-        lines += [f"## {board.title}", "", board_markdown(board, link_base, plot_links)]
+        lines += [f'<a id="{board.anchor}"></a>', "", f"## {board.title}", ""]
+        if len(board.labels) > 1:
+            lines += [f"_Same images under {len(board.labels)} dataset labels: {'; '.join(board.labels)}._", ""]
+        lines += [board_markdown(board, link_base, plot_links)]
     left = meaningless_records(results_dir)
     if left:
         lines += [f"_Left out: {len(left)} record(s) whose threat model covers the whole [0, 1] box, so their robust "
@@ -272,8 +374,12 @@ def leaderboard_csv(boards: list[Board]) -> str:
         for t in b.threats:
             cols.update(_csv_acc(t, r[t], r[f"{t} ci"]))
         cols.update({**_csv_acc("union", r["union"], r["union_ci"]),
+                     "autoattack_union": [_num(v.union) if v is not None and v.union is not None else "" for v in r["aa"]],
+                     "autoattack_source": [v.source if v is not None else "" for v in r["aa"]],
                      "n": r["n"], "attacks": r["attacks"], "dataset": r["dataset"], "dataset_sha256": r["dataset_sha256"],
-                     "device": r["device"], "date": r["date"], "seconds": r["seconds"], "record": r["record"]})
+                     "device": r["device"], "date": r["date"], "seconds": r["seconds"],
+                     "model_link": [_text(v) for v in r["model_link"]], "paper_link": [_text(v) for v in r["paper_link"]],
+                     "record": r["record"]})
         frames.append(pd.DataFrame(cols))
     return pd.concat(frames, ignore_index=True).to_csv(index=False) if frames else "suite,rank,model\n"
 
@@ -311,38 +417,45 @@ def _stem(record_path: str) -> str:
     return Path(record_path).stem
 
 
-def write_all(results_dir: Path) -> list[Path]:
-    """Write leaderboard.md/.csv/.html and plots/*.png under ``results_dir``; return the paths written."""
+def write_all(results_dir: Path, main_suite: str | None = None) -> list[Path]:
+    """Write leaderboard.md/.csv/.html and plots/*.png under ``results_dir``; return the paths written.
+
+    ``main_suite``: the suite whose board (on its largest image set) comes first (``rbx leaderboard``: the default
+    suite). Board-level plots (robust accuracy vs eps, a corruption run's grid) are embedded in the HTML; the
+    per-record plots are files under ``plots/``, linked from the Markdown and the HTML."""
     results_dir = Path(results_dir)
-    boards = build_boards(results_dir)
+    boards = build_boards(results_dir, main_suite)
     records = {str(p): r for p, r in iter_records(results_dir)}
     plot_dir = results_dir / "plots"
     written: list[Path] = []
     plot_links: dict[str, list[tuple[str, str]]] = {}
 
-    def save(name: str, png: bytes | None, caption: str, bucket: list[dict[str, Any]], board_key: str) -> None:
+    def save(name: str, png: bytes | None, caption: str, bucket: list[dict[str, Any]], board_key: str,
+             embed: bool = False) -> None:
         if png is None:
             return
         plot_dir.mkdir(parents=True, exist_ok=True)
         path = plot_dir / name
         atomic_write_bytes(path, png)
         written.append(path)
-        bucket.append({"caption": caption, "b64": base64.b64encode(png).decode("ascii"), "file": f"plots/{name}"})
+        short = {"class": "per-class"}.get(name.rsplit("_", 1)[-1][:-4], name.rsplit("_", 1)[-1][:-4])
+        bucket.append({"caption": caption, "file": f"plots/{name}", "short": short,
+                       **({"b64": base64.b64encode(png).decode("ascii")} if embed else {})})
         plot_links.setdefault(board_key, []).append((caption, f"plots/{name}"))
 
     for board in boards:
         latest = [records[p] for p in board.rows["record"]]
         for norm in sorted({t.norm for r in latest for t in r.threats}):
             save(f"{board.anchor}_eps_{norm}.png", plots.eps_sweep(latest, norm),
-                 f"{board.suite}: robust accuracy vs eps ({norm})", board.plots, board.anchor)
+                 f"{board.suite}: robust accuracy vs eps ({norm})", board.plots, board.anchor, embed=True)
         row_plots = []
         for rec_path, model in zip(board.rows["record"], board.rows["model"]):
             rec = records[rec_path]
             mine: list[dict[str, Any]] = []
             stem = _stem(rec_path)
-            if board.kind == "corruptions":
+            if board.kind == "corruptions":  # the grid is the board's content: embedded, after the table
                 save(f"{stem}_corruptions.png", plots.corruption_grid(rec), f"{model}: accuracy per corruption and severity",
-                     mine, board.anchor)
+                     board.plots, board.anchor, embed=True)
                 row_plots.append(mine)
                 continue
             flags = read_flags(Path(rec_path), rec)
@@ -362,16 +475,27 @@ def write_all(results_dir: Path) -> list[Path]:
             if stale.name not in keep:
                 stale.unlink()
     md = results_dir / "leaderboard.md"
-    atomic_write_text(md, leaderboard_markdown(results_dir, link_base=results_dir, plot_links=plot_links))
+    atomic_write_text(md, leaderboard_markdown(results_dir, link_base=results_dir, plot_links=plot_links, boards=boards))
     csv = results_dir / "leaderboard.csv"
     atomic_write_text(csv, leaderboard_csv(boards))
     html = results_dir / "leaderboard.html"
-    atomic_write_text(html, render_html(boards, len(records)))
+    atomic_write_text(html, render_html(boards, len(records), link_base=results_dir))
     return [md, csv, html, *written]
 
 
-def render_html(boards: list[Board], n_records: int) -> str:
-    """The self-contained HTML page (CSS, sorting script and plots inline) from the package template."""
+def _relative(path: str, base: Path | None) -> str:
+    p = Path(path)
+    if base is not None:
+        try:
+            return p.resolve().relative_to(Path(base).resolve()).as_posix()
+        except ValueError:
+            pass
+    return p.as_posix()
+
+
+def render_html(boards: list[Board], n_records: int, link_base: Path | None = None) -> str:
+    """The self-contained HTML page (CSS, sorting and search script, board-level plots inline) from the package
+    template; record and per-record plot links are relative to ``link_base`` (where the page is written)."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     env = Environment(loader=PackageLoader("robustbench_ext.reporting", "templates"), autoescape=select_autoescape(["html", "j2"]))
@@ -380,26 +504,34 @@ def render_html(boards: list[Board], n_records: int) -> str:
         rows = []
         rank = b.rank_column
         for _, r in b.rows.iterrows():
+            aa = r.get("aa")
             rows.append({
                 "rank": int(r["rank"]), "model": r["model"], "architecture": r["architecture"],
+                "model_link": _text(r.get("model_link")), "paper_link": _text(r.get("paper_link")),
                 "clean": r["clean"], "clean_s": percent(r["clean"]), "clean_ci": interval(r["clean_ci"]),
                 "acc": {t: "" if _missing(r[t]) else r[t] for t in b.threats},
                 "acc_s": {t: NOT_MEASURED if _missing(r[t]) else percent(r[t]) for t in b.threats},
                 "ci": {t: "not measured" if _missing(r[t]) else interval(r[f"{t} ci"]) for t in b.threats},
                 "union": r[rank], "union_s": percent(r[rank]), "union_ci": interval(r[f"{rank}_ci"]),
-                "n": int(r["n"]), "attacks": r["attacks"],
-                "dataset": r["dataset"], "device": r["device"], "date": r["date"], "record": Path(r["record"]).name,
+                "aa": "" if aa is None or aa.union is None else aa.union,
+                "aa_s": "" if aa is None else (percent(aa.union) if aa.union is not None else "partial"),
+                "aa_title": "" if aa is None else aa.describe(),
+                "n": int(r["n"]), "attacks": r["attacks"], "dataset": r["dataset"], "device": r["device"] or "",
+                "date": r["date"], "seconds": r["seconds"],
+                "record": _relative(r["record"], link_base), "record_name": Path(r["record"]).name,
                 "plots": r.get("plots", []) or [],
             })
-        view.append({"suite": b.suite, "title": b.title, "anchor": b.anchor, "threats": b.threats, "rows": rows, "plots": b.plots,
+        view.append({"suite": b.suite, "title": b.title, "anchor": b.anchor, "threats": b.threats, "rows": rows,
+                     "plots": b.plots, "main": b.main, "kind": b.kind, "n": b.n, "images": b.images[:8],
+                     "labels": b.labels, "attacks": b.attacks, "has_aa": b.has_autoattack, "has_links": b.has_links,
                      "rank_label": "mean" if b.kind == "corruptions" else "union",
                      "attacks_label": "corruption source" if b.kind == "corruptions" else "attack suite"})
     return env.get_template("leaderboard.html.j2").render(boards=view, n_records=n_records, generated=utc_now())
 
 
-def write_leaderboard(results_dir: Path) -> Path:
+def write_leaderboard(results_dir: Path, main_suite: str | None = None) -> Path:
     """Write every leaderboard file; return the Markdown path (kept for callers of the first version)."""
-    return write_all(results_dir)[0]
+    return write_all(results_dir, main_suite)[0]
 
 
 def embed_in_readme(readme: Path, results_dir: Path, suite: str) -> None:

@@ -38,7 +38,7 @@ from ..runtime import autograd_on, check_seed, resolve_device, stream_seed
 from ..errors import RbxError
 from ..attack.losses import accuracy
 from ..models.loading import LoadedModel, build_architecture, file_sha256, load_model
-from ..progress import PointBar, RunClock, log as progress_log
+from ..progress import PointBar, RunClock, log as progress_log, show_bars
 from ..paths import atomic_write_bytes, atomic_write_text
 from ..registry import DATASETS, DEFENSES
 
@@ -174,12 +174,12 @@ class TrainResult:
 class Trainer:
     """Runs one training configuration; see the module docstring."""
 
-    def __init__(self, cfg: TrainConfig, *, progress: bool = False) -> None:
+    def __init__(self, cfg: TrainConfig, *, progress: bool | None = None) -> None:
         cfg.validate()
         self.defense = parse_defense(cfg.defense)
         cfg = cfg.resolved(self.defense.recipe)
         self.cfg = cfg
-        self.progress = progress
+        self.progress = show_bars(progress)  # None: a bar only when stderr is a terminal (the CLI's rule)
         self.device = resolve_device(cfg.device)
         self.out = Path(cfg.out)
         self.name = cfg.name or self.out.name
