@@ -356,7 +356,7 @@ def test_no_forward_pass_exceeds_the_batch_size(small_cnn, cifar200):
     assert ev.record.n == 10 and ev.record.checks["results"]  # the pre-evaluation checks ran, in batches of 3
     report = check(model, data, "Linf:8/255", attacks=["pgd:steps=2"], black_box="aa-square:budget=0.002",
                    n_examples=10, batch_size=3)
-    assert len(report.results) == 8
+    assert len(report.results) == 9  # 5 cheap checks (batch independence included) and 4 attack-based ones
     with pytest.raises(RbxError, match="MemoryError"):  # the model does enforce its limit
         evaluate(model, data, "Linf:8/255", attacks=["pgd:steps=1"], batch_size=4, progress=False)
 
@@ -369,7 +369,7 @@ def test_rbx_check_has_a_batch_size_and_respects_it(small_cnn):
                 "--black-box", "aa-square:budget=0.002", "--quiet", "--json"]
         res = CliRunner().invoke(cli, [*args, "--batch-size", "3"])
         assert res.exit_code in (0, 1), res.output  # 1: a check flagged something; never a crash
-        assert len(json.loads(res.stdout)["results"]) == 8
+        assert len(json.loads(res.stdout)["results"]) == 9
         res = CliRunner().invoke(cli, args)  # default 256: the model refuses, one line
         assert res.exit_code == 2 and "MemoryError" in _one_line(res)
     finally:
