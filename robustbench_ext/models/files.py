@@ -76,8 +76,12 @@ def state_dict_of(obj: Any, path: Path) -> dict[str, Tensor]:
             break
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
         held = (f"a dict with keys {sorted(map(str, obj))[:6]}" if isinstance(obj, dict) else f"a {type(obj).__name__}")
+        nested = [k for k, v in obj.items() if isinstance(v, dict) and v and all(isinstance(t, Tensor) for t in v.values())] \
+            if isinstance(obj, dict) else []
+        todo = (f"its key '{nested[0]}' holds one: save that dict alone (torch.save(checkpoint['{nested[0]}'], PATH))"
+                if nested else "save model.state_dict()")
         raise ModelLoadError(f"checkpoint {path} holds {held}, not a state dict of tensors (rbx looks under "
-                             f"{', '.join(STATE_DICT_KEYS)}): save model.state_dict()")
+                             f"{', '.join(STATE_DICT_KEYS)}): {todo}")
     return {
         (k[len("module."):] if k.startswith("module.") else k): (v.float() if v.is_floating_point() else v)
         for k, v in obj.items()
