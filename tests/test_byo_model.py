@@ -180,7 +180,7 @@ def test_a_run_without_a_suite_takes_its_datasets_own_suite():
     assert default_suite("cifar100") == "cifar100-union"
     assert default_suite("imagenet:/some/where,preprocessing=Res224") == "imagenet-union"
     assert default_suite("cifar10-1k") == default_suite("cifar10") == default_suite(None) == DEFAULT_SUITE
-    assert default_suite("mnist") == DEFAULT_SUITE  # no MNIST suite: the default (users give --threat)
+    assert default_suite("mnist") == "mnist-union"  # MNIST has its own suite (Tramer & Boneh radii; issue 26)
 
     from robustbench_ext.data.datasets import EvalData
 
