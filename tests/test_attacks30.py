@@ -150,7 +150,8 @@ def test_label_only_run_never_calls_backward():
     for stage in rec.threats[0].attacks:
         assert stage.n_backward == 0 and stage.queries == stage.n_forward
     assert rec.config.get("label_only") is True
-    assert [c["name"] for c in rec.checks["results"]] == ["deterministic"]
+    # no score or gradient check: determinism, and (deterministic) batch independence (issue 26)
+    assert [c["name"] for c in rec.checks["results"]] == ["deterministic", "batch_independent"]
 
 
 def test_label_only_run_refuses_score_attacks():

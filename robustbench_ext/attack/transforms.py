@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, ClassVar, Sequence
+from typing import ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -57,9 +57,8 @@ from torch import Tensor
 
 from ..errors import ThreatModelError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .threat import ThreatModel
-
+# ``ThreatModel`` (attack/threat.py) appears in annotations only, as a string: threat.py builds a threat model's
+# transform from this module, so an import back would be a cycle.
 
 class Transform(ABC):
     """A parametrized perturbation set with a box budget on its parameters. Stateless; see :func:`get_transform`."""

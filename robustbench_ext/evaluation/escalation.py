@@ -180,11 +180,14 @@ def _renumber(stages: list[Stage], plan: RunPlan) -> list[Stage]:
 
 
 def _with_eot(stages: list[Stage], eot: int) -> tuple[list[Stage], list[str]]:
-    """Every threat-model stage's attack with ``eot`` draws where it takes them; notes name the ones that do not."""
+    """Every threat-model stage's attack with ``eot`` draws where it takes them; notes name the ones that do not.
+    An attack given its own ``eot`` (> 1: the user already averages draws) keeps it, and a note says so."""
     out, notes = [], []
     for s in stages:
         attack = s.attack
-        if s.kind in ("threat", "sweep") and isinstance(attack, Attack) and hasattr(attack, "eot"):
+        if s.kind in ("threat", "sweep") and isinstance(attack, Attack) and getattr(attack, "eot", 1) > 1:
+            notes.append(f"escalation: {s.label} keeps the eot={attack.eot} it was given")
+        elif s.kind in ("threat", "sweep") and isinstance(attack, Attack) and hasattr(attack, "eot"):
             candidate = dataclasses.replace(attack, eot=eot)
             why = candidate.eot_note_for()
             if why:

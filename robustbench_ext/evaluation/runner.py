@@ -129,15 +129,7 @@ def execute(request: RunRequest, prepared: Prepared | None = None) -> Evaluation
     meaningless = _meaningless_threats(plan, data, request.allow_meaningless)
     if request.curve:
         check_curve_plan(plan)
-    skip = _check_skips(plan, request.skip_stages)
-    notes = p.notes + tuple(f"stage '{name}' was skipped on request (--skip-stage): its threat model's robust accuracy "
-                            "is an upper bound without it" for name in skip)
-    settings = RunSettings(
-        suite=bench.suite, threats=tuple((t.threat.label, tuple(a.label for a in t.attacks)) for t in bench.threats),
-        union_attacks=tuple(a.label for a in bench.union), seed=request.seed, batch_size=request.batch_size,
-        device=str(dev), search=request.search.describe(), distributed=dist.describe() if dist.world > 1 else None,
-        notes=notes, extra={**({"meaningless": meaningless} if meaningless else {}), **_union_only_config(plan),
-                            **({"label_only": True} if request.is_label_only else {})})
+    _check_skips(plan, request.skip_stages)  # unknown stage names fail before anything runs
     audit = resolve_audit(request.audit, data.n)
     # (a stream's part runs with a derived 63-bit seed: its low 32 bits key the draws, as stream_seed keys everything)
     draw_setting = Draws(request.draws, (request.seed & MAX_SEED) if request.draw_seed is None else int(request.draw_seed))
@@ -165,7 +157,8 @@ def execute(request: RunRequest, prepared: Prepared | None = None) -> Evaluation
             union_attacks=tuple(a.label for a in bench.union), seed=request.seed, batch_size=request.batch_size,
             device=str(dev), search=request.search.describe(), distributed=dist.describe() if dist.world > 1 else None,
             notes=notes, extra={**({"meaningless": meaningless} if meaningless else {}), **_union_only_config(plan),
-                                **({"audit": audit} if audit else {})})
+                                **({"audit": audit} if audit else {}),
+                                **({"label_only": True} if request.is_label_only else {})})
         rule = _draws_for(state.checks, request.randomized, draw_setting, warn=True)
         if rule is not None:
             settings = dataclasses.replace(settings, draws=rule.describe())
