@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from robustbench_ext.attack.geometry import get_geometry
-from robustbench_ext.attack.threat import LP_NORMS, NORMS
+from robustbench_ext.attack.threat import GEOMETRY_NORMS as NORMS, LP_NORMS  # the norms with a geometry
 
 scipy_optimize = pytest.importorskip("scipy.optimize")
 

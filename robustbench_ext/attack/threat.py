@@ -41,6 +41,8 @@ LP_NORMS: tuple[str, ...] = ("Linf", "L2", "L1")
 TRANSFORM_KINDS: tuple[str, ...] = ("spatial-rt", "stadv", "color", "jpeg-linf")
 #: Norms whose radius counts something (pixels, coordinates): eps must be a whole number.
 COUNT_NORMS: tuple[str, ...] = ("L0", "L0c")
+#: The norms with a geometry (a ball, its projection: :mod:`robustbench_ext.attack.geometry`): lp and L0.
+GEOMETRY_NORMS: tuple[str, ...] = LP_NORMS + COUNT_NORMS
 
 _NORM_ALIASES = {
     "linf": "Linf", "l-inf": "Linf", "l_inf": "Linf", "inf": "Linf", "l∞": "Linf",
