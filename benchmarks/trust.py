@@ -83,10 +83,12 @@ def _restrict(suite, norms):
                                union_order=())
 
 
-def run_rbx(net, data, suite, seed: int, batch_size: int):
-    """rbx as a user runs it (escalation on, no audit); its flags, record and wall/CPU seconds."""
+def run_rbx(net, data, suite, seed: int, batch_size: int, escalate: bool = True):
+    """rbx as a user runs it (escalation on unless ``escalate`` is False, no audit); its flags, record and wall/CPU
+    seconds."""
     t0, c0 = time.perf_counter(), time.process_time()
-    ev = evaluate(net, data, suite=suite, seed=seed, batch_size=batch_size, device="cpu", progress=False, audit=0)
+    ev = evaluate(net, data, suite=suite, seed=seed, batch_size=batch_size, device="cpu", progress=False, audit=0,
+                  escalate=escalate)
     return ev, time.perf_counter() - t0, time.process_time() - c0
 
 
@@ -130,11 +132,11 @@ def cmd_compare(a) -> int:
     aa, aa_cpu, aa_wall = aa_side(a.model, split, a.start, a.n, norms, bool(meta.get("randomized")))
     rows = []
     for suite in suites:
-        ev, wall, cpu = run_rbx(net, data, suite, a.seed, a.batch_size)
+        ev, wall, cpu = run_rbx(net, data, suite, a.seed, a.batch_size, escalate=not a.no_escalate)
         comp = compare_one(ev, aa, norms)
         for v in comp.values():
             v["aa_breaks_rbx_not"] = [a.start + i for i in v["aa_breaks_rbx_not"]]
-        row = {"suite": suite.name,
+        row = {"suite": suite.name + (" (--no-escalate)" if a.no_escalate else ""),
                "cascades": {t.threat: [s.attack + (str(s.params) if a.verbose else "") for s in t.attacks]
                             for t in ev.record.threats},
                "escalation": ev.record.escalation or None, "clean": int(ev.flags.clean_correct.sum()),
@@ -152,7 +154,8 @@ def cmd_compare(a) -> int:
               "command": "python " + " ".join(sys.argv), "runs": rows}
     OUT.mkdir(parents=True, exist_ok=True)
     tag = "tuning" if role == "tuning" else "heldout"
-    out = OUT / f"{tag}_{a.model}_{split}{a.start}-{a.start + a.n}{'_candidates' if a.candidates else ''}.json"
+    out = OUT / (f"{tag}_{a.model}_{split}{a.start}-{a.start + a.n}{'_candidates' if a.candidates else ''}"
+                 f"{'_noescalate' if a.no_escalate else ''}.json")
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
@@ -193,8 +196,9 @@ def cmd_table(a) -> int:
         r = json.loads(f.read_text())
         run = r["runs"][0]
         data.append({k: r[k] for k in ("model", "split", "start", "n", "role", "date", "command")} | {"run": run})
+        label = r["model"] + (" (rbx without escalation)" if "--no-escalate" in run["suite"] else "")
         for threat, t in run["threats"].items():
-            rows.append(f"| {r['model']} | {r['split']}[{r['start']}:{r['start'] + r['n']}] | {threat} | "
+            rows.append(f"| {label} | {r['split']}[{r['start']}:{r['start'] + r['n']}] | {threat} | "
                         f"{100 * t['rbx_robust'] / r['n']:.1f} | {100 * t['aa_robust'] / r['n']:.1f} | "
                         f"{len(t['aa_breaks_rbx_not'])} | {t['rbx_breaks_aa_not']} | "
                         + (f"{run['cpu_ratio']}x | " if threat == "union" else "| ")
@@ -245,6 +249,8 @@ def main(argv=None) -> int:
         p.add_argument("--verbose", action="store_true")
         if name == "compare":
             p.add_argument("--candidates", nargs="*", default=[])
+            p.add_argument("--no-escalate", action="store_true",
+                           help="rbx without its masking escalation (what the default was before issue 26)")
             p.add_argument("--norms", nargs="*", default=None, choices=NORM_ORDER,
                            help="compare only these threat models (AutoAttack's flags may exist for some only)")
         else:
