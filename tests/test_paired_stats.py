@@ -3,6 +3,7 @@ implies, benchmarks/paired.py on synthetic flags (families, the "nothing learned
 and the committed results pages against their records. Expected numbers are worked out by hand below."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -238,3 +239,15 @@ def test_randomized_page_eot_sections_are_what_their_json_gives(tmp_path):
     eot_randomized.write_page(copy, runs)
     assert copy.read_text() == page.read_text(), "re-render: python benchmarks/eot_randomized.py --render-only"
     assert "exact McNemar raw p = 0.0156 (the Holm-adjusted p" in page.read_text()
+
+
+def test_measurement_pages_quote_no_bare_raw_p():
+    """The docs' measurement pages follow the results pages' rule: no p-value quoted as a finding without its
+    Holm-adjusted value (issue 29: these pages still said "p = 0.024" for a comparison that shows nothing)."""
+    pages = sorted((REPO / "docs" / "measurements").glob("*.md"))
+    assert pages
+    for page in pages:
+        for para in page.read_text().split("\n\n"):
+            assert not re.search(r"\bp\s*=\s*[0-9]", para), (page.name, para[:120])
+            if "raw p" in para:
+                assert "Holm" in para, (page.name, para[:120])
