@@ -202,3 +202,57 @@ def test_audit_default_is_on_for_leaderboard_sized_runs():
     assert escalation.resolve_audit(0, 10_000) == 0 and escalation.resolve_audit(5, 10) == 5
     with pytest.raises(RbxError, match="--audit"):
         evaluate("cifar10-smallcnn-linf-at", "cifar10-1k", audit=-1)
+
+
+# ---- every threat model: escalation and audit either add their stage or say why not --------------------
+#: One threat model per norm rbx knows (a new norm must be added here, and so decided for).
+EXAMPLE_THREATS = {"Linf": "Linf:8/255", "L2": "L2:0.5", "L1": "L1:12", "L0": "L0:20", "L0c": "L0c:20",
+                   "spatial-rt": "spatial-rt:30,3", "stadv": "stadv:0.05", "color": "color:0.1",
+                   "jpeg-linf": "jpeg-linf:1/255"}
+
+
+def test_example_threats_cover_every_norm():
+    from robustbench_ext.attack.threat import NORMS
+    assert set(EXAMPLE_THREATS) == set(NORMS)
+
+
+def _first_attack_for(threat: ThreatModel) -> str:
+    from robustbench_ext.registry import ATTACKS
+    for name in ATTACKS.names():
+        try:
+            if ATTACKS.create(name).supports(threat):
+                return name
+        except RbxError:
+            continue
+    raise AssertionError(f"no registered attack supports {threat.label}")
+
+
+@pytest.mark.parametrize("norm", sorted(EXAMPLE_THREATS))
+def test_escalation_and_audit_under_every_norm(norm):
+    """Issue 30/31 follow-up: a flagged model or an audited run under L0 or a transformation threat model crashed
+    (AutoAttack's assertion on the norm; a KeyError in the black-box table). Each norm now gets its black box and
+    audit reference where rbx has one, and a note saying it has none otherwise."""
+    threat = ThreatModel.parse(EXAMPLE_THREATS[norm])
+    plan = compile_plan([ThreatSpec(threat, (AttackSpec.parse(_first_attack_for(threat)),))], ())
+    flagged = Escalation(({"sign": "zero_gradients"},), black_box=True)
+    ext, notes = extend_plan(plan, flagged, 5, 10, (3, 32, 32))
+    labels = [s.label for s in ext.stages]
+    box, ref = escalation.black_box_for(threat), escalation.audit_reference_for(threat)
+    if box is None:
+        assert not any(l.startswith("escalation/") for l in labels)
+        assert any("no black-box attack for " + threat.label in n for n in notes)
+    else:
+        assert sum(l.startswith("escalation/") for l in labels) == 1
+    if ref is None:
+        assert not any(s.kind == "audit" for s in ext.stages)
+        assert any("not audited" in n for n in notes)
+    else:
+        audits = [s for s in ext.stages if s.kind == "audit"]
+        assert len(audits) == 1 and audits[0].attack.supports(threat)
+    assert norm not in ("Linf", "L2", "L1", "L0", "L0c") or (box and ref)  # lp and L0 always have both
+
+
+def test_black_box_check_without_a_black_box_flags_no_evidence(small_cnn, cifar200):
+    from robustbench_ext.evaluation.checks import check_black_box
+    r = check_black_box(small_cnn, cifar200.x[:8], cifar200.y[:8], ThreatModel.parse("stadv:0.05"), [], None)
+    assert not r.passed and "no black-box attack for stadv" in r.message

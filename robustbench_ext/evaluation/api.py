@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 #: as aa-square:budget=0.2 ran) for Linf and L2, pyautoattack's Square for L1 (rbx's Square has no L1 version),
 #: Sparse-RS for L0.
 DEFAULT_BLACK_BOXES = {"Linf": "square:queries=1000", "L2": "square:queries=1000", "L1": "aa-square:budget=0.2",
-                       "L0": "sparse-rs:queries=1000", "L0c": "sparse-rs:queries=1000"}
+                       "L0": "sparse-rs:queries=1000", "L0c": "sparse-rs:queries=1000", "spatial-rt": "spatial-grid"}
 #: The Linf/L2 default (kept for callers of rbx 0.2).
 DEFAULT_BLACK_BOX = DEFAULT_BLACK_BOXES["Linf"]
 
@@ -227,10 +227,13 @@ def check(
         raise RbxError("rbx check looks for gradient masking with gradient attacks and input gradients; a label-only "
                        "model gives neither: evaluate it with rbx run --label-only (decision-based attacks)")
     th = request.planned.bench.threats[0].threat
-    black = ThreatSpec(th, (AttackSpec.parse(black_box or DEFAULT_BLACK_BOXES[th.norm]),)).build()[0].attack  # a bad spec fails before loading
+    black_spec = black_box or DEFAULT_BLACK_BOXES.get(th.norm)
+    # a bad spec fails before loading; a threat model rbx has no black-box attack for gets a black_box check that
+    # says it could not run (and flags: no evidence)
+    black = ThreatSpec(th, (AttackSpec.parse(black_spec),)).build()[0].attack if black_spec else None
     p = prepare(request)
     attacks_ = [s.attack for s in p.plan.stages]
-    black = black.fit(p.num_classes, tuple(p.data.x.shape[1:]), th)[0]
+    black = black.fit(p.num_classes, tuple(p.data.x.shape[1:]), th)[0] if black is not None else None
     clock, done = RunClock(9), [0]  # the 5 cheap checks (batch independence included) and the 4 attack-based ones
 
     def report(r: CheckResult, seconds: float) -> None:

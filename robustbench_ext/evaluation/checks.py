@@ -258,7 +258,11 @@ def check_unbounded(net, x, y, threat: ThreatModel, attacks, limit: float = 0.02
 
 
 def check_black_box(net, x, y, threat: ThreatModel, attacks, black_box, batch_size: int | None = None) -> CheckResult:
-    """The black-box attack, run after the white-box cascade, must not break further points."""
+    """The black-box attack, run after the white-box cascade, must not break further points. ``black_box`` None:
+    rbx has no black-box attack for the threat model, and the check flags that it has no evidence."""
+    if black_box is None:
+        return CheckResult("black_box", False, None, f"rbx has no black-box attack for {threat.label}, so nothing "
+                                                     "checked the white-box attacks from outside: pass --black-box ATTACK")
     if not _any_correct(net, x, y, batch_size):
         return _no_evidence("black_box", len(y))
     robust = _robust(net, x, y, threat, attacks, batch_size=batch_size)

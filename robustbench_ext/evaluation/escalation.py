@@ -43,17 +43,36 @@ from ..registry import ATTACKS
 from .plan import RunPlan, Stage
 
 #: The black-box attack escalation adds, per norm: Square at AutoAttack's budget (5,000 queries): rbx's own batched
-#: Square for Linf and L2, pyautoattack's for L1 (rbx's Square has no L1 version); Sparse-RS for L0.
+#: Square for Linf and L2, pyautoattack's for L1 (rbx's Square has no L1 version); Sparse-RS for L0; Engstrom et
+#: al.'s gradient-free grid for rotations and translations. The other transformation threat models (stadv, color,
+#: jpeg-linf) have no gradient-free attack in rbx: a flagged model's numbers there are marked as upper bounds.
 BLACK_BOXES = {"Linf": "square:queries=5000", "L2": "square:queries=5000", "L1": "aa-square",
-               "L0": "sparse-rs:queries=5000", "L0c": "sparse-rs:queries=5000"}
+               "L0": "sparse-rs:queries=5000", "L0c": "sparse-rs:queries=5000", "spatial-rt": "spatial-grid"}
 #: The Linf/L2 one (kept for callers of the first version of this module).
 BLACK_BOX = BLACK_BOXES["Linf"]
 #: Gradient draws per step for randomized models (AutoAttack's ``rand`` version uses 20).
 EOT_DRAWS = 20
 #: The checks whose failure means gradients cannot be trusted (-> black box).
 GRADIENT_SIGNS = ("zero_gradients", "finite_gradients", "unbounded")
-#: What the audit runs on its sample: AutoAttack standard, every component.
+#: What the audit runs on its sample: AutoAttack standard, every component (Linf, L2, L1).
 AUDIT_ATTACK = "autoattack"
+#: The audit's reference for the threat models AutoAttack does not cover: Sparse-RS at the budget of its paper's
+#: L0 evaluations (10,000 queries; Croce et al., AAAI 2022). The transformation threat models have no independent
+#: reference attack in rbx: they are not audited, and the record's notes say so.
+AUDIT_REFERENCES = {"L0": "sparse-rs:queries=10000", "L0c": "sparse-rs:queries=10000"}
+
+
+def black_box_for(threat) -> str | None:
+    """The black-box attack escalation adds under ``threat`` (None: rbx has none for it)."""
+    return BLACK_BOXES.get(threat.norm)
+
+
+def audit_reference_for(threat) -> str | None:
+    """The attack the audit runs under ``threat``: AutoAttack standard for lp norms, else the reference of
+    :data:`AUDIT_REFERENCES` (None: no independent reference, not audited)."""
+    if threat.norm in ("Linf", "L2", "L1"):
+        return AUDIT_ATTACK
+    return AUDIT_REFERENCES.get(threat.norm)
 #: Default audit size per threat model when a run has at least AUDIT_AUTO_N images (``audit=None``).
 AUDIT_AUTO_K = 20
 AUDIT_AUTO_N = 1000
@@ -125,7 +144,11 @@ def extend_plan(plan: RunPlan, escalation: Escalation, audit: int, num_classes: 
     if escalation.active and escalation.black_box:
         for c in range(n_main):
             threat = plan.threats[c].threat
-            spec = BLACK_BOXES[threat.norm]
+            spec = black_box_for(threat)
+            if spec is None:
+                notes.append(f"masking signs, but rbx has no black-box attack for {threat.label}: its robust accuracy is "
+                             "an upper bound that only gradient-based attacks measured")
+                continue
             attack, note = ATTACKS.create(spec).fit(num_classes, input_shape, threat)
             if note:
                 notes.append(note)
@@ -135,10 +158,14 @@ def extend_plan(plan: RunPlan, escalation: Escalation, audit: int, num_classes: 
     if audit:
         for c in range(n_main):
             threat = plan.threats[c].threat
-            attack, note = ATTACKS.create(AUDIT_ATTACK).fit(num_classes, input_shape, threat)
+            spec = audit_reference_for(threat)
+            if spec is None:
+                notes.append(f"audit: rbx has no independent reference attack for {threat.label}; it was not audited")
+                continue
+            attack, note = ATTACKS.create(spec).fit(num_classes, input_shape, threat)
             if note and note not in notes:
                 notes.append(note)
-            audits.append(Stage("audit", (c,), f"audit/{ATTACKS.parse(AUDIT_ATTACK).name}", attack, (0,), (c, 0), threat,
+            audits.append(Stage("audit", (c,), f"audit/{ATTACKS.parse(spec).name}", attack, (0,), (c, 0), threat,
                                 _pool(plan, c)))
     # insert each column's extra stages after its last own stage; audits after everything
     out: list[Stage] = []
@@ -234,14 +261,15 @@ def _binom_cdf(k: int, n: int, p: float) -> float:
     return min(1.0, math.exp(m) * sum(math.exp(t - m) for t in terms))
 
 
-def audit_block(threat: str, population: int, sampled: int, broken: int, n: int) -> dict[str, Any]:
+def audit_block(threat: str, population: int, sampled: int, broken: int, n: int,
+                attack: str = AUDIT_ATTACK) -> dict[str, Any]:
     """The record's audit entry for one threat model: the sample, what AutoAttack broke, the 95% upper bound on
     the share of the cascade's robust points it misses, and the lower bound on robust accuracy that follows."""
     upper = miss_rate_upper(broken, sampled)
     robust_after = population - broken  # the broken sample points are counted as broken
     unsampled = population - sampled
     lower = max(0.0, (robust_after - upper * unsampled) / n) if n else 0.0
-    return {"threat": threat, "attack": AUDIT_ATTACK.partition(":")[0], "population": population, "sampled": sampled,
+    return {"threat": threat, "attack": attack.partition(":")[0], "population": population, "sampled": sampled,
             "broken": broken, "miss_rate_upper95": round(upper, 6), "robust_lower95": round(lower, 6)}
 
 

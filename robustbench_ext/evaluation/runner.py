@@ -344,7 +344,8 @@ def _finish(model: LoadedModel, data: EvalData, plan: RunPlan, state: Evaluation
                         state.broken_by[:, :n_main], tuple(t.threat for t in main), sweep_robust=state.robust[:, n_main:],
                         sweep_threats=tuple(r.threat for r in sweeps), measured=measured)
     union = tuple(r for r, s in zip(results, plan.stages) if s.kind == "union")
-    audit = tuple(audit_block(plan.threats[s.columns[0]].threat.label, r.population or 0, r.n_attacked, r.n_broken, data.n)
+    audit = tuple(audit_block(plan.threats[s.columns[0]].threat.label, r.population or 0, r.n_attacked, r.n_broken, data.n,
+                              s.label.partition("/")[2])
                   for r, s in zip(results, plan.stages) if s.kind == "audit")
     record = build_record(settings, model=model.describe(), dataset=data.describe(), flags=flags, threats=main,
                           provenance=prov, checks=state.checks, union_attacks=union, sweeps=_sweeps(main, sweeps),

@@ -82,7 +82,8 @@ def record_row(path: Path, r: RunRecord) -> dict:
         # the per-run audit (rbx run --audit K): the largest 95% upper bound on the share of robust points the
         # cascade missed, over the audited threat models (a fraction, as every rate in a row); None when not audited
         "audit_miss_upper95": (_pct(max(a["miss_rate_upper95"] for a in r.audit)) if r.audit else None),
-        "audit": "; ".join(f"{a['threat']}: AA broke {a['broken']}/{a['sampled']}" for a in r.audit) or None,
+        "audit": "; ".join(f"{a['threat']}: {'AA' if a.get('attack', 'autoattack') == 'autoattack' else a['attack']} "
+                           f"broke {a['broken']}/{a['sampled']}" for a in r.audit) or None,
         # masking signs the run escalated on (or, with --no-escalate, that make its numbers upper bounds)
         "escalation": (", ".join(x["sign"] for x in r.escalation.get("reasons", []))
                        + ("" if r.escalation.get("enabled", True) else " (not escalated: upper bounds)")) or None

@@ -72,10 +72,12 @@ def escalation_lines(record: RunRecord) -> list[str]:
 
 
 def audit_lines(audit) -> list[str]:
-    """One line per audited threat model: AutoAttack on a random sample of the points the run left robust."""
+    """One line per audited threat model: AutoAttack (Sparse-RS under L0) on a random sample of the points the run
+    left robust."""
     out = []
     for a in audit:
-        out.append(f"audit {a['threat']}: AutoAttack standard broke {a['broken']} of {a['sampled']} sampled robust points "
+        who = "AutoAttack standard" if a.get("attack", "autoattack") == "autoattack" else a["attack"]
+        out.append(f"audit {a['threat']}: {who} broke {a['broken']} of {a['sampled']} sampled robust points "
                    f"(of {a['population']}); cascade miss rate <= {percent(a['miss_rate_upper95'])}% (95%), robust "
                    f"accuracy >= {percent(a['robust_lower95'])}% (95%)")
     return out
