@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import aa_cache  # noqa: E402
 import splits  # noqa: E402
 from robustbench_ext.errors import RbxError  # noqa: E402
+from robustbench_ext.runtime import seed_arg  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE_DIR = REPO / "results" / "aa_cache"
@@ -297,7 +298,7 @@ def main(argv=None) -> int:
     ap.add_argument("--norms", nargs="+", default=["Linf", "L2", "L1"])
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (part of the cache key)")
     ap.add_argument("--batch-size", type=int, default=500)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=seed_arg, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--cache", type=Path, default=CACHE_DIR)
     ap.add_argument("--refresh", action="store_true", help="measure again even when cached (and replace)")

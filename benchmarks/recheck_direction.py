@@ -48,7 +48,7 @@ from robustbench_ext.models.loading import load_model  # noqa: E402
 from robustbench_ext.paths import atomic_write_text  # noqa: E402
 from robustbench_ext.records import provenance  # noqa: E402
 from robustbench_ext.registry import DATASETS  # noqa: E402
-from robustbench_ext.runtime import stream_seed  # noqa: E402
+from robustbench_ext.runtime import seed_arg, stream_seed  # noqa: E402
 
 
 def held_out(dataset: str, start: int, n: int):
@@ -159,8 +159,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--suite", default="cifar10-union", help="its Linf 8/255 cascade is the one measured")
     ap.add_argument("--draws", type=int, default=11)
-    ap.add_argument("--draw-seed", type=int, default=0)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--draw-seed", type=seed_arg, default=0)
+    ap.add_argument("--seed", type=seed_arg, default=0)
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--results-dir", default="results")
     ap.add_argument("--render-only", action="store_true",

@@ -44,7 +44,7 @@ from robustbench_ext.paths import atomic_write_text  # noqa: E402
 from robustbench_ext.records import provenance  # noqa: E402
 from robustbench_ext.records.schema import union_flags  # noqa: E402
 from robustbench_ext.registry import ATTACKS  # noqa: E402
-from robustbench_ext.runtime import frozen  # noqa: E402
+from robustbench_ext.runtime import frozen, seed_arg  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "results" / "trust"
@@ -243,7 +243,7 @@ def main(argv=None) -> int:
         p.add_argument("--start", type=int, required=True)
         p.add_argument("--n", type=int, required=True)
         p.add_argument("--suite", default=None)
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=seed_arg, default=0)
         p.add_argument("--batch-size", type=int, default=500)
         p.add_argument("--threads", type=int, default=2)
         p.add_argument("--verbose", action="store_true")

@@ -431,6 +431,19 @@ def test_seeds_outside_32_bits_are_refused_wherever_a_seed_enters(seed, tmp_path
     assert seed_arg("4294967295") == 2**32 - 1
 
 
+def test_every_benchmark_seed_flag_goes_through_seed_arg():
+    """Scripts added after the seed check (trust.py, aa_flags.py, recheck_direction.py) took --seed as a plain
+    int, so 2**32 aliased 0 there: every seed flag of every benchmark script goes through seed_arg."""
+    import re
+    scripts = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py"))
+    found = []
+    for script in scripts:
+        for m in re.finditer(r'add_argument\(\s*"(--[a-z-]*seed)"[^)]*\)', script.read_text()):
+            found.append(script.name)
+            assert "type=seed_arg" in m.group(0), (script.name, m.group(0))
+    assert {"trust.py", "aa_flags.py", "recheck_direction.py", "perf.py"} <= set(found)
+
+
 def test_attack_call_seeds_never_wrap():
     model, x = tiny_model(), tiny_batch(2)
     y = model(x).argmax(1)
@@ -622,6 +635,9 @@ def test_a_meaningless_eps_is_refused_unless_allowed_and_then_marked(tmp_path):
     assert read_record(next((tmp_path / "records").glob("*.json"))).config["meaningless"] == ["Linf:8"]
     with pytest.raises(RbxError, match="allow_meaningless=True"):  # the library refuses the same way
         evaluate("cifar10-smallcnn-linf-at", DATA, "L2:100", n_examples=2, attacks=["pgd:steps=1"], progress=False)
+    res = CliRunner().invoke(cli, ["check", "--model", "cifar10-smallcnn-linf-at", "--dataset", DATA, "--n-examples",
+                                   "4", "--threat", "Linf:8", "--attack", "pgd:steps=1"])  # rbx check refuses it too
+    assert res.exit_code == 2 and "did you mean Linf:8/255?" in _one_line(res) and "give a smaller radius" in _one_line(res)
 
 
 def test_a_plugin_that_forgets_super_post_init_is_still_checked():

@@ -31,7 +31,7 @@ from .distributed import Dist
 from .majority import DEFAULT_DRAWS
 from .request import RunRequest, _UNSET
 from .result import Evaluation
-from .runner import execute, prepare
+from .runner import execute, meaningless_message, prepare
 from .streaming import run_stream
 from .suites import AttackSpec, ThreatSpec
 
@@ -232,6 +232,8 @@ def check(
     # says it could not run (and flags: no evidence)
     black = ThreatSpec(th, (AttackSpec.parse(black_spec),)).build()[0].attack if black_spec else None
     p = prepare(request)
+    if th.covers_box(tuple(p.data.x.shape[1:])):  # as rbx run refuses it: no check can say anything there
+        raise RbxError(f"{meaningless_message([th], tuple(p.data.x.shape[1:]))}; give a smaller radius")
     attacks_ = [s.attack for s in p.plan.stages]
     black = black.fit(p.num_classes, tuple(p.data.x.shape[1:]), th)[0] if black is not None else None
     clock, done = RunClock(9), [0]  # the 5 cheap checks (batch independence included) and the 4 attack-based ones

@@ -222,6 +222,17 @@ def _union_only_config(plan: RunPlan) -> dict[str, Any]:
                            "exact": [plan.threats[c].threat.label for c in plan.exact_columns]}}
 
 
+def meaningless_message(covering: Sequence[ThreatModel], shape: tuple[int, ...]) -> str:
+    """What is wrong with threat models whose ball covers the [0, 1] box of ``shape`` inputs (with a hint when the
+    radius reads like a /255 one given without it)."""
+    hints = [f"{t.norm}:{t.eps:g}/255" for t in covering
+             if t.norm in LP_NORMS and not ThreatModel(t.norm, t.eps / 255).covers_box(shape)]
+    hint = f" (did you mean {' and '.join(hints)}?)" if hints else ""
+    labels = ", ".join(t.label for t in covering)
+    return (f"{labels}: the ball contains the whole [0, 1] box of these {shape} inputs, so every input "
+            f"can be turned into any other and robust accuracy is meaningless{hint}")
+
+
 def _meaningless_threats(plan: RunPlan, data: EvalData, allowed: bool = False) -> list[str]:
     """Threat models whose ball covers the whole [0, 1] box: every input can be turned into any other, so robust
     accuracy says nothing. Refused before anything runs unless ``allowed`` (``--allow-meaningless-eps``); then
@@ -230,12 +241,7 @@ def _meaningless_threats(plan: RunPlan, data: EvalData, allowed: bool = False) -
     covering = [t.threat for t in plan.threats[:plan.n_main] if t.threat.covers_box(shape)]
     if not covering:
         return []
-    hints = [f"{t.norm}:{t.eps:g}/255" for t in covering
-             if t.norm in LP_NORMS and not ThreatModel(t.norm, t.eps / 255).covers_box(shape)]
-    hint = f" (did you mean {' and '.join(hints)}?)" if hints else ""
-    labels = ", ".join(t.label for t in covering)
-    what = (f"{labels}: the ball contains the whole [0, 1] box of these {shape} inputs, so every input "
-            f"can be turned into any other and robust accuracy is meaningless{hint}")
+    what = meaningless_message(covering, shape)
     if not allowed:
         raise RbxError(f"{what}; give a smaller radius, or pass --allow-meaningless-eps (allow_meaningless=True) to run "
                        "it anyway (the record is then marked so and leaderboards leave it out)")
