@@ -286,3 +286,18 @@ def test_readme_links_resolve():
             slugs = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
                      for h in re.findall(r"^#+ (.*)$", target.read_text(), re.M)}
             assert anchor in slugs, f"README links to {link}: no heading with that anchor"
+
+
+def test_architecture_package_map_names_every_package_and_plugin_module():
+    """The package map is prose; it must still name every sub-package and every attack/defense plugin module
+    (it fell behind once: issues 26-31 added packages' modules and attacks it did not mention)."""
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "architecture.md").read_text()
+    start = text.index("## The package map")
+    block = text[start:text.index("## ", start + 5)]
+    for pkg in sorted(p.name for p in (root / "robustbench_ext").iterdir() if (p / "__init__.py").exists()):
+        assert f"  {pkg}/" in block, pkg
+    plugins = {"fab", "square", "sparse", "pgd", "apgd", "pma", "fmn", "cw", "deepfool", "fgsm", "ltd", "mtard",
+               "ramp", "sovr"}
+    for name in plugins:
+        assert name in block, name
