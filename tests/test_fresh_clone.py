@@ -123,6 +123,9 @@ def test_fresh_clone_runs_make_demo_offline(tmp_path):
     assert rec["model"]["source"].startswith(str(clone)) and rec["model"]["source"].endswith("assets/cifar10_smallcnn_linf_at.pt")
     assert rec["dataset"]["name"] == "cifar10-1k" and rec["dataset"]["location"].startswith(str(clone))
     assert (clone / "results-demo" / "leaderboard.md").is_file()
+    # make demo ends by saying where the results are and how to get rbx on PATH (issue 28)
+    assert "rbx: done. The record is in results-demo/records/" in out
+    assert "put it on PATH:  source .venv/bin/activate" in out
     # The demo leaves the clone's git status clean (results-demo/ and .venv/ are ignored).
     status = subprocess.run(["git", "-C", str(clone), "status", "--porcelain"], capture_output=True, text=True).stdout
     assert status == "", status
