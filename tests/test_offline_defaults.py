@@ -65,6 +65,10 @@ def test_a_bare_rbx_run_works_on_a_fresh_clone(fresh_clone, monkeypatch):
     rec = read_record(path)
     assert rec.n == 1000 and rec.suite_label == "cifar10-union" and rec.model["name"] == "cifar10-smallcnn-linf-at"
     assert "union" in res.stdout
+    # 1,000 images is leaderboard-sized: the run is audited by default (AutoAttack on 20 sampled robust points per
+    # threat model), and the table says what the audit found
+    assert rec.config["audit"] == 20 and [a["threat"] for a in rec.audit] == [t.threat for t in rec.threats]
+    assert "audit Linf:8/255: AutoAttack standard broke" in res.stdout
 
 
 @pytest.mark.slow
