@@ -222,9 +222,9 @@ def test_metrics_by_hand():
     # Ratios with a perfect reference: clean 0.8, Linf 0.6, 0.4, stadv 0.5 -> mean 0.575, min 0.4.
     assert math.isclose(m.cr_avg, 57.5) and math.isclose(m.cr_worst, 40.0) and m.worst_at == "Linf@0.02"
     assert math.isclose(m.per_type["Linf"], 100 * (0.8 + 0.6 + 0.4) / 3) and math.isclose(m.per_type["stadv"], 65.0)
-    # Stability: Linf steps 0 -> 0.01 (0.5 of its top) drop 0.2 -> 0.4; 0.01 -> 0.02 drop 0.2 -> 0.4;
-    # stadv 0 -> 0.05 (the whole range) drop 0.3 -> 0.3. Max 0.4.
-    assert math.isclose(m.stability, 0.4)
+    # rbx's steepest drop: Linf steps 0 -> 0.01 (0.5 of its top) drop 0.2 -> 0.4; 0.01 -> 0.02 drop 0.2 -> 0.4;
+    # stadv 0 -> 0.05 (the whole range) drop 0.3 -> 0.3. Max 0.4. MultiRobustBench's SC needs a reference: none.
+    assert math.isclose(m.steepest_drop, 0.4) and m.stability is None and "reference" in m.stability_note
     ref = {"Linf": StrengthCurve("Linf", (0.01, 0.02), (0.75, 0.5)), "stadv": StrengthCurve("stadv", (0.05,), (1.0,))}
     r = multirobust_metrics(0.8, curves, 1.0, ref, "ind")
     # Ratios: clean 0.8, Linf 0.8, 0.8, stadv 0.5 -> mean 0.725, min 0.5 at stadv.
