@@ -44,12 +44,16 @@ def leaderboard_cmd(results_dir: Path, readme: Path | None, readme_suite: str) -
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Folder for the report and its plots [default: <record folder>/../reports/<run>].")
 @click.option("--multirobust", is_flag=True, default=False,
-              help="Also MultiRobustBench's metrics (robust accuracy vs strength, CR_ind-avg, CR_ind-worst, stability) "
+              help="Also MultiRobustBench's metrics (robust accuracy vs strength, CR_ind-avg, CR_ind-worst, stability "
+                   "constant) "
                    "and a strength-curve plot.")
 @click.option("--reference", type=click.Path(path_type=Path), default=None,
               help="With --multirobust: a record of the individually trained reference models (default: none, a "
                    "perfect reference).")
-def report_cmd(record: Path, out: Path | None, multirobust: bool, reference: Path | None) -> None:
+@click.option("--seen", "seen", multiple=True, metavar="THREAT",
+              help="With --reference: a threat model the model was trained on (e.g. Linf:8/255), for the stability "
+                   "constant's seen points; repeatable (default: only clean is seen).")
+def report_cmd(record: Path, out: Path | None, multirobust: bool, reference: Path | None, seen: tuple[str, ...]) -> None:
     """One run's report: prints its table; writes it with its plots (per-class accuracy, attribution, loss curves,
     eps sweep) as Markdown into the report's own folder."""
     from ..reporting.tables import write_report
@@ -58,6 +62,11 @@ def report_cmd(record: Path, out: Path | None, multirobust: bool, reference: Pat
         raise RbxError(f"no such record: {record}")
     if reference is not None and not (multirobust and reference.is_file()):
         raise RbxError(f"--reference needs --multirobust and an existing record, got {reference}")
+    if seen and reference is None:
+        raise RbxError("--seen needs --multirobust --reference (the stability constant compares with reference models)")
+    from ..attack.threat import ThreatModel
+
+    trained = {t.norm: t.eps for t in (ThreatModel.parse(s) for s in seen)}
     table, path = write_report(record, out)
     click.echo(table)
     click.echo(f"report: {path}")
@@ -68,7 +77,7 @@ def report_cmd(record: Path, out: Path | None, multirobust: bool, reference: Pat
 
         rec = read_record(record)
         try:
-            text = metrics_table([rec], read_record(reference) if reference is not None else None)
+            text = metrics_table([rec], read_record(reference) if reference is not None else None, trained)
         except ValueError as exc:
             raise RbxError(f"MultiRobustBench metrics: {exc}") from None
         click.echo(text)

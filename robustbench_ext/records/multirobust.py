@@ -1,38 +1,65 @@
-"""MultiRobustBench's metrics from run records: robust accuracy vs strength per threat model, CR_ind-avg,
-CR_ind-worst and a stability constant.
+"""MultiRobustBench's metrics from run records: robust accuracy vs strength per threat-model type, CR_ind-avg,
+CR_ind-worst and the stability constant (SC).
 
 Dai, Mahloujifar, Xiang, Sehwag, Chen & Mittal, "MultiRobustBench: Benchmarking Robustness Against Multiple
-Attacks", ICML 2023. Their leaderboard evaluates each model under attack types ``a`` at a grid of strengths
-``eps_{a,1} < ... < eps_{a,K}`` (20 per type) and compares it with ``ind``, the models adversarially trained
-for each attack individually (their reference accuracies ``acc_ind(a, eps)`` and ``acc_ind(clean)``).
-With the ratios ``r(a, eps) = acc(a, eps) / acc_ind(a, eps)`` and ``r(clean) = acc(clean) / acc_ind(clean)``
-over the set ``S = {clean} ∪ {(a, eps_{a,k})}`` (as their ``metrics.py`` computes them):
+Attacks", ICML 2023 (arXiv 2302.10980). Their leaderboard evaluates each model under attack types ``a`` at a grid
+of strengths ``eps_{a,1} < ... < eps_{a,K}`` (20 per type) and compares it with ``acc*``, the accuracies of models
+adversarially trained for each attack and strength individually (``acc*(a, eps)`` and ``acc*(clean)``).
+
+Where the definitions come from. Only the opening of the paper's text (abstract, introduction) could be read here;
+its metric definitions could not. What is implemented is what the authors' own code computes, read in their
+repositories: ``CR_ind_avg``, ``CR_ind_worst`` and ``SC`` in ``scripts/utils.js`` of
+``github.com/inspire-group/multirobustbench.github.io`` (the leaderboard), which the README of
+``github.com/multirobustbench/multirobustbench`` names as the metrics' code (with a Python copy of the first two in
+its ``metrics.py``); the leaderboard page says "higher CR ... better, lower SC ... better (SC is best used only
+when comparing defenses which use the same training threat model)". rbx's own code, written from that description.
+
+With the ratios ``r(s) = acc(s) / acc*(s)`` over ``S = {clean} ∪ {(a, eps_{a,k})}``:
 
     CR_ind-avg   = 100 * mean_{s in S} r(s)
     CR_ind-worst = 100 * min_{s in S} r(s)
 
-Without individually trained reference models (``reference=None``), every reference accuracy is taken as
-1 (a perfect classifier): the two numbers are then the mean and the minimum of the accuracies themselves,
-labelled as such in tables (``reference: none``), never passed off as the paper's competitive ratios.
+Stability constant, for a model whose training threat models (the ``seen`` points: clean, and every ``(a, eps)``
+with ``a`` a training attack type and ``eps`` at most its training strength) are known, with a locality ``alpha``::
 
-Stability constant (rbx's definition; the paper's exact formula was not available offline, so it is not
-claimed to be theirs): how fast the ratio curve can drop as the strength grows, on strengths normalized by
-each type's largest grid strength ``eps_{a,K}`` (so types with different units compare)::
+    SC = max { |acc(s1) - acc(s2)| / |acc*(s1) - acc*(s2)| :  s1 seen, s2 in S, s2 != s1,
+                                                              0 < |acc*(s1) - acc*(s2)| < alpha }
 
-    sigma = max_a max_k  max(0, r(a, eps_{a,k}) - r(a, eps_{a,k+1})) / ((eps_{a,k+1} - eps_{a,k}) / eps_{a,K})
+(0 when no pair is that close; undefined when every point of S is seen). ``alpha`` is 3 accuracy points in the
+leaderboard (``getLocalityVal``), :data:`LOCALITY` = 0.03 here, accuracies being fractions. One deviation: the
+leaderboard code does not skip a clean pair whose reference accuracies are equal (it divides by zero there); rbx
+skips every such pair. SC needs the reference accuracies ``acc*``: without them it is undefined (``None``), never
+computed against a stand-in.
 
-with ``r(a, eps_{a,0} = 0) = r(clean)`` prepended to every curve. A model whose accuracy collapses within a
-small strength step has a large sigma; a flat curve has 0.
+Without individually trained reference models (``reference=None``), every reference accuracy is taken as 1 (a
+perfect classifier): CR_ind-avg and CR_ind-worst are then the mean and the minimum of the accuracies themselves,
+labelled as such (``reference: none``), never passed off as the paper's competitive ratios.
 
-The curves come from a record's threat results: every threat model of a norm (the main ones and those of
-``--eps-sweep``) is one point of that norm's curve.
+rbx's steepest drop (rbx's own number, not MultiRobustBench's; it was called "stability constant" before the
+authors' definition was checked): how fast the ratio curve drops as the strength grows, on strengths normalized by
+each type's largest strength ``eps_{a,K}``, with ``r(a, 0) = r(clean)`` prepended to every curve::
+
+    steepest_drop = max_a max_k  max(0, r(a, eps_{a,k}) - r(a, eps_{a,k+1})) / ((eps_{a,k+1} - eps_{a,k}) / eps_{a,K})
+
+The curves come from a record (:func:`strength_curves`): every measured threat model of a type (the main ones and
+those of ``--eps-sweep``) is a point of that type's curve, and a ``--curve`` run's minimum-norm curve adds its
+points at the strengths no fixed-eps cascade measured (a fixed-eps cascade's result wins where both exist: it is
+what the record reports). A type's strength is its threat model's first budget (``spatial-rt:ROT,TRANS``: ROT;
+a sweep scales both). A record has MultiRobustBench metrics (:func:`record_block`) when some type has robust
+accuracy at two strengths or more.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
+
+#: SC's locality: only pairs whose reference accuracies differ by less than this (a fraction; the leaderboard's 3
+#: accuracy points) are compared.
+LOCALITY = 0.03
+#: Why a record's SC is undefined without reference models.
+NEEDS_REFERENCE = "needs the individually trained models' accuracies: rbx report --multirobust --reference"
 
 
 @dataclass(frozen=True)
@@ -46,25 +73,52 @@ class StrengthCurve:
 
 @dataclass(frozen=True)
 class MultiRobustMetrics:
-    """CR_ind-avg and CR_ind-worst (in %), the stability constant, the per-type averages, and the reference used."""
+    """CR_ind-avg and CR_ind-worst (in %), the stability constant, rbx's steepest drop, the per-type averages and
+    the reference used. ``stability`` is None where undefined (no reference, or every point seen)."""
 
     cr_avg: float
     cr_worst: float
-    stability: float
+    stability: float | None
     per_type: Mapping[str, float]  # 100 * mean ratio over the type's strengths and the clean point
     worst_at: str  # where CR_ind-worst is reached: "clean" or "NORM@eps"
     reference: str  # "none" (perfect reference) or the reference's name
+    steepest_drop: float = 0.0  # rbx's own number (module docstring), not MultiRobustBench's
+    stability_note: str = ""  # why ``stability`` is None
+
+
+def _close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
 
 
 def strength_curves(record) -> dict[str, StrengthCurve]:
-    """Per threat-model type (norm), its measured robust accuracies sorted by strength (``RunRecord.threats``;
-    threat models whose accuracy was not measured, e.g. in a union-only run, are left out)."""
+    """Per threat-model type (norm), its measured robust accuracies sorted by strength: ``RunRecord.threats`` and
+    ``sweeps``, then a ``--curve`` run's minimum-norm points at strengths > 0 not measured by those (threat models
+    whose accuracy was not measured, e.g. in a union-only run, are left out)."""
     points: dict[str, dict[float, float]] = {}
+
+    def add(norm: str, eps: float, acc: float, fixed: bool = True) -> None:
+        have = points.setdefault(norm, {})
+        if any(_close(eps, e) for e in have):
+            return  # first wins: fixed-eps results come before a minimum-norm curve's
+        if fixed or eps > 0:
+            have[float(eps)] = float(acc)
+
     for t in record.threats:
-        if t.robust is None:
-            continue
-        points.setdefault(t.norm, {})[float(t.eps)] = float(t.robust.accuracy)
-    return {n: StrengthCurve(n, tuple(sorted(p)), tuple(p[e] for e in sorted(p))) for n, p in points.items()}
+        if t.robust is not None:
+            add(t.norm, t.eps, t.robust.accuracy)
+    for sw in getattr(record, "sweeps", ()) or ():
+        for p in sw.get("points", ()):
+            if p.get("robust") is not None:
+                add(sw["norm"], float(p["eps"]), float(p["robust"]["accuracy"]))
+    for cv in getattr(record, "curves", ()) or ():
+        for e, a in zip(cv.get("eps", ()), cv.get("robust_accuracy", ())):
+            add(cv["norm"], float(e), float(a), fixed=False)
+    return {n: StrengthCurve(n, tuple(sorted(p)), tuple(p[e] for e in sorted(p))) for n, p in points.items() if p}
+
+
+def has_strength_curve(curves: Mapping[str, StrengthCurve]) -> bool:
+    """Whether some type has robust accuracy at two strengths or more (then a record gets the metrics)."""
+    return any(len(c.eps) >= 2 for c in curves.values())
 
 
 def _ratio(acc: float, ref: float | None) -> float:
@@ -75,59 +129,122 @@ def _ratio(acc: float, ref: float | None) -> float:
     return acc / ref
 
 
+def _matched(norm: str, c: StrengthCurve, reference: Mapping[str, StrengthCurve]) -> list[float]:
+    if norm not in reference:
+        raise ValueError(f"the reference has no curve for {norm}")
+    rc = reference[norm]
+    missing = [e for e in c.eps if not any(_close(e, f) for f in rc.eps)]
+    if missing:
+        raise ValueError(f"the reference's {norm} curve lacks strengths {missing}")
+    return [rc.accuracy[next(i for i, f in enumerate(rc.eps) if _close(e, f))] for e in c.eps]
+
+
+def stability_constant(points: Sequence[tuple[str, float, float, bool]], alpha: float = LOCALITY) -> float | None:
+    """MultiRobustBench's SC (module docstring) over ``points`` = ``(name, acc, acc*, seen)`` (fractions); None when
+    every point is seen (undefined)."""
+    if all(seen for *_, seen in points):
+        return None
+    best = 0.0
+    for n1, a1, r1, seen in points:
+        if not seen:
+            continue
+        for n2, a2, r2, _ in points:
+            gap = abs(r1 - r2)
+            if n2 != n1 and 0 < gap < alpha:
+                best = max(best, abs(a1 - a2) / gap)
+    return best
+
+
 def multirobust_metrics(clean: float, curves: Mapping[str, StrengthCurve], reference_clean: float | None = None,
-                        reference: Mapping[str, StrengthCurve] | None = None, reference_name: str = "none") -> MultiRobustMetrics:
+                        reference: Mapping[str, StrengthCurve] | None = None, reference_name: str = "none",
+                        seen: Mapping[str, float] | None = None, alpha: float = LOCALITY) -> MultiRobustMetrics:
     """The metrics above from ``clean`` accuracy and ``curves`` (fractions in [0, 1]).
 
     ``reference`` (with ``reference_clean``): the individually trained models' curves, one per type, on the
-    same strengths; None: a perfect reference (ratios are the accuracies). Raises ``ValueError`` when a
-    reference lacks a strength the curves have.
+    same strengths; None: a perfect reference (ratios are the accuracies; SC undefined). ``seen``: the model's
+    training threat models, type -> training strength (clean is always seen). Raises ``ValueError`` when there
+    is no curve, or a reference lacks a strength the curves have.
     """
     if not curves:
         raise ValueError("no threat model with a measured robust accuracy: nothing to compute MultiRobustBench metrics from")
-    r_clean = _ratio(clean, reference_clean if reference is not None else None)
+    has_ref = reference is not None
+    ref_clean = reference_clean if has_ref else None
+    r_clean = _ratio(clean, ref_clean)
     ratios: list[tuple[str, float]] = [("clean", r_clean)]
+    sc_points: list[tuple[str, float, float, bool]] = [("clean", clean, ref_clean if ref_clean is not None else 1.0, True)]
     per_type: dict[str, float] = {}
-    sigma = 0.0
+    drop = 0.0
+    seen = dict(seen or {})
     for norm, c in curves.items():
-        ref = None
-        if reference is not None:
-            if norm not in reference:
-                raise ValueError(f"the reference has no curve for {norm}")
-            rc = reference[norm]
-            missing = [e for e in c.eps if not any(math.isclose(e, f, rel_tol=1e-9) for f in rc.eps)]
-            if missing:
-                raise ValueError(f"the reference's {norm} curve lacks strengths {missing}")
-            ref = [rc.accuracy[next(i for i, f in enumerate(rc.eps) if math.isclose(e, f, rel_tol=1e-9))] for e in c.eps]
-        r = [_ratio(a, None if ref is None else ref[i]) for i, a in enumerate(c.accuracy)]
+        ref = _matched(norm, c, reference) if has_ref else [None] * len(c.eps)
+        r = [_ratio(a, f) for a, f in zip(c.accuracy, ref)]
         ratios += [(f"{norm}@{e:g}", v) for e, v in zip(c.eps, r)]
+        sc_points += [(f"{norm}@{e:g}", a, 1.0 if f is None else f, norm in seen and e <= seen[norm] * (1 + 1e-9))
+                      for e, a, f in zip(c.eps, c.accuracy, ref)]
         per_type[norm] = 100.0 * (r_clean + sum(r)) / (1 + len(r))
         top = c.eps[-1]
         xs, ys = (0.0, *c.eps), (r_clean, *r)
         for k in range(len(xs) - 1):
-            step = (xs[k + 1] - xs[k]) / top
+            step = (xs[k + 1] - xs[k]) / top if top > 0 else 0.0
             if step > 0:
-                sigma = max(sigma, max(0.0, ys[k] - ys[k + 1]) / step)
+                drop = max(drop, max(0.0, ys[k] - ys[k + 1]) / step)
     worst_at, worst = min(ratios, key=lambda kv: kv[1])
     avg = 100.0 * sum(v for _, v in ratios) / len(ratios)
-    return MultiRobustMetrics(avg, 100.0 * worst, sigma, per_type, worst_at, reference_name if reference is not None else "none")
+    sc, note = None, NEEDS_REFERENCE
+    if has_ref:
+        sc = stability_constant(sc_points, alpha)
+        note = "" if sc is not None else "undefined: every strength evaluated is one the model was trained on"
+    return MultiRobustMetrics(avg, 100.0 * worst, sc, per_type, worst_at, reference_name if has_ref else "none",
+                              drop, note)
 
 
-def record_metrics(record, reference_record=None) -> MultiRobustMetrics:
+def record_metrics(record, reference_record=None, seen: Mapping[str, float] | None = None) -> MultiRobustMetrics:
     """:func:`multirobust_metrics` of a :class:`~robustbench_ext.records.schema.RunRecord`, against another
     record as the reference (the individually trained models' results merged into one record) or none."""
     ref_curves = strength_curves(reference_record) if reference_record is not None else None
     return multirobust_metrics(float(record.clean.accuracy), strength_curves(record),
                                float(reference_record.clean.accuracy) if reference_record is not None else None,
-                               ref_curves, reference_record.model.get("name", "reference") if reference_record is not None else "none")
+                               ref_curves, reference_record.model.get("name", "reference") if reference_record is not None else "none",
+                               seen)
 
 
-def metrics_table(records: Sequence, reference_record=None) -> str:
+def record_block(record) -> dict[str, Any] | None:
+    """The record's ``multirobust`` block (reference: none), or None when no type has two strengths or more.
+
+    Derived from the record's own accuracies whenever a record is built or read (never trusted from the file).
+    """
+    curves = strength_curves(record)
+    if not has_strength_curve(curves):
+        return None
+    return _block(multirobust_metrics(float(record.clean.accuracy), curves), curves)
+
+
+def _block(m: MultiRobustMetrics, curves: Mapping[str, StrengthCurve]) -> dict[str, Any]:
+    return {"reference": m.reference, "cr_ind_avg": m.cr_avg, "cr_ind_worst": m.cr_worst, "worst_at": m.worst_at,
+            "stability_constant": m.stability, "stability_note": m.stability_note, "rbx_steepest_drop": m.steepest_drop,
+            "per_type": dict(m.per_type), "strengths": {n: list(c.eps) for n, c in curves.items()},
+            "definition": "Dai et al. 2023 (MultiRobustBench), as their leaderboard code computes it: "
+                          "robustbench_ext.records.multirobust"}
+
+
+def block_line(block: Mapping[str, Any]) -> str:
+    """One table line of a ``multirobust`` block: CR_ind-avg, CR_ind-worst (where), SC (or why not), rbx's steepest
+    drop, and what the ratios are against."""
+    sc = block["stability_constant"]
+    sc_text = f"{sc:.3g}" if sc is not None else f"n/a ({block['stability_note']})"
+    n = sum(len(v) for v in block["strengths"].values())
+    what = "ratios are the accuracies themselves" if block["reference"] == "none" else f"reference {block['reference']}"
+    return (f"MultiRobustBench ({len(block['strengths'])} types, {n} strengths; {what}): CR_ind-avg "
+            f"{block['cr_ind_avg']:.1f} · CR_ind-worst {block['cr_ind_worst']:.1f} (at {block['worst_at']}) · "
+            f"SC {sc_text} · rbx steepest drop {block['rbx_steepest_drop']:.3g}")
+
+
+def metrics_table(records: Sequence, reference_record=None, seen: Mapping[str, float] | None = None) -> str:
     """A Markdown table: per record, clean accuracy, each type's robust accuracy at every strength, CR_ind-avg,
-    CR_ind-worst (where) and the stability constant."""
+    CR_ind-worst (where), the stability constant and rbx's steepest drop."""
     lines = []
     for rec in records:
-        m = record_metrics(rec, reference_record)
+        m = record_metrics(rec, reference_record, seen)
         curves = strength_curves(rec)
         lines.append(f"**{rec.model.get('name', '?')}** (n={rec.n}, reference: {m.reference})")
         lines.append("")
@@ -137,7 +254,6 @@ def metrics_table(records: Sequence, reference_record=None) -> str:
             pts = ", ".join(f"{e:g}: {100 * a:.1f}" for e, a in zip(c.eps, c.accuracy))
             lines.append(f"| {norm} | {pts} | {m.per_type[norm]:.1f} |")
         lines.append("")
-        lines.append(f"clean {100 * float(rec.clean.accuracy):.1f}% · CR_ind-avg {m.cr_avg:.1f} · CR_ind-worst {m.cr_worst:.1f} "
-                     f"(at {m.worst_at}) · stability constant {m.stability:.3g}")
+        lines.append(f"clean {100 * float(rec.clean.accuracy):.1f}% · " + block_line(_block(m, curves)))
         lines.append("")
     return "\n".join(lines)

@@ -12,6 +12,9 @@ Record (``schema = "rbx.record/1"``), a :class:`RunRecord`:
   is ``null``, with ``not_measured`` saying why (and the flags npz then has ``measured`` [T] bool);
 - ``sweeps``: with ``--eps-sweep``, per threat model the robust accuracy at each swept eps;
 - ``union_attacks``: the union stage (multi-threat attacks run last on union-robust points), if any;
+- ``multirobust`` (only where some threat-model type has robust accuracy at two strengths or more: an eps sweep,
+  a ``--curve``, several threat models of one type): MultiRobustBench's CR_ind-avg, CR_ind-worst and stability
+  constant (:mod:`robustbench_ext.records.multirobust`), derived from the accuracies, recomputed on read;
 - ``config`` (seed, batch size, device) and ``provenance`` (rbx version, git commit, torch/CUDA
   versions, device name, start time, wall seconds, ...);
 - ``flags_file`` and ``flags_sha256``: the companion npz (:class:`SampleFlags`);
@@ -49,6 +52,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .accuracies import Accuracy, CorruptionAccuracy, CorruptionsResult, MeanAccuracy  # noqa: F401 (re-exported)
+from .multirobust import record_block
 from ..errors import ResultsError
 
 SCHEMA = "rbx.record/1"
@@ -145,6 +149,13 @@ class RunRecord:
     audit: tuple[dict[str, Any], ...] = ()
     #: The masking signs the pre-checks found and what the run added because of them (empty: none found).
     escalation: dict[str, Any] = field(default_factory=dict)
+    #: MultiRobustBench's metrics (:func:`robustbench_ext.records.multirobust.record_block`), derived from the
+    #: accuracies above whenever a record is built or read, never taken from the file; None (and absent from the
+    #: JSON) unless some threat-model type has robust accuracy at two strengths or more.
+    multirobust: dict[str, Any] | None = field(default=None, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "multirobust", record_block(self))
 
     @property
     def suite_label(self) -> str:
@@ -173,9 +184,9 @@ class RunRecord:
                     a.pop("population", None)  # only audit stages carry it
         for a in d["union_attacks"]:
             a.pop("population", None)
-        for key in ("audit", "escalation"):
+        for key in ("audit", "escalation", "multirobust"):
             if not d[key]:
-                del d[key]  # only audited / escalated runs carry these blocks
+                del d[key]  # only audited / escalated runs, and runs with a strength curve, carry these blocks
         return {"schema": d.pop("schema"), **d}
 
     def to_json(self) -> str:

@@ -37,6 +37,7 @@ from .autoattack import AAIndex, AAView
 from ..errors import RbxError
 from ..registry import MODELS
 from ..records.provenance import utc_now
+from ..records.multirobust import block_line
 from ..records.schema import NOT_MEASURED, RunRecord
 from ..paths import atomic_write_bytes, atomic_write_text
 from ..records.store import iter_records, read_flags
@@ -78,6 +79,12 @@ def record_row(path: Path, r: RunRecord) -> dict:
         "union": _pct(r.union.accuracy),
         "union_ci": tuple(_pct(v) for v in r.union.ci95),
         "threats": [t.threat for t in r.threats],
+        # MultiRobustBench's metrics (the record's ``multirobust`` block, reference: none): percentages as the paper
+        # gives them; None where the record has no strength curve
+        "cr_ind_avg": r.multirobust["cr_ind_avg"] if r.multirobust else None,
+        "cr_ind_worst": r.multirobust["cr_ind_worst"] if r.multirobust else None,
+        "stability_constant": r.multirobust["stability_constant"] if r.multirobust else None,
+        "multirobust_note": block_line(r.multirobust) if r.multirobust else None,
         "attacks": "; ".join(f"{t.threat}: " + " > ".join(a.attack for a in t.attacks) for t in r.threats),
         # the per-run audit (rbx run --audit K): the largest 95% upper bound on the share of robust points the
         # cascade missed, over the audited threat models (a fraction, as every rate in a row); None when not audited
@@ -211,6 +218,11 @@ class Board:
         return "aa" in self.rows and any(v is not None for v in self.rows["aa"])
 
     @property
+    def has_multirobust(self) -> bool:
+        """Whether a row has MultiRobustBench's metrics (a record with a strength curve): then the board shows them."""
+        return "cr_ind_avg" in self.rows and any(not _missing(v) for v in self.rows["cr_ind_avg"])
+
+    @property
     def has_links(self) -> bool:
         return any(not _missing(v) and bool(v) for col in ("model_link", "paper_link") if col in self.rows for v in self.rows[col])
 
@@ -300,6 +312,7 @@ def board_markdown(board: Board, link_base: Path | None = None, plot_links: dict
         **{t: [_fmt(a, c) for a, c in zip(rows[t], rows[f"{t} ci"])] for t in board.threats},
         "union": [_fmt(a, c) for a, c in zip(rows["union"], rows["union_ci"])],
         **({"AutoAttack union": [_aa_cell(v) for v in rows["aa"]]} if board.has_autoattack else {}),
+        **(_multirobust_cells(rows) if board.has_multirobust else {}),
         **({"paper": [f"[paper]({u})" if _text(u) else "" for u in rows["paper_link"]]} if board.has_links else {}),
         "n": rows["n"].values,
         "attack suite": [board.suite] * len(rows),
@@ -312,6 +325,16 @@ def board_markdown(board: Board, link_base: Path | None = None, plot_links: dict
     for caption, target in (plot_links or {}).get(board.anchor, []):
         lines.append(f"- [{caption}]({target})")
     return "\n".join(lines) + "\n"
+
+
+def _multirobust_cells(rows: pd.DataFrame) -> dict[str, list[str]]:
+    """A board's MultiRobustBench columns: CR_ind-avg, CR_ind-worst and SC, "" where a record has no strength curve
+    and "n/a" where SC is undefined (no reference models)."""
+    def num(v: Any, digits: str = ".1f") -> str:
+        return "" if _missing(v) else format(float(v), digits)
+    has = [not _missing(v) for v in rows["cr_ind_avg"]]
+    return {"CR_ind-avg": [num(v) for v in rows["cr_ind_avg"]], "CR_ind-worst": [num(v) for v in rows["cr_ind_worst"]],
+            "SC": [num(v, ".3g") if not _missing(v) else ("n/a" if h else "") for v, h in zip(rows["stability_constant"], has)]}
 
 
 def _text(value: Any) -> str:
@@ -345,6 +368,10 @@ def leaderboard_markdown(results_dir: Path, *, link_base: Path | None = None,
         lines[-1:] = ["Corruption boards (common corruptions, not adversarial): accuracy under each corruption, averaged over "
                       "its severities, and the mean over every corruption and severity, which ranks (with 95% intervals "
                       "over the images); with all 15 corruptions x 5 severities it is RobustBench's corruptions accuracy.", ""]
+    if any(b.has_multirobust for b in boards):
+        lines += ["CR_ind-avg, CR_ind-worst, SC: MultiRobustBench's metrics (Dai et al. 2023), for runs with robust accuracy "
+                  "at several strengths of a threat type; without reference models (individually trained ones) the CRs are "
+                  "the mean and the smallest accuracy (%) over clean and every strength, and SC is n/a.", ""]
     if not boards:
         lines += ["_No records yet: run `rbx run` first._", ""]
     elif len(boards) > 1:
@@ -377,12 +404,19 @@ def leaderboard_csv(boards: list[Board]) -> str:
         cols.update({**_csv_acc("union", r["union"], r["union_ci"]),
                      "autoattack_union": [_num(v.union) if v is not None and v.union is not None else "" for v in r["aa"]],
                      "autoattack_source": [v.source if v is not None else "" for v in r["aa"]],
+                     **({"cr_ind_avg": [_mrb(v) for v in r["cr_ind_avg"]], "cr_ind_worst": [_mrb(v) for v in r["cr_ind_worst"]],
+                         "stability_constant": [_mrb(v) for v in r["stability_constant"]]} if b.has_multirobust else {}),
                      "n": r["n"], "attacks": r["attacks"], "dataset": r["dataset"], "dataset_sha256": r["dataset_sha256"],
                      "device": r["device"], "date": r["date"], "seconds": r["seconds"],
                      "model_link": [_text(v) for v in r["model_link"]], "paper_link": [_text(v) for v in r["paper_link"]],
                      "record": r["record"]})
         frames.append(pd.DataFrame(cols))
     return pd.concat(frames, ignore_index=True).to_csv(index=False) if frames else "suite,rank,model\n"
+
+
+def _mrb(v: Any) -> float | str:
+    """A MultiRobustBench number for the CSV: rounded to 4 decimals, "" where there is none (or SC is undefined)."""
+    return "" if _missing(v) else round(float(v), 4)
 
 
 def _csv_acc(name: str, acc, ci) -> dict[str, list[float]]:
@@ -466,12 +500,16 @@ def write_all(results_dir: Path, main_suite: str | None = None) -> list[Path]:
             save(f"{stem}_loss.png", plots.loss_curves(rec), f"{model}: attack loss curves", mine, board.anchor)
             save(f"{stem}_curve.png", plots.min_norm_curves(rec), f"{model}: robust accuracy vs eps from one minimum-norm run",
                  mine, board.anchor)
+            if rec.multirobust:
+                save(f"{stem}_strength.png", plots.strength_curves([rec]),
+                     f"{model}: robust accuracy vs strength per threat type (MultiRobustBench)", mine, board.anchor)
             row_plots.append(mine)
         board.rows = board.rows.assign(plots=row_plots)
 
     # Plots of records no longer on a board are stale: derived files go when their source goes.
     keep = {p.name for p in written}
-    for pattern in ("*_per_class.png", "*_attribution.png", "*_loss.png", "*_eps_*.png", "*_corruptions.png", "*_curve.png"):
+    for pattern in ("*_per_class.png", "*_attribution.png", "*_loss.png", "*_eps_*.png", "*_corruptions.png", "*_curve.png",
+                    "*_strength.png"):
         for stale in plot_dir.glob(pattern) if plot_dir.is_dir() else []:
             if stale.name not in keep:
                 stale.unlink()
@@ -517,6 +555,7 @@ def render_html(boards: list[Board], n_records: int, link_base: Path | None = No
                 "aa": "" if aa is None or aa.union is None else aa.union,
                 "aa_s": "" if aa is None else (percent(aa.union) if aa.union is not None else "partial"),
                 "aa_title": "" if aa is None else aa.describe(),
+                **_multirobust_view(r),
                 "n": int(r["n"]), "attacks": r["attacks"], "dataset": r["dataset"], "device": r["device"] or "",
                 "date": r["date"], "seconds": r["seconds"],
                 "record": _relative(r["record"], link_base), "record_name": Path(r["record"]).name,
@@ -525,9 +564,21 @@ def render_html(boards: list[Board], n_records: int, link_base: Path | None = No
         view.append({"suite": b.suite, "title": b.title, "anchor": b.anchor, "threats": b.threats, "rows": rows,
                      "plots": b.plots, "main": b.main, "kind": b.kind, "n": b.n, "images": b.images[:8],
                      "labels": b.labels, "attacks": b.attacks, "has_aa": b.has_autoattack, "has_links": b.has_links,
+                     "has_mrb": b.has_multirobust,
                      "rank_label": "mean" if b.kind == "corruptions" else "union",
                      "attacks_label": "corruption source" if b.kind == "corruptions" else "attack suite"})
     return env.get_template("leaderboard.html.j2").render(boards=view, n_records=n_records, generated=utc_now())
+
+
+def _multirobust_view(r: pd.Series) -> dict[str, Any]:
+    """A row's MultiRobustBench cells for the HTML: sort values and texts (the note line as their title)."""
+    avg, worst, sc = r.get("cr_ind_avg"), r.get("cr_ind_worst"), r.get("stability_constant")
+    has = not _missing(avg)
+    return {"cr_avg": float(avg) if has else "", "cr_avg_s": f"{float(avg):.1f}" if has else "",
+            "cr_worst": float(worst) if has else "", "cr_worst_s": f"{float(worst):.1f}" if has else "",
+            "sc": float(sc) if has and not _missing(sc) else "",
+            "sc_s": (f"{float(sc):.3g}" if not _missing(sc) else "n/a") if has else "",
+            "mrb_title": _text(r.get("multirobust_note"))}
 
 
 def write_leaderboard(results_dir: Path, main_suite: str | None = None) -> Path:

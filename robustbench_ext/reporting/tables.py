@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 from . import plots
 from ..records.stats import percent
+from ..records.multirobust import block_line
 from ..records.schema import NOT_MEASURED, RunRecord
 from ..paths import atomic_write_bytes, atomic_write_text
 from ..records.store import read_flags, read_record
@@ -55,8 +56,15 @@ def format_table(record: RunRecord) -> str:
         pts = ", ".join(f"{p['label'].split(':', 1)[1]}: {percent(p['robust']['accuracy'])}" for p in sw["points"])
         lines.append(f"eps sweep {sw['threat']}: {pts}")
     lines += curve_lines(record.curves)
+    lines += multirobust_lines(record)
     lines += audit_lines(record.audit)
     return "\n".join(lines)
+
+
+def multirobust_lines(record: RunRecord) -> list[str]:
+    """One line of MultiRobustBench's metrics (the record's ``multirobust`` block), where the record has a strength
+    curve (an eps sweep, a ``--curve``, several threat models of one type); none otherwise."""
+    return [block_line(record.multirobust)] if record.multirobust else []
 
 
 def escalation_lines(record: RunRecord) -> list[str]:
