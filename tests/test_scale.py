@@ -179,6 +179,9 @@ def test_merge_stage_totals_adds_counts_and_sorts_hits():
     b = dict(seconds=3.0, n_forward=5, n_backward=4, curve_sum=[1.0], curve_n=[2])
     m = StageTotals.merge([StageTotals(**a, broken=[[7, 3]]), StageTotals(**b, broken=[[5]])])
     assert m.to_dict() == {"seconds": 3.0, "n_forward": 15, "n_backward": 12, "n_nonfinite": 0, "curve_sum": [2.0, 2.0],
-                           "curve_n": [6, 4], "broken": [[3, 5, 7]]}
+                           "curve_n": [6, 4], "broken": [[3, 5, 7]], "population": None}
+    # an audit stage: every rank drew from the same robust points, and the merged stage keeps how many
+    audit = StageTotals.merge([StageTotals(**a, broken=[[7]], population=40), StageTotals(**b, broken=[[]], population=40)])
+    assert audit.population == 40 and audit.broken == [[7]]
     u = StageTotals.merge([StageTotals(**a, broken=[[1], []]), StageTotals(**b, broken=[[0], [2]])])  # a union stage
     assert u.broken == [[0, 1], [2]]

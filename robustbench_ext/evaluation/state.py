@@ -59,7 +59,8 @@ class StageTotals:
 
     @classmethod
     def merge(cls, parts: Sequence["StageTotals"]) -> "StageTotals":
-        """One stage's totals from every rank's: passes and losses add up, seconds is the slowest rank's."""
+        """One stage's totals from every rank's: passes and losses add up, seconds is the slowest rank's, an audit
+        stage's population is the run's."""
         out = cls.fresh(len(parts[0].broken) if parts else 1)
         for p in parts:
             out.seconds = max(out.seconds, p.seconds)
@@ -70,6 +71,8 @@ class StageTotals:
             for c, b in enumerate(p.broken):
                 out.broken[c].extend(b)
         out.broken = [sorted(b) for b in out.broken]
+        # an audit stage's population is the run's (every rank draws from the same robust points): the same on every rank
+        out.population = next((p.population for p in parts if p.population is not None), None)
         return out
 
     def to_dict(self) -> dict[str, Any]:
