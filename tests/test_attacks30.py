@@ -237,3 +237,25 @@ def test_reference_compare_query_budget_counts_queries_and_reads_iterates_only()
     with pytest.raises(rc._BudgetSpent):
         w(x0)
     assert w.queries == 5
+
+
+def test_attacks_guide_hsj_table_is_the_committed_comparison():
+    """The HopSkipJump-vs-foolbox table of docs/guide/attacks.md states what results/attacks30/reference_compare_hsj
+    holds (rounded as shown), so an edited figure or a rerun without the page fails here."""
+    import json
+
+    from conftest import REPO
+
+    run = json.loads((REPO / "results/attacks30/reference_compare_hsj/reference_compare.json").read_text())
+    guide = (REPO / "docs/guide/attacks.md").read_text()
+    rows = {r["comparison"]: r for r in run["rows"]}
+    budgets = sorted({int(c.split("(")[1].split(" ")[0]) for c in rows})
+    for b in budgets:
+        eps = next(r for c, r in rows.items() if c.startswith(f"hsj L2 ({b} queries") and "at eps" in c)
+        found = next(r for c, r in rows.items() if c.startswith(f"hsj L2 ({b} queries") and "any radius" in c)
+        same = " (same {})".format(found["both"]) if found["both"] == found["rbx"] == found["reference"] else ""
+        line = (f"| {b:,} | {found['rbx']} / {found['reference']}{same} | {eps['rbx']} / {eps['reference']} | "
+                f"{eps['median_l2_rbx']:.2f} / {eps['median_l2_reference']:.2f} | {eps['median_ratio_rbx_over_reference']:.3f} | "
+                f"{eps['rbx_closer']} / {eps['reference_closer']} | {eps['cpu_s_rbx']:.1f} / {eps['cpu_s_reference']:.1f} |")
+        assert line in guide, line
+    assert run["command"] in " ".join(guide.replace("\\\n", " ").split()).replace("python ", "")
