@@ -3,8 +3,10 @@
 References (never part of rbx; each section is skipped, with a message, when its reference is not importable):
 
 - ``fab``, ``square``: pyautoattack (``FABAttack_PT``, ``SquareAttack``), installed with rbx's tests;
-- ``hsj``: foolbox 3 (``HopSkipJumpAttack``), e.g. ``pip install --target /work/scratch/site foolbox eagerpy`` and
-  ``--foolbox-path /work/scratch/site`` (outside the repository);
+- ``hsj``: foolbox 3 (``HopSkipJumpAttack``) from a scratch environment outside the repository, e.g.
+  ``python3 -m venv /tmp/fbvenv && /tmp/fbvenv/bin/pip install foolbox`` and
+  ``--foolbox-path /tmp/fbvenv/lib/python3.11/site-packages`` (appended to the path: torch stays rbx's); L2, the
+  same per-image query budget on both sides (``--hsj-queries``), each result read by the same query-counting wrapper;
 - ``sparse-rs``, ``rays``: the authors' code (fra31/sparse-rs ``rs_attacks.py``, uclaml/RayS ``RayS.py``), a copy
   outside the repository given with ``--sparse-rs-dir`` / ``--rays-dir``; the RayS code calls ``.cuda()``, which
   this script turns into a no-op for the reference only, so it runs on CPU.
@@ -186,9 +188,60 @@ def compare_rays(model, x, y, args, out):
     print(out[-1], flush=True)
 
 
+class _BudgetSpent(Exception):
+    """Raised by :class:`_QueryBudget` when an image's query budget is spent (ends either side's run there)."""
+
+
+class _QueryBudget(torch.nn.Module):
+    """The model as both HopSkipJumps see it, for one image ``x0`` ``[1, C, H, W]`` with label ``y0``: counts every
+    image passed forward (a query) and keeps the closest misclassified point (L2) among the attack's own iterates
+    queried within the first ``budget`` queries (its start search, step-size search and binary searches; the
+    Monte-Carlo probes of a gradient estimate count as queries but are not iterates: ``probing`` is set while the
+    estimate runs). The query that would exceed the budget raises :class:`_BudgetSpent`, on both sides alike."""
+
+    def __init__(self, model, x0, y0, budget: int):
+        super().__init__()
+        self.model, self.x0, self.y0, self.budget = model, x0, y0, budget
+        self.queries, self.probing, self.best = 0, 0, math.inf
+
+    def forward(self, z):
+        room = self.budget - self.queries
+        if room <= 0:
+            raise _BudgetSpent
+        out = self.model(z)
+        take = min(room, z.shape[0])
+        self.queries += take
+        if not self.probing:
+            with torch.no_grad():
+                wrong = out[:take].argmax(1) != self.y0
+                if bool(wrong.any()):
+                    d = (z[:take][wrong] - self.x0).flatten(1).double().norm(dim=1)
+                    self.best = min(self.best, float(d.min()))
+        if take < z.shape[0]:
+            raise _BudgetSpent
+        return out
+
+    def probe(self, fn):
+        """``fn`` with :attr:`probing` set while it runs (nesting allowed)."""
+        def wrapped(*a, **k):
+            self.probing += 1
+            try:
+                return fn(*a, **k)
+            finally:
+                self.probing -= 1
+        return wrapped
+
+
 def compare_hsj(model, x, y, args, out):
+    """rbx's ``hsj`` vs foolbox 3's ``HopSkipJumpAttack``, L2, the same per-image query budget on both sides.
+
+    Each side attacks each clean-correct image alone (batch 1) through the same :class:`_QueryBudget`, which ends
+    the run at ``--hsj-queries`` queries and reads each side's result the same way: the closest misclassified
+    iterate it queried within the budget. A point counts as broken at eps when that distance is at most eps.
+    rbx runs with a radius too small to reach (1e-6) so that, like foolbox's, its search never stops at eps.
+    """
     if args.foolbox_path:
-        sys.path.insert(0, str(args.foolbox_path))
+        sys.path.append(str(args.foolbox_path))  # after rbx's own packages: torch and numpy stay the environment's
     try:
         fb = importlib.import_module("foolbox")
     except ImportError as exc:
@@ -197,18 +250,57 @@ def compare_hsj(model, x, y, args, out):
     from robustbench_ext.attack.threat import ThreatModel
     from robustbench_ext.registry import ATTACKS
 
-    n = min(args.hsj_n, x.shape[0])
+    n, eps = min(args.hsj_n, x.shape[0]), args.hsj_eps
     xs, ys = x[:n], y[:n]
-    fmodel = fb.PyTorchModel(model, bounds=(0, 1))
-    for norm, eps, constraint in (("L2", 0.5, "l2"), ("Linf", 8 / 255, "linf")):
+    clean = ~fooled(model, xs, ys)
+
+    def run_side(attack_one, budget):
+        best, used, cpu = torch.full((n,), math.inf, dtype=torch.float64), torch.zeros(n, dtype=torch.long), 0.0
+        best[~clean] = 0.0
+        for i in clean.nonzero().squeeze(1).tolist():
+            wrapper = _QueryBudget(model, xs[i:i + 1], ys[i:i + 1], budget).eval()
+            t = time.process_time()
+            try:
+                attack_one(wrapper, i, budget)
+            except _BudgetSpent:
+                pass
+            cpu += time.process_time() - t
+            best[i], used[i] = wrapper.best, wrapper.queries
+        return best, used, cpu
+
+    def rbx_one(wrapper, i, budget):
+        att = ATTACKS.create("hsj", steps=args.hsj_steps, queries=budget)
+        att._gradient = wrapper.probe(att._gradient)  # its Monte-Carlo probes: queries, not iterates
+        att(wrapper, xs[i:i + 1], ys[i:i + 1], ThreatModel("L2", 1e-6), seed=i)
+
+    def foolbox_one(wrapper, i, budget):
         attack = fb.attacks.HopSkipJumpAttack(steps=args.hsj_steps, initial_gradient_eval_steps=100,
-                                              max_gradient_eval_steps=10000, gamma=1.0, constraint=constraint)
-        torch.manual_seed(0)
-        (raw, clipped, succ), t_ref = timed(lambda: attack(fmodel, xs, ys, epsilons=eps))
-        clean = ~fooled(model, xs, ys)
-        res, t_ours = timed(lambda: ATTACKS.create("hsj", steps=args.hsj_steps, queries=10 ** 6)(model, xs, ys, ThreatModel(norm, eps), seed=0))
-        out.append(row(f"hsj {norm} {ThreatModel(norm, eps).label} ({args.hsj_steps} steps)", res.success & clean,
-                       succ.bool() & clean, t_ours, t_ref, passes_rbx=res.n_forward))
+                                              max_gradient_eval_steps=10000, gamma=1.0, constraint="l2")
+        attack.approximate_gradients = wrapper.probe(attack.approximate_gradients)
+        torch.manual_seed(i)  # foolbox draws from torch's global generator
+        attack.run(fb.PyTorchModel(wrapper, bounds=(0, 1)), xs[i:i + 1], ys[i:i + 1])
+
+    def med(v):
+        return float(v.median()) if v.numel() else math.nan
+
+    for budget in args.hsj_queries:
+        ours, used_ours, t_ours = run_side(rbx_one, budget)
+        ref, used_ref, t_ref = run_side(foolbox_one, budget)
+        att_clean = clean.nonzero().squeeze(1)
+        found_o, found_r = torch.isfinite(ours) & clean, torch.isfinite(ref) & clean
+        both = found_o & found_r
+        norms = {"median_l2_rbx": med(ours[found_o]), "median_l2_reference": med(ref[found_r]),
+                 "median_l2_rbx_both_found": med(ours[both]), "median_l2_reference_both_found": med(ref[both]),
+                 "median_ratio_rbx_over_reference": med(ours[both] / ref[both]),
+                 "rbx_closer": int((ours[both] < ref[both]).sum()), "reference_closer": int((ref[both] < ours[both]).sum()),
+                 "queries_rbx_mean": float(used_ours[att_clean].double().mean()),
+                 "queries_reference_mean": float(used_ref[att_clean].double().mean()),
+                 "per_sample_l2_rbx": [round(float(v), 6) for v in ours], "per_sample_l2_reference": [round(float(v), 6) for v in ref]}
+        label = f"hsj L2 ({budget} queries per image, closest iterate"
+        out.append(row(f"{label}) at eps {ThreatModel('L2', eps).label}", (ours <= eps) & clean, (ref <= eps) & clean,
+                       t_ours, t_ref, **norms))
+        print(out[-1], flush=True)
+        out.append(row(f"{label}) found at any radius", found_o, found_r, t_ours, t_ref))
         print(out[-1], flush=True)
 
 
@@ -227,7 +319,9 @@ def main() -> None:
     ap.add_argument("--rs-queries", type=int, default=1000)
     ap.add_argument("--l0-k", type=int, default=20)
     ap.add_argument("--rays-queries", type=int, default=1000)
-    ap.add_argument("--hsj-steps", type=int, default=10)
+    ap.add_argument("--hsj-steps", type=int, default=1000, help="HopSkipJump's steps at most (the query budget binds)")
+    ap.add_argument("--hsj-queries", type=int, nargs="+", default=[1000], help="queries per image, both sides (one budget per pair of rows)")
+    ap.add_argument("--hsj-eps", type=float, default=0.5, help="L2 radius of the hsj rows' at-eps verdict")
     ap.add_argument("--hsj-n", type=int, default=20)
     ap.add_argument("--sparse-rs-dir", type=Path)
     ap.add_argument("--rays-dir", type=Path)
@@ -241,7 +335,8 @@ def main() -> None:
         runs = [json.loads((d / "reference_compare.json").read_text()) for d in args.merge]
         rows = [r for run in runs for r in run["rows"]]
         meta = {**runs[0], "command": " ; ".join(run["command"] for run in runs),
-                "date": " ; ".join(run["date"] for run in runs), "rows": rows}
+                "date": " ; ".join(run["date"] for run in runs),
+                "images": " ; ".join(dict.fromkeys(run["images"] for run in runs)), "rows": rows}
         write(args.out, meta, rows)
         return
     torch.set_num_threads(1)

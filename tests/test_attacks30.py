@@ -209,3 +209,53 @@ def test_check_refuses_a_label_only_model():
 
     with pytest.raises(RbxError, match="label-only model gives neither"):
         check("labels:cifar10-smallcnn-linf-at", DATA, "Linf:8/255", attacks=["rays"], n_examples=4, device="cpu")
+
+
+def test_reference_compare_query_budget_counts_queries_and_reads_iterates_only():
+    """benchmarks/reference_compare.py's hsj section reads both HopSkipJumps through one wrapper: every image passed
+    forward is a query, the run ends at the budget (mid-batch too), and only iterates (not gradient probes) count
+    as the closest misclassified point."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("reference_compare", REPO / "benchmarks" / "reference_compare.py")
+    rc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rc)
+    net = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        net.weight.copy_(torch.eye(2))  # class = the larger coordinate
+    x0, y0 = torch.tensor([[1.0, 0.0]]), torch.tensor([0])
+    w = rc._QueryBudget(net, x0, y0, budget=5)
+    w(torch.tensor([[0.0, 3.0]]))  # misclassified at L2 sqrt(10)
+    assert w.queries == 1 and w.best == pytest.approx(10 ** 0.5)
+    w.probe(w)(torch.tensor([[0.5, 0.6]]))  # closer and misclassified, but a probe: counted, not read
+    assert w.queries == 2 and w.best == pytest.approx(10 ** 0.5)
+    with pytest.raises(rc._BudgetSpent):  # 3 of these 4 fit the budget: read, then the run ends
+        w(torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.9, 0.0], [0.6, 0.7]]))
+    assert w.queries == 5 and w.best == pytest.approx(2 ** 0.5)  # the 4th (L2 0.81, closer) was past the budget
+    with pytest.raises(rc._BudgetSpent):
+        w(x0)
+    assert w.queries == 5
+
+
+def test_attacks_guide_hsj_table_is_the_committed_comparison():
+    """The HopSkipJump-vs-foolbox table of docs/guide/attacks.md states what results/attacks30/reference_compare_hsj
+    holds (rounded as shown), so an edited figure or a rerun without the page fails here."""
+    import json
+
+    from conftest import REPO
+
+    run = json.loads((REPO / "results/attacks30/reference_compare_hsj/reference_compare.json").read_text())
+    guide = (REPO / "docs/guide/attacks.md").read_text()
+    rows = {r["comparison"]: r for r in run["rows"]}
+    budgets = sorted({int(c.split("(")[1].split(" ")[0]) for c in rows})
+    for b in budgets:
+        eps = next(r for c, r in rows.items() if c.startswith(f"hsj L2 ({b} queries") and "at eps" in c)
+        found = next(r for c, r in rows.items() if c.startswith(f"hsj L2 ({b} queries") and "any radius" in c)
+        same = " (same {})".format(found["both"]) if found["both"] == found["rbx"] == found["reference"] else ""
+        line = (f"| {b:,} | {found['rbx']} / {found['reference']}{same} | {eps['rbx']} / {eps['reference']} | "
+                f"{eps['median_l2_rbx']:.2f} / {eps['median_l2_reference']:.2f} | {eps['median_ratio_rbx_over_reference']:.3f} | "
+                f"{eps['rbx_closer']} / {eps['reference_closer']} | {eps['cpu_s_rbx']:.1f} / {eps['cpu_s_reference']:.1f} |")
+        assert line in guide, line
+    assert run["command"] in " ".join(guide.replace("\\\n", " ").split()).replace("python ", "")

@@ -153,3 +153,49 @@ def test_a_board_page_is_small_and_self_contained(runs):
     assert len(html.encode()) < 200_000
     assert "http://" not in html.split("<body>")[0] and "<script src" not in html and "stylesheet" not in html
     assert np.all([(out / f.split('"')[0]).is_file() for f in html.split('href="')[1:] if f.startswith(("plots/", "records/"))])
+
+
+def test_a_union_run_with_an_l0_threat_model_reaches_the_board_through_rbx_leaderboard(tmp_path, small_cnn, cifar200):
+    """A record of a union run that includes L0 (pixels) shows on the board, Markdown, CSV and HTML, written by the
+    `rbx leaderboard` command itself: its L0 column, the union beside it, each equal to the record's figures."""
+    import warnings
+
+    from click.testing import CliRunner
+
+    from robustbench_ext.cli import cli
+    from robustbench_ext.records.stats import percent
+
+    # L0 by its black box alone: its panel of the loss plot has no curve (that plot once warned of an empty legend)
+    threats = [*_specs("Linf:8/255"), *_specs("L0:10", attack="sparse-rs:queries=100")]
+    path = evaluate(small_cnn, cifar200.first(16), threats, suite="cifar10-union-l0", **FAST).write(tmp_path)
+    rec, flags = read_record(path), read_flags(path)
+    assert [t.threat for t in rec.threats] == ["Linf:8/255", "L0:10"]
+    # the union read from the per-sample flags: correct and robust under both, L0 included
+    assert rec.union.count == int((flags.clean_correct & flags.robust.all(1)).sum())
+    assert rec.union.accuracy <= min(t.robust.accuracy for t in rec.threats)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # e.g. an empty legend on the L0 panel of the loss plot
+        res = CliRunner().invoke(cli, ["leaderboard", "--results-dir", str(tmp_path)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    acc = {t.threat: t.robust.accuracy for t in rec.threats} | {"clean": rec.clean.accuracy, "union": rec.union.accuracy}
+
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "## cifar10-union-l0" in md
+    header = next(line for line in md.splitlines() if line.startswith("| rank"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    assert cols.index("Linf:8/255") < cols.index("L0:10") < cols.index("union")
+    row = next(line for line in md.splitlines() if line.startswith("|") and small_cnn.name in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    for name, value in acc.items():
+        assert cells[cols.index(name)].split(" ")[0] == percent(value), name
+
+    csv = pd.read_csv(tmp_path / "leaderboard.csv")
+    (line,) = csv[csv["suite"] == "cifar10-union-l0"].to_dict("records")
+    for name, value in acc.items():
+        assert line[name] == pytest.approx(float(percent(value, 2))), name
+    lo, hi = next(t.robust.ci95 for t in rec.threats if t.threat == "L0:10")
+    assert line["L0:10_lo"] == pytest.approx(float(percent(lo, 2))) and line["L0:10_hi"] == pytest.approx(float(percent(hi, 2)))
+    assert "L0:10: sparse-rs" in line["attacks"]
+
+    html = (tmp_path / "leaderboard.html").read_text()
+    assert ">L0:10<" in html

@@ -59,9 +59,53 @@ def test_curve_alone_is_checked_against_the_suite_cascade(small_cnn, cifar200):
     assert curve_robust_points - ch["missed_by_curve"] + ch["found_only_by_curve"] == round(ch["cascade"] * 8)
 
 
+@pytest.mark.parametrize("spec", ["fab:steps=10", "fab-t:steps=10,n_targets=2"])
+def test_curve_from_one_fab_run_agrees_with_the_fixed_eps_check(small_cnn, cifar200, spec):
+    """FAB is a minimum-norm attack like FMN: --curve takes it, its curve is monotone, and at each threat model's
+    eps it agrees with fab's own fixed-eps verdicts (the points with min_norm <= eps are broken at eps)."""
+    n, threats = 10, ["Linf:8/255", "Linf:2/255"]
+    ev = evaluate(small_cnn, cifar200, threats, attacks=[spec], n_examples=n, progress=False, curve=True)
+    (cv,) = ev.record.curves
+    assert cv["attack"] == spec.partition(":")[0] and cv["source"] == "the run's own stage" and cv["n"] == n
+    acc = cv["robust_accuracy"]
+    assert all(b <= a for a, b in zip(acc, acc[1:]))
+    assert acc[0] == pytest.approx(ev.record.clean.accuracy)
+    assert acc[-1] < acc[0]  # fab broke something within twice 8/255: the curve is not flat
+    # the same attack run directly: its minimal norms give the curve at each eps, and the run's flags
+    x, y = cifar200.x[:n], cifar200.y[:n]
+    from robustbench_ext.registry import ATTACKS
+    from robustbench_ext.attack.threat import ThreatModel
+
+    direct = ATTACKS.create(spec)(small_cnn.module, x, y, ThreatModel.parse(threats[0]), seed=0)
+    for ch in cv["checks"]:
+        assert ch["curve"] == pytest.approx(acc[cv["eps"].index(ch["eps"])])
+        assert ch["curve"] == pytest.approx((direct.min_norm > ch["eps"]).double().mean().item())
+        # fab alone is the cascade: every point its minimal norm breaks, the fixed-eps run breaks too
+        assert ch["found_only_by_curve"] == 0 and ch["curve"] >= ch["cascade"]
+        col = [t.threat for t in ev.record.threats].index(ch["threat"])
+        assert ch["cascade"] == pytest.approx(ev.record.threats[col].robust.accuracy)
+        assert ch["missed_by_curve"] == round((ch["curve"] - ch["cascade"]) * n)
+
+
 def test_curve_needs_a_minimum_norm_attack(small_cnn, cifar200):
-    with pytest.raises(RbxError, match="minimum-norm attack"):
+    from robustbench_ext.attack.min_norm import minimum_norm_attacks
+
+    names = minimum_norm_attacks()
+    assert {"fmn", "cw", "deepfool", "fab", "fab-t"} <= set(names) and "fgsm" not in names and "aa-fab" not in names
+    with pytest.raises(RbxError, match="minimum-norm attack") as err:
         evaluate(small_cnn, cifar200, ["Linf:8/255"], attacks=["fgsm"], n_examples=4, progress=False, curve=True)
+    assert all(name in str(err.value) for name in names)  # the message lists the registry's, not a hand list
+
+
+def test_curve_help_and_guide_list_the_registered_minimum_norm_attacks():
+    from robustbench_ext.attack.min_norm import minimum_norm_attacks
+    from conftest import REPO
+
+    # wide enough that click does not wrap (it would break fab-t at its hyphen)
+    help_text = " ".join(CliRunner().invoke(cli, ["run", "--help"], terminal_width=2000, max_content_width=2000).output.split())
+    assert "With a minimum-norm attack (" + ", ".join(minimum_norm_attacks()) + ")" in help_text
+    guide = (REPO / "docs" / "guide" / "curves.md").read_text()
+    assert all(f"`{name}`" in guide for name in minimum_norm_attacks())
 
 
 def test_cli_run_curve_and_leaderboard_plot(tmp_path, monkeypatch):

@@ -26,6 +26,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
+from ..registry import ATTACKS
 from .base import Attack, AttackContext
 
 
@@ -59,3 +60,9 @@ class MinNormAttack(Attack):
         out = geom.project(x, x_min, ctx.eps)
         out[inside] = x_min[inside]
         return out
+
+
+def minimum_norm_attacks() -> list[str]:
+    """The registered attacks that report minimal norms (``minimum_norm``): the ones ``--curve`` takes, read from
+    the registry (a plugin that subclasses :class:`MinNormAttack` is listed the moment it registers)."""
+    return [e.name for e in ATTACKS.entries() if getattr(e.factory, "minimum_norm", False)]

@@ -32,6 +32,32 @@ def set_quiet(quiet: bool) -> None:
     logger.propagate = False
 
 
+class LazyHelpOption(click.Option):
+    """An option whose help names what the registries hold, filled in only when help is shown (importing the
+    registries' plugins at every ``rbx`` start would cost the commands that never show it): ``help`` is a format
+    string, ``help_fields`` maps its fields to functions returning the text."""
+
+    def __init__(self, *args, help_fields: dict | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.help_fields = help_fields or {}
+
+    def get_help_record(self, ctx: click.Context):
+        template = self.help
+        if template is not None:
+            self.help = template.format(**{k: fn() for k, fn in self.help_fields.items()})
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.help = template
+
+
+def minimum_norm_names() -> str:
+    """The registered minimum-norm attacks (those ``--curve`` takes), comma-separated."""
+    from ..attack.min_norm import minimum_norm_attacks
+
+    return ", ".join(minimum_norm_attacks())
+
+
 def quiet_option(f):
     """``--quiet/-q``: no progress lines and no bar (warnings and errors still show)."""
     return click.option("-q", "--quiet", is_flag=True, help="No progress lines or bars on stderr.")(f)

@@ -9,7 +9,7 @@ import click
 
 from ..evaluation.suites import DEFAULT_SUITE
 from ..reporting.tables import format_table
-from .common import DEFAULT_MODEL, parse_arch_kwargs, quiet_option, set_quiet
+from .common import DEFAULT_MODEL, LazyHelpOption, minimum_norm_names, parse_arch_kwargs, quiet_option, set_quiet
 
 
 # ---- rbx run ---------------------------------------------------------------------------------------
@@ -64,8 +64,8 @@ from .common import DEFAULT_MODEL, parse_arch_kwargs, quiet_option, set_quiet
                    "[default: when the determinism pre-check finds two passes that differ].")
 @click.option("--draws", type=int, default=None, metavar="R",
               help="Fresh forward passes per re-check of a randomized model [default: 11].")
-@click.option("--curve", is_flag=True,
-              help="With a minimum-norm attack (fmn, cw, deepfool): robust accuracy vs eps from one run, in the record, "
+@click.option("--curve", is_flag=True, cls=LazyHelpOption, help_fields={"attacks": minimum_norm_names},
+              help="With a minimum-norm attack ({attacks}): robust accuracy vs eps from one run, in the record, "
                    "checked against the fixed-eps cascade at each threat model's eps.")
 @click.option("--label-only", is_flag=True, default=False,
               help="The model is label-only: its outputs are read as predicted labels only, never as scores, and no "

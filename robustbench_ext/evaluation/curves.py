@@ -1,7 +1,8 @@
 """``rbx run --curve``: a robust-accuracy-vs-eps curve from one minimum-norm attack run, in the record,
 checked against fixed-eps cascades.
 
-A minimum-norm attack (``fmn``, ``cw``, ``deepfool``; :mod:`robustbench_ext.attack.min_norm`) reports per point the
+A minimum-norm attack (any registered :class:`~robustbench_ext.attack.min_norm.MinNormAttack`: ``fmn``, ``cw``,
+``deepfool``, ``fab``, ``fab-t``, ...; :func:`~robustbench_ext.attack.min_norm.minimum_norm_attacks`) reports per point the
 norm of the closest misclassified point it found, whatever eps is (0: misclassified clean; inf: never
 broken). Robust accuracy at every eps follows from one run (:func:`robustbench_ext.records.curves.robust_accuracy_curve`).
 
@@ -37,6 +38,7 @@ import torch
 from torch import nn
 
 from ..attack.cascade import LabelledAttack, run_cascade
+from ..attack.min_norm import minimum_norm_attacks
 from .majority import RULE, Draws, batch_seed, majority_cascade, majority_min_norm
 from ..records.curves import eps_grid, robust_accuracy_curve
 from ..data.datasets import EvalData
@@ -64,8 +66,10 @@ def min_norm_stage(plan: RunPlan, column: int):
 def check_curve_plan(plan: RunPlan) -> None:
     """``--curve`` needs a minimum-norm attack in some threat model's cascade: say so before anything runs."""
     if not any(min_norm_stage(plan, c) for c in range(plan.n_main)):
-        raise RbxError("--curve needs a minimum-norm attack in the cascade (fmn, cw or deepfool), "
-                       "e.g. rbx run --attack fmn --curve")
+        names = minimum_norm_attacks()
+        raise RbxError(f"--curve needs a minimum-norm attack in the cascade ({', '.join(names)}), "
+                       f"e.g. rbx run --attack {names[0]} --curve" if names else
+                       "--curve needs a minimum-norm attack in the cascade, and none is registered")
 
 
 def build_curves(plan: RunPlan, net: nn.Module, data: EvalData, clean: np.ndarray, robust: np.ndarray,

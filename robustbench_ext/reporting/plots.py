@@ -145,12 +145,15 @@ def loss_curves(record: RunRecord) -> bytes | None:
         return None
     fig, axes = plt.subplots(1, len(record.threats), figsize=(4.0 * len(record.threats), 3.0), squeeze=False)
     for ax, t in zip(axes[0], record.threats):
-        for threat, attack, curve in curves:
-            if threat == t.threat:
-                ax.plot(np.arange(len(curve)), curve, label=attack, lw=1)
+        mine = [(attack, curve) for threat, attack, curve in curves if threat == t.threat]
+        for attack, curve in mine:
+            ax.plot(np.arange(len(curve)), curve, label=attack, lw=1)
         ax.set_title(t.threat, fontsize=9)
         ax.set_xlabel("step (passes one after another)", fontsize=8)
-        ax.legend(fontsize=7)
+        if mine:
+            ax.legend(fontsize=7)
+        else:  # black-box / decision-based cascades (Sparse-RS under L0, Square, RayS) log no loss
+            ax.text(0.5, 0.5, "no attack logged a loss", ha="center", va="center", fontsize=8, transform=ax.transAxes)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("mean loss")
     return png_bytes(fig)
