@@ -41,6 +41,7 @@ import splits  # noqa: E402
 from robustbench_ext import evaluate  # noqa: E402
 from robustbench_ext.attack.threat import ThreatModel  # noqa: E402
 from robustbench_ext.errors import RbxError  # noqa: E402
+from robustbench_ext.models.loading import LoadedModel  # noqa: E402
 from robustbench_ext.evaluation.suites import load_suite  # noqa: E402
 from robustbench_ext.paths import atomic_write_text  # noqa: E402
 from robustbench_ext.records import provenance  # noqa: E402
@@ -201,10 +202,11 @@ def cmd_audit(a) -> int:
     split = a.split or aa_flags.DEFAULT_SPLIT[dataset]
     splits.assert_held_out(a.start, a.n, split)
     data = splits.images(split, a.start, a.n)
-    if isinstance(net, torch.nn.Module) and not getattr(net, "name", None):
-        net.name = a.model  # the record names the model as the command did
+    # the record names the model as the command did, with its weights' sha256
+    model = LoadedModel(net, a.model, type(net).__name__, f"trust.py: {a.model}", meta.get("sha256"),
+                        extra={k: v for k, v in meta.items() if k in ("wrapper",) and v})
     t0, c0 = time.perf_counter(), time.process_time()
-    ev = evaluate(net, data, suite=load_suite(_suite_for(dataset, a.suite)), seed=a.seed, batch_size=a.batch_size,
+    ev = evaluate(model, data, suite=load_suite(_suite_for(dataset, a.suite)), seed=a.seed, batch_size=a.batch_size,
                   device="cpu", progress=False, audit=a.audit)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     rec_dir = OUT / "audit"
