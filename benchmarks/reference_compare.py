@@ -1,4 +1,4 @@
-"""Compare rbx's own FAB, Square, Sparse-RS, RayS and HopSkipJump with reference implementations, per sample.
+"""Compare rbx's own FAB, Square, Sparse-RS, RayS, HopSkipJump and sparse-PGD with reference implementations, per sample.
 
 References (never part of rbx; each section is skipped, with a message, when its reference is not importable):
 
@@ -9,7 +9,13 @@ References (never part of rbx; each section is skipped, with a message, when its
   same per-image query budget on both sides (``--hsj-queries``), each result read by the same query-counting wrapper;
 - ``sparse-rs``, ``rays``: the authors' code (fra31/sparse-rs ``rs_attacks.py``, uclaml/RayS ``RayS.py``), a copy
   outside the repository given with ``--sparse-rs-dir`` / ``--rays-dir``; the RayS code calls ``.cuda()``, which
-  this script turns into a no-op for the reference only, so it runs on CPU.
+  this script turns into a no-op for the reference only, so it runs on CPU;
+- ``spgd``: the authors' sparse-PGD (CityU-MLO/sPGD ``autoattack/spgd.py``), one or more copies outside the
+  repository given with ``--spgd-dir`` (each a folder holding that ``spgd.py``, labelled by the folder's name, e.g.
+  one per commit of the authors' repository); it imports scikit-image's ``random_noise`` and never calls it, so
+  when scikit-image is not importable this script stands in a module whose ``random_noise`` raises. Both sides
+  run the same settings: L0 ``--l0-k`` pixels, ``--spgd-steps`` iterations, the authors' defaults (``epsilon`` 1,
+  ``alpha`` 0.25, ``beta`` 0.25, ``patience`` 3), unprojected and projected mask gradients, one row each.
 
 Images: CIFAR-10 test images ``--start`` .. ``--start + --n - 1`` (held out; tuning uses 9000-9999), model
 ``--model`` (default the embedded small CNN). Every figure: per-sample success sets (both / only rbx / only the
@@ -18,7 +24,8 @@ comparisons run (one per attack x norm x setting), and process-CPU seconds of ea
 ``reference_compare.json`` and ``reference_compare.md`` into ``--out``.
 
     python benchmarks/reference_compare.py --n 100 --out results/reference_compare \\
-        --sparse-rs-dir /work/scratch/ref/sparse-rs --rays-dir /work/scratch/ref/RayS --foolbox-path /work/scratch/site
+        --sparse-rs-dir /work/scratch/ref/sparse-rs --rays-dir /work/scratch/ref/RayS --foolbox-path /work/scratch/site \\
+        --spgd-dir /tmp/spgd_ref/head
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
+import importlib.util
 import json
 import math
 import platform
@@ -304,7 +312,62 @@ def compare_hsj(model, x, y, args, out):
         print(out[-1], flush=True)
 
 
-SECTIONS = {"fab": compare_fab, "square": compare_square, "sparse-rs": compare_sparse_rs, "rays": compare_rays, "hsj": compare_hsj}
+def compare_spgd(model, x, y, args, out):
+    """rbx's ``sparse-pgd`` vs the authors' ``SparsePGD`` (one row per reference copy x gradient variant x seed).
+
+    Each side attacks the whole batch once with the same settings; a point counts as broken when it was
+    classified correctly, the returned point is misclassified by the model, lies in the [0, 1] box and changes at
+    most K pixels (a pixel: all channels together, as both sides count them). The reference draws from torch's
+    global generator (seeded with the row's seed before its call), rbx from its per-sample generators.
+    """
+    if not args.spgd_dir:
+        print("spgd: skipped (no --spgd-dir: a copy of CityU-MLO/sPGD autoattack/spgd.py outside the repository)")
+        return
+    try:
+        importlib.import_module("skimage.util")
+    except ImportError:  # spgd.py imports random_noise and never calls it
+        def random_noise(*a, **k):
+            raise RuntimeError("reference_compare: scikit-image's random_noise is not available")
+        sys.modules.setdefault("skimage", types.ModuleType("skimage"))
+        sys.modules.setdefault("skimage.util", types.SimpleNamespace(random_noise=random_noise))
+    from robustbench_ext.attack.threat import ThreatModel
+    from robustbench_ext.registry import ATTACKS
+
+    refs = []
+    for d in args.spgd_dir:
+        spec = importlib.util.spec_from_file_location(f"spgd_reference_{len(refs)}", Path(d) / "spgd.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        refs.append((Path(d).name, mod))
+    k, steps = args.l0_k, args.spgd_steps
+    clean = ~fooled(model, x, y)
+
+    def ok(x_adv):
+        px = ((x_adv - x).abs() > 0).any(1).flatten(1).sum(1)
+        in_box = (x_adv >= 0).flatten(1).all(1) & (x_adv <= 1).flatten(1).all(1)
+        return fooled(model, x_adv, y) & clean & (px <= k) & in_box
+
+    def images(mask):
+        return [args.start + i for i in mask.nonzero().squeeze(1).tolist()]
+
+    for unprojected in (True, False):
+        variant = "unprojected" if unprojected else "projected"
+        for seed in range(args.seeds):
+            att = ATTACKS.create("sparse-pgd", steps=steps, unprojected=unprojected)
+            res, t_ours = timed(lambda: att(model, x, y, ThreatModel("L0", k), seed=seed))
+            ours = ok(res.x_adv)
+            for label, mod in refs:
+                ref = mod.SparsePGD(model, epsilon=1.0, k=k, t=steps, unprojected_gradient=unprojected)
+                torch.manual_seed(seed)
+                (x_ref, _, _), t_ref = timed(lambda: ref(x, y))
+                theirs = ok(x_ref.detach())
+                out.append(row(f"sparse-pgd L0:{k} {variant} seed={seed} ({steps} steps; reference {label})", ours, theirs,
+                               t_ours, t_ref, only_rbx_images=images(ours & ~theirs), only_reference_images=images(~ours & theirs),
+                               rbx_images=images(ours), reference_images=images(theirs)))
+                print(out[-1], flush=True)
+
+
+SECTIONS = {"fab": compare_fab, "square": compare_square, "sparse-rs": compare_sparse_rs, "rays": compare_rays, "hsj": compare_hsj, "spgd": compare_spgd}
 
 
 def main() -> None:
@@ -326,6 +389,8 @@ def main() -> None:
     ap.add_argument("--sparse-rs-dir", type=Path)
     ap.add_argument("--rays-dir", type=Path)
     ap.add_argument("--foolbox-path", type=Path)
+    ap.add_argument("--spgd-dir", type=Path, nargs="+", help="folders each holding a copy of the authors' autoattack/spgd.py")
+    ap.add_argument("--spgd-steps", type=int, default=300, help="sparse-PGD iterations, both sides (sAA's evaluate.py default: 300)")
     ap.add_argument("--out", type=Path, default=Path("results/reference_compare"))
     ap.add_argument("--merge", type=Path, nargs="*", metavar="DIR",
                     help="Instead of running: merge the reference_compare.json of earlier runs (e.g. sections run in "

@@ -259,3 +259,44 @@ def test_attacks_guide_hsj_table_is_the_committed_comparison():
                 f"{eps['rbx_closer']} / {eps['reference_closer']} | {eps['cpu_s_rbx']:.1f} / {eps['cpu_s_reference']:.1f} |")
         assert line in guide, line
     assert run["command"] in " ".join(guide.replace("\\\n", " ").split()).replace("python ", "")
+
+
+def _spgd_guide_lines(rows):
+    """The lines of docs/guide/attacks.md's sparse-PGD table for the merged family's ``sparse-pgd`` rows."""
+    import re
+
+    lines = []
+    for r in rows:
+        m = re.fullmatch(r"sparse-pgd L0:20 (\w+) seed=(\d+) \(300 steps; reference (\S+)\)", r["comparison"])
+        assert m, r["comparison"]
+        lines.append(f"| {m[1]} | {m[2]} | {m[3]} | {r['rbx']} | {r['reference']} | {r['both']} | {r['only_rbx']} | "
+                     f"{r['only_reference']} | {r['p_holm']:.3g} | {r['cpu_s_rbx']:.1f} / {r['cpu_s_reference']:.1f} |")
+    return lines
+
+
+def test_attacks_guide_spgd_table_is_the_committed_comparison():
+    """The sparse-PGD-vs-authors table of docs/guide/attacks.md states what results/attacks30/reference_compare_spgd
+    holds, with the Holm-adjusted p of the merged family results/attacks30/reference_compare (which holds those rows
+    unchanged); the diagnostic figures quoted there are diag.json's."""
+    import json
+
+    from conftest import REPO
+
+    res = REPO / "results/attacks30"
+    own = json.loads((res / "reference_compare_spgd/reference_compare.json").read_text())
+    family = json.loads((res / "reference_compare/reference_compare.json").read_text())
+    merged = [r for r in family["rows"] if r["comparison"].startswith("sparse-pgd")]
+    assert [{k: v for k, v in r.items() if k != "p_holm"} for r in merged] == \
+        [{k: v for k, v in r.items() if k != "p_holm"} for r in own["rows"]]
+    assert len(family["rows"]) == 29 and own["command"] in family["command"]
+    guide = (REPO / "docs/guide/attacks.md").read_text()
+    flat = " ".join(guide.replace("\\\n", " ").split())
+    for line in _spgd_guide_lines(merged):
+        assert line in guide, line
+    assert own["command"] in flat.replace("python ", "")
+    diag = json.loads((res / "reference_compare_spgd/diag.json").read_text())
+    assert diag["command"] in flat.replace("python ", "")
+    for rec in diag["single_image_breaks"]:
+        line = (f"| {rec['image']} | {rec['variant']} | {rec['rbx']} | {rec['a356d0c']} | {rec['a356d0c-consecutive']} | "
+                f"{rec['head']} |")
+        assert line in guide, line
