@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ..attack.base import Attack
+from ..attack.threat import LP_NORMS
 from ..errors import RbxError
 from ..registry import ATTACKS
 from .plan import RunPlan, Stage
@@ -70,7 +71,7 @@ def black_box_for(threat) -> str | None:
 def audit_reference_for(threat) -> str | None:
     """The attack the audit runs under ``threat``: AutoAttack standard for lp norms, else the reference of
     :data:`AUDIT_REFERENCES` (None: no independent reference, not audited)."""
-    if threat.norm in ("Linf", "L2", "L1"):
+    if threat.norm in LP_NORMS:
         return AUDIT_ATTACK
     return AUDIT_REFERENCES.get(threat.norm)
 #: Default audit size per threat model when a run has at least AUDIT_AUTO_N images (``audit=None``).
