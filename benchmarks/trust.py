@@ -159,6 +159,15 @@ def cmd_compare(a) -> int:
     tag = "tuning" if role == "tuning" else "heldout"
     out = OUT / (f"{tag}_{a.model}_{split}{a.start}-{a.start + a.n}{'_candidates' if a.candidates else ''}"
                  f"{'_noescalate' if a.no_escalate else ''}.json")
+    if a.candidates:
+        # Candidate comparisons accumulate: runs of earlier candidate sets on the same slice stay (each run carries
+        # its own command and commit), and a suite measured again replaces its older run.
+        for run in rows:
+            run.update(command=result["command"], git_commit=result["git_commit"], date=result["date"])
+        if out.is_file():
+            mine = {run["suite"] for run in rows}
+            kept = [run for run in json.loads(out.read_text())["runs"] if run["suite"] not in mine]
+            result["runs"] = kept + rows
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
