@@ -13,7 +13,7 @@ from robustbench_ext.registry import ATTACKS
 from robustbench_ext.attack.threat import NORMS, ThreatModel
 
 EPS = {"Linf": [4 / 255, 0.3], "L2": [0.5, 3.0], "L1": [5.0, 40.0], "L0": [2.0, 24.0], "L0c": [3.0, 60.0],
-       "spatial-rt": [5.0, 90.0], "stadv": [0.02, 1.0], "color": [0.02, 1.0], "jpeg-linf": [0.01, 0.5]}
+       "spatial-rt": [5.0, 90.0], "stadv": [0.02, 1.0], "color": [0.02, 1.0], "recolor": [0.02, 0.5], "jpeg-linf": [0.01, 0.5]}
 
 
 def assert_in_threat_model(res, x, threat):

@@ -64,7 +64,7 @@ def test_eot_on_a_deterministic_model_is_the_plain_attack(name):
         return
     # the first threat model the attack supports: Lp, then L0 and the transformation threat models (issue 30, 31)
     candidates = [ThreatModel(n, EPS[n]) for n in ("Linf", "L2", "L1")] + [
-        ThreatModel.parse(t) for t in ("L0:4", "stadv:0.05", "color:0.1", "jpeg-linf:0.01", "spatial-rt:10,1")]
+        ThreatModel.parse(t) for t in ("L0:4", "stadv:0.05", "color:0.1", "recolor:0.06", "jpeg-linf:0.01", "spatial-rt:10,1")]
     threat = next(t for t in candidates if plain.supports(t))
     a, b = plain(model, x, y, threat, seed=3), eot(model, x, y, threat, seed=3)
     torch.testing.assert_close(a.x_adv, b.x_adv, atol=1e-5, rtol=0)

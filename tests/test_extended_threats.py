@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from torch import Tensor
 
 from conftest import DATA, tiny_batch, tiny_model
 from robustbench_ext import evaluate
 from robustbench_ext.attack.base import Attack
 from robustbench_ext.attack.threat import ThreatModel
-from robustbench_ext.attack.transforms import ColorHSB, JpegLinf, StAdvFlow, get_transform
+from robustbench_ext.attack.transforms import ColorHSB, JpegLinf, ReColor, StAdvFlow, get_transform
 from robustbench_ext.cli import cli as rbx
 from robustbench_ext.errors import AttackContractError, RbxError, ThreatModelError, UnsupportedNormError
 from robustbench_ext.evaluation.plan import compile_plan
@@ -33,11 +34,13 @@ def test_grammar_round_trips_and_scales():
     assert ThreatModel.parse(t.label) == t and not t.is_lp
     assert ThreatModel.parse("spatial:20").eps2 == 2.0  # Engstrom et al.'s CIFAR ratio by default
     assert t.scaled(0.5).label == "spatial-rt:15,1.5"
-    for text, norm in [("stadv:0.05", "stadv"), ("colour:0.1", "color"), ("jpeg-linf:1/255", "jpeg-linf")]:
+    for text, norm in [("stadv:0.05", "stadv"), ("colour:0.1", "color"), ("recoloradv:0.06", "recolor"),
+                       ("jpeg-linf:1/255", "jpeg-linf")]:
         tm = ThreatModel.parse(text)
         assert tm.norm == norm and ThreatModel.parse(tm.label) == tm and tm.eps2 is None
     assert ThreatModel.parse("Linf:8/255").is_lp and ThreatModel.parse("Linf:8/255").eps2 is None
-    for bad in ["stadv:0.05,2", "spatial-rt:30,3,1", "color:-1", "spatial-rt:30,nan", "jpeg-linf:0"]:
+    for bad in ["stadv:0.05,2", "spatial-rt:30,3,1", "color:-1", "spatial-rt:30,nan", "jpeg-linf:0", "recolor:0.06,2",
+                "recolor:0"]:
         with pytest.raises(ThreatModelError):
             ThreatModel.parse(bad)
     with pytest.raises(ThreatModelError, match="not an lp ball"):
@@ -50,7 +53,8 @@ def _images(n=4, h=16, w=16, seed=0):
     return torch.rand((n, 3, h, w), generator=g) * 0.6 + 0.2
 
 
-@pytest.mark.parametrize("kind, budget", [("spatial-rt", "30,3"), ("stadv", "0.05"), ("color", "0.1"), ("jpeg-linf", "0.01")])
+@pytest.mark.parametrize("kind, budget", [("spatial-rt", "30,3"), ("stadv", "0.05"), ("color", "0.1"), ("recolor", "0.06"),
+                                          ("jpeg-linf", "0.01")])
 def test_identity_and_budget(kind, budget):
     threat = ThreatModel.parse(f"{kind}:{budget}")
     tf, x = threat.transform, _images()
@@ -93,6 +97,58 @@ def test_jpeg_dct_is_orthonormal_and_linear():
     assert torch.allclose((y - x)[0, :, :8, :8], torch.full((3, 8, 8), 0.01 / 8), atol=1e-6)
     with pytest.raises(ThreatModelError, match="multiples of 8"):
         tf.check_input((3, 12, 12))
+
+
+def _grid_colours(g: int) -> Tensor:
+    """``[3, g, g, g]``: the colour of every recolor grid point (red along the first grid axis)."""
+    axis = torch.linspace(0, 1, g)
+    return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"))
+
+
+def test_recolor_identity_is_exact_and_a_constant_offset_shifts_every_pixel():
+    tf, x = ReColor(), _images()
+    x[0, :, 0, 0] = torch.tensor([0.0, 1.0, 0.5])  # colours on the cube's faces too
+    assert tf.param_shape(x.shape[1:]) == (3, 16, 16, 16)
+    assert torch.equal(tf.apply(x, tf.identity(x)), x)  # bit for bit, not merely close
+    d = torch.tensor([0.05, -0.03, 0.02])
+    p = d.reshape(1, 3, 1, 1, 1).expand(len(x), 3, 16, 16, 16)
+    assert torch.allclose(tf.apply(x, p), (x + d.reshape(1, 3, 1, 1)).clamp(0, 1), atol=1e-6)
+    with pytest.raises(ThreatModelError, match="3 channels"):
+        tf.check_input((1, 8, 8))
+
+
+def test_recolor_interpolates_an_affine_colour_map_exactly():
+    """Trilinear interpolation reproduces affine functions: offsets ``A c + d`` on the grid give ``f(c) = c + A c + d``
+    at every colour, which also pins the grid's axis order (red, green, blue) against grid_sample's (W, H, D)."""
+    tf, x = ReColor(), _images()
+    a = torch.tensor([[0.10, 0.02, -0.03], [0.00, -0.05, 0.04], [0.03, 0.01, 0.02]])
+    d = torch.tensor([0.01, -0.02, 0.03])
+    p = torch.einsum("ij,jabc->iabc", a, _grid_colours(16)) + d.reshape(3, 1, 1, 1)
+    want = x + torch.einsum("ij,njhw->nihw", a, x) + d.reshape(1, 3, 1, 1)
+    assert torch.allclose(tf.apply(x, p.expand(len(x), -1, -1, -1, -1)), want.clamp(0, 1), atol=1e-6)
+
+
+def test_recolor_is_one_colour_function_inside_the_linf_ball():
+    threat = ThreatModel.parse("recolor:0.06")
+    tf, x = threat.transform, _images()
+    x[:, :, 0, 1] = x[:, :, 0, 0]  # two pixels of one colour
+    p = tf.random_init(x, threat, torch.Generator().manual_seed(3))
+    y = tf.apply(x, p)
+    assert (y - x).abs().max() <= 0.06 + 1e-6  # a convex combination of offsets within the box
+    assert torch.equal(y[:, :, 0, 1], y[:, :, 0, 0])  # same colour in, same colour out
+    used = tf.budget_used(p, threat)
+    assert ((used > 0.9) & (used <= 1)).all()  # 12,288 uniform draws: the largest is near the bound
+    p[0, 1, 3, 4, 5] = 0.09
+    assert math.isclose(tf.budget_used(p, threat)[0].item(), 1.5, rel_tol=1e-5)
+    assert torch.allclose(tf.budget_used(tf.project(p, threat), threat)[0], torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_recolor_smoothness_counts_neighbouring_offset_differences():
+    p = torch.full((1, 3, 4, 4, 4), 0.02)
+    assert ReColor.smoothness(p, tiny=0.0).item() == 0.0  # a constant shift is perfectly smooth
+    p[0, :, 1, 2, 3] = torch.tensor([0.02 + 0.03, 0.02 + 0.04, 0.02])  # one grid point off by (0.03, 0.04, 0)
+    # it has 5 neighbours (one axis ends at its face): 5 pairs differ by a vector of length 0.05
+    assert math.isclose(ReColor.smoothness(p, tiny=0.0).item(), 5 * 0.05, rel_tol=1e-5)
 
 
 def test_stadv_smoothness_is_zero_for_a_constant_flow():
@@ -171,6 +227,41 @@ def test_grid_finds_what_a_denser_search_of_the_same_grid_finds():
     with torch.no_grad():
         any_fool = torch.stack([model(tf.apply(x, g.expand(len(x), 3))).argmax(1) != y for g in grid]).any(0)
     assert torch.equal(res.success, any_fool) and any_fool.any()
+
+
+@pytest.mark.parametrize("spec", ["transform-pgd:steps=10", "recolor:steps=10"])
+def test_recolor_attacks_break_the_tiny_model(spec):
+    model, x = tiny_model(), tiny_batch()
+    y = model(x).argmax(1)  # every point starts correctly classified
+    threat = ThreatModel.parse("recolor:0.1")
+    res = ATTACKS.create(spec)(model, x, y, threat, seed=0)
+    assert res.success.sum() >= len(x) // 2
+    assert (threat.transform.budget_used(res.params, threat) <= 1 + 1e-5).all()
+    with torch.no_grad():
+        assert torch.equal(res.success, model(threat.transform.apply(x, res.params)).argmax(1) != y)
+
+
+def test_recolor_attack_checks_tau():
+    with pytest.raises(RbxError, match="tau"):
+        ATTACKS.create("recolor:tau=-1")
+
+
+def test_recolor_in_a_union_with_linf(small_cnn):
+    """The union flag is the AND of the per-threat flags with recolor in it, and a union-only run gives the same."""
+    data = DATASETS.create(DATA, n_examples=8)
+    specs = [ThreatSpec(ThreatModel.parse("Linf:8/255"), (AttackSpec.parse("pgd:steps=5"),)),
+             ThreatSpec(ThreatModel.parse("recolor:0.06"), tuple(AttackSpec.parse(a) for a in
+                                                                  ("transform-pgd:steps=5", "recolor:steps=5"))),
+             ThreatSpec(ThreatModel.parse("color:0.1"), (AttackSpec.parse("transform-pgd:steps=3"),))]
+    kw = dict(suite="test-recolor", seed=5, progress=False)
+    full = evaluate(small_cnn, data, specs, batch_size=8, **kw)
+    f = full.flags
+    assert [t.threat for t in full.record.threats] == ["Linf:8/255", "recolor:0.06", "color:0.1"]
+    np.testing.assert_array_equal(f.union, f.clean_correct & f.robust.all(1))
+    assert f.union.sum() <= min(f.robust[:, k].sum() for k in range(3))
+    assert (f.clean_correct & ~f.robust[:, 1]).any()  # recolor breaks something
+    only = evaluate(small_cnn, data, specs, batch_size=3, union_only=True, union_order=["recolor:0.06"], **kw)
+    np.testing.assert_array_equal(only.flags.union, f.union)
 
 
 # ---- the extended union: a tiny run (8 images, few steps) ---------------------------------------------

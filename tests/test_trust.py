@@ -208,7 +208,7 @@ def test_audit_default_is_on_for_leaderboard_sized_runs():
 #: One threat model per norm rbx knows (a new norm must be added here, and so decided for).
 EXAMPLE_THREATS = {"Linf": "Linf:8/255", "L2": "L2:0.5", "L1": "L1:12", "L0": "L0:20", "L0c": "L0c:20",
                    "spatial-rt": "spatial-rt:30,3", "stadv": "stadv:0.05", "color": "color:0.1",
-                   "jpeg-linf": "jpeg-linf:1/255"}
+                   "recolor": "recolor:0.06", "jpeg-linf": "jpeg-linf:1/255"}
 
 
 def test_example_threats_cover_every_norm():

@@ -11,9 +11,11 @@ Threat models beyond lp (:data:`TRANSFORM_KINDS`) are sets of images reachable b
 transformation whose parameters lie in a box: ``spatial-rt:30,3`` (rotation by at most 30 degrees and
 translation by at most 3 pixels per axis; Engstrom et al. 2019), ``stadv:0.05`` (a per-pixel flow field of
 Linf at most 0.05 in grid units; Xiao et al. 2018), ``color:0.1`` (global hue, saturation and brightness
-shifts) and ``jpeg-linf:0.03`` (Linf in the JPEG DCT coefficient domain; Kang et al. 2019). Their exact
-sets, budget conventions and citations are in :mod:`robustbench_ext.attack.transforms`; they share the
-grammar (``KIND:EPS``) so that a union mixes them with lp threat models. ``spatial-rt`` has two budgets
+shifts), ``recolor:0.06`` (a per-image colour function: offsets on a grid over the RGB cube, interpolated
+trilinearly, each at most 0.06 per channel; ReColorAdv, Laidlaw & Feizi 2019) and ``jpeg-linf:0.03``
+(Linf in the JPEG DCT coefficient domain; Kang et al. 2019). Their exact sets, budget conventions and
+citations are in :mod:`robustbench_ext.attack.transforms`; they share the grammar (``KIND:EPS``) so that a
+union mixes them with lp threat models. ``spatial-rt`` has two budgets
 (``spatial-rt:ROT,TRANS``); ``eps`` is the rotation in degrees and ``eps2`` the translation in pixels
 (``spatial-rt:30`` takes Engstrom et al.'s CIFAR ratio, 3 pixels per 30 degrees).
 """
@@ -32,13 +34,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from .transforms import Transform
 
 #: Canonical norm names, in the order tables show them.
-NORMS: tuple[str, ...] = ("Linf", "L2", "L1", "L0", "L0c", "spatial-rt", "stadv", "color", "jpeg-linf")
+NORMS: tuple[str, ...] = ("Linf", "L2", "L1", "L0", "L0c", "spatial-rt", "stadv", "color", "recolor", "jpeg-linf")
 #: The lp norms with p >= 1 (real norms: a dual norm, steepest-ascent steps of a length): what an attack
 #: supports unless it says otherwise. The L0 "norms" count changed pixels (``L0``) or coordinates (``L0c``).
 LP_NORMS: tuple[str, ...] = ("Linf", "L2", "L1")
 #: Threat models beyond lp: parametrized transformations with a budget on their parameters
 #: (:mod:`robustbench_ext.attack.transforms`). Attacks support them only when they say so.
-TRANSFORM_KINDS: tuple[str, ...] = ("spatial-rt", "stadv", "color", "jpeg-linf")
+TRANSFORM_KINDS: tuple[str, ...] = ("spatial-rt", "stadv", "color", "recolor", "jpeg-linf")
 #: Norms whose radius counts something (pixels, coordinates): eps must be a whole number.
 COUNT_NORMS: tuple[str, ...] = ("L0", "L0c")
 #: The norms with a geometry (a ball, its projection: :mod:`robustbench_ext.attack.geometry`): lp and L0.
@@ -53,6 +55,7 @@ _NORM_ALIASES = {
     "spatial-rt": "spatial-rt", "spatial": "spatial-rt", "rt": "spatial-rt",
     "stadv": "stadv", "flow": "stadv",
     "color": "color", "colour": "color", "hsb": "color",
+    "recolor": "recolor", "recolour": "recolor", "recoloradv": "recolor",
     "jpeg-linf": "jpeg-linf", "jpeg": "jpeg-linf",
 }
 
@@ -140,7 +143,7 @@ class ThreatModel:
         if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
             raise ThreatModelError(
                 f"cannot parse threat model '{text}': write NORM:EPS, e.g. Linf:8/255, L2:0.5, L1:12, L0:10, "
-                "spatial-rt:30,3, stadv:0.05, color:0.1 or jpeg-linf:0.03"
+                "spatial-rt:30,3, stadv:0.05, color:0.1, recolor:0.06 or jpeg-linf:0.03"
             )
         norm = canonical_norm(parts[0])
         budgets = parts[1].split(",")

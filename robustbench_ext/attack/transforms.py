@@ -35,7 +35,18 @@ The sets and their budget conventions:
     saturation and brightness x[0.9, 1.1]). Three global parameters: a simple, first-order-searchable
     stand-in for ReColorAdv (Laidlaw & Feizi, "Functional adversarial attacks", NeurIPS 2019), whose
     per-pixel colour function is the richer reference (MultiRobustBench's ReColorAdv budget 0.06 is in its
-    own units and not comparable).
+    own units and not comparable); ``recolor`` below is rbx's version of that richer set.
+``recolor:EPS`` -- a per-image colour function ``f(c) = c + g(c)`` applied to every pixel's RGB colour ``c``:
+    ``g`` is given by offset vectors ``p`` ``[3, G, G, G]`` on the uniform grid of ``G = 16`` points per axis
+    over the colour cube (grid point ``(i, j, k)`` sits at colour ``(i, j, k) / (G - 1)``, red along ``i``) and
+    interpolated trilinearly between them; ``|p| <= EPS`` per channel and grid point (Linf on the parameters).
+    After Laidlaw & Feizi, "Functional adversarial attacks", NeurIPS 2019 (arXiv 1906.00001), ReColorAdv.
+    Their CIFAR-10 evaluation (``get_attack_from_name`` in ``recoloradv/utils.py`` of
+    ``github.com/cassidylaidlaw/ReColorAdv``) perturbs CIELUV scaled to [0, 1] (``L*/100``,
+    ``(u*+100)/200``, ``(v*+100)/200``) on a 16 x 32 x 32 grid with bound 0.06 per channel; rbx's set is in
+    RGB on a 16 x 16 x 16 grid, so its budgets are not numerically comparable with theirs (or with
+    MultiRobustBench's ReColorAdv 0.06). Trilinear weights are a convex combination, so every pixel moves by at
+    most EPS per channel: ``recolor:EPS`` is a subset of ``Linf:EPS`` in which pixels of one colour move alike.
 ``jpeg-linf:EPS`` -- an additive perturbation ``d`` of the 8 x 8 block DCT coefficients (orthonormal DCT-II)
     of the image in YCbCr (JPEG's full-range conversion, channels in [0, 1]): ``x' = RGB(IDCT(DCT(YCbCr(x)) +
     d))``, ``|d| <= EPS``. After Kang, Sun, Hendrycks, Brown & Steinhardt, "Testing robustness against
@@ -193,6 +204,41 @@ class ColorHSB(Transform):
         return (1 + p[:, 2]).reshape(-1, 1, 1, 1) * y
 
 
+class ReColor(Transform):
+    """A colour function ``c + g(c)``, ``g`` trilinear between offsets ``[3, G, G, G]`` on a grid over the RGB cube,
+    Linf-bounded; Laidlaw & Feizi 2019 (ReColorAdv, here in RGB)."""
+
+    kind = "recolor"
+    #: Grid points per colour axis (ReColorAdv's CIFAR-10 grid has 16 on its coarsest axis, CIELUV's L*).
+    resolution: ClassVar[int] = 16
+
+    def param_shape(self, x_shape):
+        g = self.resolution
+        return (3, g, g, g)
+
+    def check_input(self, x_shape):
+        super().check_input(x_shape)
+        if int(x_shape[0]) != 3:
+            raise ThreatModelError(f"recolor maps RGB colours: inputs need 3 channels, got {x_shape[0]}")
+
+    def bounds(self, threat, like):
+        return torch.tensor(threat.eps, dtype=like.dtype, device=like.device)
+
+    def _render(self, x, p):
+        # grid_sample on a volume [N, 3, D, H, W] reads its lookup coordinates as (x, y, z) = (W, H, D) indices:
+        # colour (r, g, b) with red along the first grid axis is looked up at (b, g, r). align_corners=True puts
+        # the grid's first and last points at the cube's faces (normalized -1 and 1), i.e. at colours 0 and 1.
+        where = (2 * x - 1).flip(1).permute(0, 2, 3, 1).unsqueeze(1)  # [N, 1, H, W, 3]
+        offset = F.grid_sample(p, where, mode="bilinear", padding_mode="border", align_corners=True)  # [N, 3, 1, H, W]
+        return x + offset.squeeze(2)
+
+    @staticmethod
+    def smoothness(p: Tensor, tiny: float = 1e-8) -> Tensor:
+        """Laidlaw & Feizi's smoothness regularizer ``[N]``: over every pair of grid points adjacent along a colour
+        axis, ``sqrt(||p(a) - p(b)||^2 + tiny)`` summed (each pair once), for offsets ``p`` ``[N, 3, G, G, G]``."""
+        return sum((p.diff(dim=d).pow(2).sum(1) + tiny).sqrt().flatten(1).sum(1) for d in (2, 3, 4))
+
+
 def _dct_matrix(n: int, like: Tensor) -> Tensor:
     """The orthonormal DCT-II matrix ``[n, n]`` (rows: frequencies)."""
     k = torch.arange(n, dtype=torch.float64)[:, None]
@@ -241,11 +287,11 @@ class JpegLinf(Transform):
         return torch.einsum("ki,ncaibj,lj->ncakbl", d, blocks, d).reshape(n, c, h, w)
 
 
-_TRANSFORMS: dict[str, Transform] = {t.kind: t for t in (SpatialRT(), StAdvFlow(), ColorHSB(), JpegLinf())}
+_TRANSFORMS: dict[str, Transform] = {t.kind: t for t in (SpatialRT(), StAdvFlow(), ColorHSB(), ReColor(), JpegLinf())}
 
 
 def get_transform(kind: str) -> Transform:
-    """The :class:`Transform` of a non-lp threat model kind (``spatial-rt``, ``stadv``, ``color``, ``jpeg-linf``)."""
+    """The :class:`Transform` of a non-lp threat model kind (``spatial-rt``, ``stadv``, ``color``, ``recolor``, ``jpeg-linf``)."""
     try:
         return _TRANSFORMS[kind]
     except KeyError:

@@ -46,7 +46,7 @@ from .plan import RunPlan, Stage
 #: The black-box attack escalation adds, per norm: Square at AutoAttack's budget (5,000 queries): rbx's own batched
 #: Square for Linf and L2, pyautoattack's for L1 (rbx's Square has no L1 version); Sparse-RS for L0; Engstrom et
 #: al.'s gradient-free grid for rotations and translations. The other transformation threat models (stadv, color,
-#: jpeg-linf) have no gradient-free attack in rbx: a flagged model's numbers there are marked as upper bounds.
+#: recolor, jpeg-linf) have no gradient-free attack in rbx: a flagged model's numbers there are marked as upper bounds.
 BLACK_BOXES = {"Linf": "square:queries=5000", "L2": "square:queries=5000", "L1": "aa-square",
                "L0": "sparse-rs:queries=5000", "L0c": "sparse-rs:queries=5000", "spatial-rt": "spatial-grid"}
 #: The Linf/L2 one (kept for callers of the first version of this module).
