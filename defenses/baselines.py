@@ -46,6 +46,7 @@ class Standard(Defense):
     """Cross-entropy on the clean (augmented) inputs: the accurate base model of a mixer, and a control."""
 
     name: ClassVar[str] = "standard"
+    trains_on: ClassVar[tuple[str, ...] | None] = ()
 
     def loss(self, model, x, y, ctx):
         logits = model(x)
@@ -58,6 +59,7 @@ class PGDAT(Defense):
     """Cross-entropy on ``attack``'s adversarial examples under ``threat``."""
 
     name: ClassVar[str] = "pgd-at"
+    trains_on: ClassVar[tuple[str, ...] | None] = ("threat",)
     smoke_params: ClassVar[dict] = {"attack": "pgd:steps=2"}
 
     threat: str = "Linf:8/255"
@@ -78,6 +80,7 @@ class TRADES(Defense):
     """TRADES with its KL adversary (``trades-pgd``)."""
 
     name: ClassVar[str] = "trades"
+    trains_on: ClassVar[tuple[str, ...] | None] = ("threat",)
     smoke_params: ClassVar[dict] = {"attack": "trades-pgd:steps=2"}
 
     threat: str = "Linf:8/255"
@@ -113,6 +116,7 @@ class EAT(_MultiNorm):
     """Extreme-norm AT: one threat model per batch (uniform draw), cross-entropy on its adversarial examples."""
 
     name: ClassVar[str] = "e-at"
+    trains_on: ClassVar[tuple[str, ...] | None] = ("threats",)
     smoke_params: ClassVar[dict] = {"attack": "apgd-ce:steps=2"}
 
     def loss(self, model, x, y, ctx):
@@ -127,6 +131,7 @@ class MAX(_MultiNorm):
     """Per-sample maximum of the cross-entropies at each threat model's adversarial example."""
 
     name: ClassVar[str] = "max"
+    trains_on: ClassVar[tuple[str, ...] | None] = ("threats",)
     smoke_params: ClassVar[dict] = {"attack": "apgd-ce:steps=2"}
 
     threats: list[str] = field(default_factory=lambda: ["Linf:8/255", "L2:0.5", "L1:12"])

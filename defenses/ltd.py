@@ -49,6 +49,7 @@ class LTD(Defense):
     """See the module docstring."""
 
     name: ClassVar[str] = "ltd"
+    trains_on: ClassVar[tuple[str, ...] | None] = ("threat",)
     smoke_params: ClassVar[dict] = {"attack": "pgd:steps=2", "teacher": "cifar10-smallcnn-linf-at"}
 
     teacher: str = "cifar10-resnet18-linf-at"

@@ -144,6 +144,7 @@ class MTARD(Defense):
     """See the module docstring."""
 
     name: ClassVar[str] = "mtard"
+    trains_on: ClassVar[tuple[str, ...] | None] = ("threat",)
     # Both teachers are the embedded model (what a fresh clone has); the quick tests' student starts from that
     # same model, so the natural teacher is softened (tau_nat = 2) to give the student something to learn.
     smoke_params: ClassVar[dict] = {"attack": "pgd:steps=2", "tau_nat": 2.0,
@@ -267,6 +268,7 @@ class RSLAD(Defense):
     """See the module docstring; ``attack`` None is RSLAD's own KL adversary, a spec replaces it (e.g. CE PGD)."""
 
     name: ClassVar[str] = "rslad"
+    trains_on: ClassVar[tuple[str, ...] | None] = ("threat",)
     # The quick tests' student starts from the teacher itself: a softened teacher (tau = 2) leaves it something to learn.
     smoke_params: ClassVar[dict] = {"steps": 2, "teacher": "cifar10-smallcnn-linf-at", "tau": 2.0}
 

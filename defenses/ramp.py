@@ -72,6 +72,7 @@ class RAMP(Defense):
     """See the module docstring; ``lbd``/``gp`` left as None take the ``mode``'s values."""
 
     name: ClassVar[str] = "ramp"
+    trains_on: ClassVar[tuple[str, ...] | None] = ("source", "target")
     smoke_params: ClassVar[dict] = {"attack": "apgd-ce:steps=2"}
 
     source: str = "Linf:8/255"

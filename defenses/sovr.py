@@ -61,6 +61,7 @@ class SOVR(Defense):
     """See the module docstring."""
 
     name: ClassVar[str] = "sovr"
+    trains_on: ClassVar[tuple[str, ...] | None] = ("threat",)
     smoke_params: ClassVar[dict] = {"attack": "pgd:steps=2"}
 
     M: float = 0.4

@@ -172,3 +172,124 @@ def test_report_cli_with_a_reference_and_seen_threats(tmp_path, small_cnn):
         res = CliRunner().invoke(rbx, ["report", str(path), *args, "--out", str(tmp_path / "rep2")])
         assert res.exit_code != 0 and says in res.output and "Traceback" not in res.output, res.output
         assert len([line for line in res.output.strip().splitlines() if line.strip()]) == 1, res.output
+
+
+# --- SC on the boards (rbx leaderboard --reference REC --seen MODEL=THREAT) -------------------------------------
+
+def _acc_n(k: int, n: int) -> Accuracy:
+    return Accuracy(k / n, k, n, wilson_interval(k, n))
+
+
+def _hand_reference():
+    """Individually trained models, n = 50: clean 0.90; Linf 0.01: 0.88, 0.02: 0.86; stadv 0.05: 0.60."""
+    threats = [ThreatResult(f"Linf:{e}", "Linf", e, _acc_n(k, 50), (), 1.0, None) for e, k in ((0.01, 44), (0.02, 43))]
+    threats.append(ThreatResult("stadv:0.05", "stadv", 0.05, _acc_n(30, 50), (), 1.0, None))
+    return dataclasses.replace(_record(threats), model={"name": "individual-at", "architecture": "none"}, n=50,
+                               clean=_acc_n(45, 50), union=_acc_n(10, 50))
+
+
+def _hand_board(tmp_path, reference_threats=None):
+    """Three models of the accuracies of ``test_stability_constant_by_hand`` on one board: one the record says
+    nothing of, one `rbx train` made with pgd-at on Linf:0.01 from scratch, one fine-tuned (init)."""
+    from robustbench_ext.records.store import read_record  # noqa: F401 -- records are read back by the boards
+
+    (tmp_path / "results").mkdir()
+    recs = {"plain-model": {"name": "plain-model", "architecture": "none"},
+            "trained-model": {"name": "trained-model", "architecture": "none",
+                              "trained": {"defense": "pgd-at", "defense_params": {"threat": "Linf:0.01", "attack": "pgd"},
+                                          "init": None, "epochs": 1, "wrapper": None}},
+            "finetuned-model": {"name": "finetuned-model", "architecture": "none",
+                                "trained": {"defense": "pgd-at", "defense_params": {"threat": "Linf:0.01"},
+                                            "init": "cifar10-smallcnn-linf-at", "epochs": 1, "wrapper": None}}}
+    threats = [_threat("Linf:0.01", "Linf", 0.01, 7), _threat("Linf:0.02", "Linf", 0.02, 4), HAND[2]]
+    for i, (name, model) in enumerate(recs.items()):
+        rec = dataclasses.replace(_record(threats), run_id=name, model=model)
+        (tmp_path / "results" / f"{name}.json").write_text(rec.to_json())
+    ref = tmp_path / "reference.json"
+    ref.write_text(_hand_reference().to_json())
+    return tmp_path / "results", ref
+
+
+def test_boards_show_sc_against_a_reference(tmp_path):
+    from robustbench_ext.reporting.boards import (MultiRobustReference, build_boards, leaderboard_csv,
+                                                  leaderboard_markdown, render_html)
+
+    results, ref = _hand_board(tmp_path)
+    # Without a reference: SC n/a, and the note says to give one.
+    md = leaderboard_markdown(results, boards=build_boards(results))
+    assert "n/a (no reference models" in md and "rbx leaderboard --reference" in md
+    boards = build_boards(results, multirobust=MultiRobustReference.read(ref, ["plain-model=clean"]))
+    rows = boards[0].rows.set_index("model")
+    # By hand (test_stability_constant_by_hand): only clean seen -> 5; trained on Linf 0.01 (the record) -> 15.
+    assert math.isclose(rows.loc["plain-model", "stability_constant"], 5.0)
+    assert math.isclose(rows.loc["trained-model", "stability_constant"], 15.0)
+    assert rows.loc["finetuned-model", "stability_constant"] is None
+    assert "fine-tuned from cifar10-smallcnn-linf-at" in rows.loc["finetuned-model", "stability_note"]
+    ratios = [0.80 / 0.90, 0.70 / 0.88, 0.40 / 0.86, 0.50 / 0.60]
+    assert math.isclose(rows.loc["plain-model", "cr_ind_avg"], 100 * sum(ratios) / 4)
+    assert math.isclose(rows.loc["plain-model", "cr_ind_worst"], 100 * 0.40 / 0.86)
+    md = leaderboard_markdown(results, boards=boards)
+    line = {m: next(x for x in md.splitlines() if x.startswith("|") and f" {m} " in x) for m in rows.index}
+    assert "| 5 " in line["plain-model"] and "| 15 " in line["trained-model"]
+    assert "n/a (training threat models unknown: give --seen (fine-tuned" in line["finetuned-model"]
+    assert "against the reference models of individual-at (reference.json, n = 50, clean 90.0%)" in md
+    csv = pd.read_csv(__import__("io").StringIO(leaderboard_csv(boards))).set_index("model")
+    assert csv.loc["trained-model", "stability_constant"] == 15.0 and csv.loc["plain-model", "stability_constant"] == 5.0
+    assert "fine-tuned" in csv.loc["finetuned-model", "stability_note"]
+    assert csv.loc["plain-model", "multirobust_reference"].startswith("individual-at (reference.json")
+    html = render_html(boards, 3)
+    assert ">15</td>" in html and ">5</td>" in html and "<small>training threat models unknown" in html
+    assert "against the reference models of individual-at" in html
+    # without --seen, the plain model's record says nothing: n/a with the reason
+    rows = build_boards(results, multirobust=MultiRobustReference.read(ref)).pop().rows.set_index("model")
+    assert rows.loc["plain-model", "stability_constant"] is None
+    assert "does not say what the model was trained on" in rows.loc["plain-model", "stability_note"]
+
+
+def test_leaderboard_cli_sc_equals_the_report(tmp_path, small_cnn):
+    from click.testing import CliRunner
+
+    from robustbench_ext.cli import cli as rbx
+
+    data = DATASETS.create(DATA, n_examples=6)
+    path = evaluate(small_cnn, data, "Linf:8/255", attacks=["fgsm"], eps_sweep=[0.5], seed=1, progress=False).write(tmp_path / "results")
+    rec = __import__("robustbench_ext.records.store", fromlist=["read_record"]).read_record(path)
+    curve = strength_curves(rec)["Linf"]
+    # A reference with accuracies 0.02 apart (n = 50), so that pairs fall within the locality (0.03).
+    ref_threats = [ThreatResult(f"Linf:{e}", "Linf", e, _acc_n(k, 50), (), 1.0, None) for e, k in zip(curve.eps, (44, 43))]
+    ref = tmp_path / "ref.json"
+    ref.write_text(dataclasses.replace(_record(ref_threats), model={"name": "ind"}, n=50, clean=_acc_n(45, 50)).to_json())
+    a = [float(rec.clean.accuracy), *curve.accuracy]
+    # seen: clean and Linf <= 4/255: pairs (clean, e1) and (e1, e2), each 0.02 apart in the reference
+    hand = max(abs(a[0] - a[1]), abs(a[1] - a[2])) / 0.02
+    model = rec.model["name"]
+    res = CliRunner().invoke(rbx, ["leaderboard", "--results-dir", str(tmp_path / "results"), "--reference", str(ref),
+                                   "--seen", f"{model}=Linf:4/255"])
+    assert res.exit_code == 0, res.output
+    csv = pd.read_csv(tmp_path / "results" / "leaderboard.csv").set_index("model")
+    assert math.isclose(csv.loc[model, "stability_constant"], round(hand, 4), abs_tol=1e-4)
+    rep = CliRunner().invoke(rbx, ["report", str(path), "--multirobust", "--reference", str(ref), "--seen", "Linf:4/255",
+                                   "--out", str(tmp_path / "rep")])
+    assert rep.exit_code == 0, rep.output
+    assert f"SC {hand:.3g} " in rep.output
+    assert f"| {hand:.3g} |" in (tmp_path / "results" / "leaderboard.md").read_text()
+    assert "reference models of ind (ref.json" in (tmp_path / "results" / "leaderboard.md").read_text()
+
+
+def test_leaderboard_cli_errors(tmp_path):
+    from click.testing import CliRunner
+
+    from robustbench_ext.cli import cli as rbx
+
+    results, ref = _hand_board(tmp_path)
+    short = tmp_path / "short.json"  # a reference without stadv
+    short.write_text(dataclasses.replace(_hand_reference(), threats=_hand_reference().threats[:2]).to_json())
+    for args, says in [(["--reference", str(tmp_path / "missing.json")], "--reference: no such record"),
+                       (["--seen", "plain-model=Linf:0.01"], "--seen needs --reference"),
+                       (["--reference", str(ref), "--seen", "nobody=Linf:0.01"], "no model 'nobody' on the boards"),
+                       (["--reference", str(ref), "--seen", "plain-model"], "--seen needs MODEL=THREAT"),
+                       (["--reference", str(ref), "--seen", "plain-model=Linf:abc"], "cannot parse eps 'abc'"),
+                       (["--reference", str(short)], "the reference has no curve for stadv")]:
+        res = CliRunner().invoke(rbx, ["leaderboard", "--results-dir", str(results), *args])
+        assert res.exit_code != 0 and says in res.output and "Traceback" not in res.output, (args, res.output)
+        assert len([x for x in res.output.strip().splitlines() if x.strip()]) == 1, res.output

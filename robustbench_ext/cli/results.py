@@ -21,21 +21,33 @@ from ..evaluation.suites import DEFAULT_SUITE
 @click.option("--readme", type=click.Path(path_type=Path), default=None,
               help="Also write the board of --readme-suite between the README's leaderboard markers.")
 @click.option("--readme-suite", default=DEFAULT_SUITE, show_default=True)
-def leaderboard_cmd(results_dir: Path, readme: Path | None, readme_suite: str) -> None:
+@click.option("--reference", type=click.Path(path_type=Path), default=None,
+              help="A record of the individually trained reference models (their strength curves merged in one "
+                   "record, as `rbx report --multirobust --reference` takes): the boards' CR_ind-avg, CR_ind-worst "
+                   "and SC (MultiRobustBench) are then against it [default: none; SC n/a].")
+@click.option("--seen", "seen", multiple=True, metavar="MODEL=THREAT",
+              help="With --reference: a threat model MODEL (its name on the boards) was trained on, e.g. "
+                   "cifar10-smallcnn-linf-at=Linf:8/255 ('MODEL=clean': clean training only); repeatable. A model "
+                   "without one takes what its record says of a model `rbx train` made from scratch, else its SC is n/a.")
+def leaderboard_cmd(results_dir: Path, readme: Path | None, readme_suite: str, reference: Path | None,
+                    seen: tuple[str, ...]) -> None:
     """Write leaderboard.md, .csv, .html and plots/ in RESULTS_DIR from every record there (one board per suite and
     image set; the default suite's board on its largest image set first)."""
-    from ..reporting.boards import embed_in_readme, write_all
+    from ..reporting.boards import MultiRobustReference, embed_in_readme, write_all
     from ..paths import ensure_writable
 
     if not results_dir.is_dir():
         raise RbxError(f"no results directory {results_dir}: run `rbx run` first or pass --results-dir")
+    if seen and reference is None:
+        raise RbxError("--seen needs --reference (the stability constant compares with reference models)")
+    mrb = MultiRobustReference.read(reference, seen) if reference is not None else None
     ensure_writable(results_dir)
-    paths = write_all(results_dir, main_suite=DEFAULT_SUITE)
+    paths = write_all(results_dir, main_suite=DEFAULT_SUITE, multirobust=mrb)
     for p in paths[:3]:
         click.echo(f"leaderboard: {p}")
     click.echo(f"plots: {len(paths) - 3} in {results_dir / 'plots'}")
     if readme is not None:
-        embed_in_readme(readme, results_dir, readme_suite)
+        embed_in_readme(readme, results_dir, readme_suite, multirobust=mrb)
         click.echo(f"readme: {readme}")
 
 
@@ -51,8 +63,9 @@ def leaderboard_cmd(results_dir: Path, readme: Path | None, readme_suite: str) -
               help="With --multirobust: a record of the individually trained reference models (default: none, a "
                    "perfect reference).")
 @click.option("--seen", "seen", multiple=True, metavar="THREAT",
-              help="With --reference: a threat model the model was trained on (e.g. Linf:8/255), for the stability "
-                   "constant's seen points; repeatable (default: only clean is seen).")
+              help="With --reference: a threat model the model was trained on (e.g. Linf:8/255; 'clean' for clean "
+                   "training only), for the stability constant's seen points; repeatable [default: what the record "
+                   "says of a model `rbx train` made from scratch, else SC is n/a].")
 def report_cmd(record: Path, out: Path | None, multirobust: bool, reference: Path | None, seen: tuple[str, ...]) -> None:
     """One run's report: prints its table; writes it with its plots (per-class accuracy, attribution, loss curves,
     eps sweep) as Markdown into the report's own folder."""
@@ -64,9 +77,9 @@ def report_cmd(record: Path, out: Path | None, multirobust: bool, reference: Pat
         raise RbxError(f"--reference needs --multirobust and an existing record, got {reference}")
     if seen and reference is None:
         raise RbxError("--seen needs --multirobust --reference (the stability constant compares with reference models)")
-    from ..attack.threat import ThreatModel
+    from ..records.multirobust import parse_seen
 
-    trained = {t.norm: t.eps for t in (ThreatModel.parse(s) for s in seen)}
+    trained = parse_seen(seen) if seen else None
     table, path = write_report(record, out)
     click.echo(table)
     click.echo(f"report: {path}")

@@ -25,7 +25,10 @@ with ``a`` a training attack type and ``eps`` at most its training strength) are
     SC = max { |acc(s1) - acc(s2)| / |acc*(s1) - acc*(s2)| :  s1 seen, s2 in S, s2 != s1,
                                                               0 < |acc*(s1) - acc*(s2)| < alpha }
 
-(0 when no pair is that close; undefined when every point of S is seen). ``alpha`` is 3 accuracy points in the
+(0 when no pair is that close; undefined when every point of S is seen). Which threat models a model was trained
+on (:func:`training_threats`): given (``--seen``), else what the record says of a model ``rbx train`` made (its
+defense's declared training threat models, :attr:`~robustbench_ext.training.contract.Defense.trains_on`, when it
+was trained from scratch), else unknown, and SC is then undefined rather than computed as if only clean were seen. ``alpha`` is 3 accuracy points in the
 leaderboard (``getLocalityVal``), :data:`LOCALITY` = 0.03 here, accuracies being fractions. One deviation: the
 leaderboard code does not skip a clean pair whose reference accuracies are equal (it divides by zero there); rbx
 skips every such pair. SC needs the reference accuracies ``acc*``: without them it is undefined (``None``), never
@@ -52,14 +55,18 @@ accuracy at two strengths or more.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 #: SC's locality: only pairs whose reference accuracies differ by less than this (a fraction; the leaderboard's 3
 #: accuracy points) are compared.
 LOCALITY = 0.03
 #: Why a record's SC is undefined without reference models.
-NEEDS_REFERENCE = "needs the individually trained models' accuracies: rbx report --multirobust --reference"
+NEEDS_REFERENCE = "no reference models: give --reference (rbx report --multirobust, rbx leaderboard)"
+#: Why a record's SC is undefined when the model's training threat models are not known.
+SEEN_UNKNOWN = "training threat models unknown: give --seen"
+#: Why SC is undefined when every point is seen.
+ALL_SEEN = "undefined: every strength evaluated is one the model was trained on"
 
 
 @dataclass(frozen=True)
@@ -193,19 +200,81 @@ def multirobust_metrics(clean: float, curves: Mapping[str, StrengthCurve], refer
     sc, note = None, NEEDS_REFERENCE
     if has_ref:
         sc = stability_constant(sc_points, alpha)
-        note = "" if sc is not None else "undefined: every strength evaluated is one the model was trained on"
+        note = "" if sc is not None else ALL_SEEN
     return MultiRobustMetrics(avg, 100.0 * worst, sc, per_type, worst_at, reference_name if has_ref else "none",
                               drop, note)
 
 
+def parse_seen(texts: Sequence[str]) -> dict[str, float]:
+    """Training threat models as ``--seen`` gives them (``Linf:8/255``, repeatable; ``clean`` for clean training
+    only) -> type -> training strength (the largest given per type). Raises the threat grammar's error."""
+    from ..attack.threat import ThreatModel
+
+    seen: dict[str, float] = {}
+    for text in texts:
+        if str(text).strip().lower() == "clean":
+            continue
+        t = ThreatModel.parse(text)
+        seen[t.norm] = max(seen.get(t.norm, t.eps), t.eps)
+    return seen
+
+
+def training_threats(record) -> tuple[dict[str, float] | None, str]:
+    """What a record says its model was trained on, as ``(type -> training strength, where from)``; ``(None, why
+    not)`` where it cannot say.
+
+    Only a model ``rbx train`` made from scratch says it: its record's ``model.trained`` names the defense and its
+    parameters, and the defense declares which parameters are its training threat models
+    (:attr:`~robustbench_ext.training.contract.Defense.trains_on`). A fine-tuned model (``init``) also saw what
+    its starting model was trained on, which the record does not carry: unknown.
+    """
+    from ..errors import RbxError
+    from ..registry import DEFENSES
+
+    trained = record.model.get("trained") if isinstance(record.model, Mapping) else None
+    if not isinstance(trained, Mapping) or not trained.get("defense"):
+        return None, "the record does not say what the model was trained on"
+    name = str(trained["defense"])
+    if trained.get("init"):
+        return None, f"fine-tuned from {trained['init']}, whose training the record does not carry"
+    try:
+        declared = getattr(DEFENSES.get(name).factory, "trains_on", None)
+    except RbxError:
+        return None, f"defense '{name}' is not registered here"
+    params = trained.get("defense_params", trained.get("params")) or {}
+    if declared is None or any(k not in params for k in declared):
+        return None, f"defense '{name}' does not declare its training threat models"
+    specs = [s for k in declared for s in ([params[k]] if isinstance(params[k], str) else list(params[k]))]
+    try:
+        seen = parse_seen(specs)
+    except RbxError:
+        return None, f"defense '{name}''s training threat models {specs} do not parse"
+    return seen, f"record: {name} on {', '.join(specs) if specs else 'clean inputs'}"
+
+
+def describe_seen(seen: Mapping[str, float]) -> str:
+    """``clean, Linf <= 0.0314`` -- the seen points of SC in words."""
+    return ", ".join(["clean", *(f"{n} <= {e:.4g}" for n, e in seen.items())])
+
+
 def record_metrics(record, reference_record=None, seen: Mapping[str, float] | None = None) -> MultiRobustMetrics:
     """:func:`multirobust_metrics` of a :class:`~robustbench_ext.records.schema.RunRecord`, against another
-    record as the reference (the individually trained models' results merged into one record) or none."""
+    record as the reference (the individually trained models' results merged into one record) or none.
+
+    ``seen``: the model's training threat models (``{}``: clean only); None: what the record says
+    (:func:`training_threats`), and where it cannot say, SC is undefined (``stability_note`` says why).
+    """
     ref_curves = strength_curves(reference_record) if reference_record is not None else None
-    return multirobust_metrics(float(record.clean.accuracy), strength_curves(record),
-                               float(reference_record.clean.accuracy) if reference_record is not None else None,
-                               ref_curves, reference_record.model.get("name", "reference") if reference_record is not None else "none",
-                               seen)
+    why = ""
+    if seen is None and reference_record is not None:
+        seen, why = training_threats(record)
+    m = multirobust_metrics(float(record.clean.accuracy), strength_curves(record),
+                            float(reference_record.clean.accuracy) if reference_record is not None else None,
+                            ref_curves, reference_record.model.get("name", "reference") if reference_record is not None else "none",
+                            seen)
+    if reference_record is not None and seen is None:
+        return replace(m, stability=None, stability_note=f"{SEEN_UNKNOWN} ({why})")
+    return m
 
 
 def record_block(record) -> dict[str, Any] | None:
@@ -217,6 +286,16 @@ def record_block(record) -> dict[str, Any] | None:
     if not has_strength_curve(curves):
         return None
     return _block(multirobust_metrics(float(record.clean.accuracy), curves), curves)
+
+
+def reference_block(record, reference_record, seen: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """A record's ``multirobust`` block against ``reference_record`` (what a board shows with ``--reference``), with
+    the seen points and where they come from (``seen`` given: ``--seen``; None: the record, :func:`training_threats`).
+    Raises ``ValueError`` as :func:`multirobust_metrics` does."""
+    m = record_metrics(record, reference_record, seen)
+    given, where = (seen, "--seen") if seen is not None else training_threats(record)
+    return {**_block(m, strength_curves(record)), "seen": describe_seen(given) if given is not None else None,
+            "seen_from": where}
 
 
 def _block(m: MultiRobustMetrics, curves: Mapping[str, StrengthCurve]) -> dict[str, Any]:
@@ -236,17 +315,20 @@ def block_line(block: Mapping[str, Any]) -> str:
     what = "ratios are the accuracies themselves" if block["reference"] == "none" else f"reference {block['reference']}"
     return (f"MultiRobustBench ({len(block['strengths'])} types, {n} strengths; {what}): CR_ind-avg "
             f"{block['cr_ind_avg']:.1f} · CR_ind-worst {block['cr_ind_worst']:.1f} (at {block['worst_at']}) · "
-            f"SC {sc_text} · rbx steepest drop {block['rbx_steepest_drop']:.3g}")
+            f"SC {sc_text} · rbx steepest drop {block['rbx_steepest_drop']:.3g}"
+            + (f" · seen: {block['seen']} ({block['seen_from']})" if block.get("seen") else ""))
 
 
 def metrics_table(records: Sequence, reference_record=None, seen: Mapping[str, float] | None = None) -> str:
     """A Markdown table: per record, clean accuracy, each type's robust accuracy at every strength, CR_ind-avg,
-    CR_ind-worst (where), the stability constant and rbx's steepest drop."""
+    CR_ind-worst (where), the stability constant and rbx's steepest drop. ``seen`` as in :func:`record_metrics`."""
     lines = []
     for rec in records:
         m = record_metrics(rec, reference_record, seen)
         curves = strength_curves(rec)
-        lines.append(f"**{rec.model.get('name', '?')}** (n={rec.n}, reference: {m.reference})")
+        given, where = (seen, "--seen") if seen is not None else training_threats(rec)
+        seen_text = f"; seen: {describe_seen(given)} ({where})" if reference_record is not None and given is not None else ""
+        lines.append(f"**{rec.model.get('name', '?')}** (n={rec.n}, reference: {m.reference}{seen_text})")
         lines.append("")
         lines.append("| threat model | strength -> robust accuracy (%) | avg ratio incl. clean (%) |")
         lines.append("| --- | --- | --- |")

@@ -28,7 +28,7 @@ import base64
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
@@ -37,10 +37,10 @@ from .autoattack import AAIndex, AAView
 from ..errors import RbxError
 from ..registry import MODELS
 from ..records.provenance import utc_now
-from ..records.multirobust import block_line
+from ..records.multirobust import block_line, parse_seen, reference_block
 from ..records.schema import NOT_MEASURED, RunRecord
 from ..paths import atomic_write_bytes, atomic_write_text
-from ..records.store import iter_records, read_flags
+from ..records.store import iter_records, read_flags, read_record
 from ..records.stats import interval, percent
 
 
@@ -84,6 +84,7 @@ def record_row(path: Path, r: RunRecord) -> dict:
         "cr_ind_avg": r.multirobust["cr_ind_avg"] if r.multirobust else None,
         "cr_ind_worst": r.multirobust["cr_ind_worst"] if r.multirobust else None,
         "stability_constant": r.multirobust["stability_constant"] if r.multirobust else None,
+        "stability_note": r.multirobust["stability_note"] if r.multirobust else None,  # why SC is n/a
         "multirobust_note": block_line(r.multirobust) if r.multirobust else None,
         "attacks": "; ".join(f"{t.threat}: " + " > ".join(a.attack for a in t.attacks) for t in r.threats),
         # the per-run audit (rbx run --audit K): the largest 95% upper bound on the share of robust points the
@@ -193,6 +194,7 @@ class Board:
     kind: str = "threats"
     labels: list[str] = field(default_factory=list)
     main: bool = False
+    mrb_reference: str = ""  # the reference models of MultiRobustBench's columns (:class:`MultiRobustReference`)
 
     @property
     def rank_column(self) -> str:
@@ -227,17 +229,92 @@ class Board:
         return any(not _missing(v) and bool(v) for col in ("model_link", "paper_link") if col in self.rows for v in self.rows[col])
 
 
-def build_boards(results_dir: Path, main_suite: str | None = None) -> list[Board]:
+@dataclass(frozen=True)
+class MultiRobustReference:
+    """What MultiRobustBench's board columns are computed against: a record of the individually trained reference
+    models (their curves merged in one record, as ``rbx report --multirobust --reference`` takes) and the training
+    threat models given per model (``--seen MODEL=THREAT``, raw: a model's name may itself hold ``=``, so they are
+    matched against the boards' model names by :meth:`resolve`)."""
+
+    path: Path
+    record: RunRecord
+    seen_texts: tuple[str, ...] = ()
+
+    @classmethod
+    def read(cls, path: Path, seen_texts: Iterable[str] = ()) -> "MultiRobustReference":
+        """Read the reference record; an error that says what is wrong when it is missing or not a record."""
+        path = Path(path)
+        if not path.is_file():
+            raise RbxError(f"--reference: no such record {path}")
+        return cls(path, read_record(path), tuple(seen_texts))
+
+    @property
+    def label(self) -> str:
+        """The reference in words, for footnotes and CSV cells: model name, file, n and clean accuracy."""
+        return (f"{self.record.model.get('name', 'reference')} ({self.path.name}, n = {self.record.n}, "
+                f"clean {percent(self.record.clean.accuracy)}%)")
+
+    def resolve(self, models: Iterable[str]) -> dict[str, dict[str, float]]:
+        """``--seen`` as model name -> training threat models (type -> strength; ``{}``: clean only), each text
+        split at the ``=`` that leaves a model name on the boards; an unknown model is an error listing them."""
+        known = sorted({str(m) for m in models})
+        out: dict[str, dict[str, float]] = {}
+        for text in self.seen_texts:
+            cuts = [i for i, ch in enumerate(text) if ch == "="]
+            if not cuts:
+                raise RbxError(f"--seen needs MODEL=THREAT (e.g. cifar10-smallcnn-linf-at=Linf:8/255), got '{text}'")
+            cut = next((i for i in cuts if text[:i] in known), None)
+            if cut is None:
+                raise RbxError(f"--seen '{text}': no model '{text[:cuts[0]]}' on the boards; models: "
+                               f"{', '.join(known) or 'none'}")
+            mine = out.setdefault(text[:cut], {})
+            for norm, eps in parse_seen([text[cut + 1:]]).items():
+                mine[norm] = max(mine.get(norm, eps), eps)
+        return out
+
+
+def against_reference(df: pd.DataFrame, records: Mapping[str, RunRecord], ref: MultiRobustReference) -> pd.DataFrame:
+    """The rows' MultiRobustBench columns recomputed against ``ref`` (the CRs as ratios to its accuracies, SC where
+    the model's training threat models are known); rows without a strength curve are left as they are. Errors
+    (a ``--seen`` model not on the boards, a reference lacking a strength some row has) say which."""
+    threats = df["kind"] == "threats" if "kind" in df else pd.Series(False, index=df.index)
+    seen = ref.resolve(df.loc[threats, "model"].astype(str))
+    out = df.copy()
+    for col in ("cr_ind_avg", "cr_ind_worst", "stability_constant", "stability_note", "multirobust_note"):
+        out[col] = out[col].astype(object) if col in out else None
+    for i in out.index[threats]:
+        if _missing(out.at[i, "cr_ind_avg"]):
+            continue
+        model, path = str(out.at[i, "model"]), str(out.at[i, "record"])
+        try:
+            block = reference_block(records[path], ref.record, seen.get(model))
+        except ValueError as exc:
+            raise RbxError(f"--reference {ref.path}: {exc}, which {model} has ({Path(path).name})") from None
+        for col in ("cr_ind_avg", "cr_ind_worst", "stability_constant", "stability_note"):
+            out.at[i, col] = block[col]
+        out.at[i, "multirobust_note"] = block_line(block)
+    return out
+
+
+def build_boards(results_dir: Path, main_suite: str | None = None,
+                 multirobust: MultiRobustReference | None = None) -> list[Board]:
     """One board per (suite, image set) from the newest record per model; the main board first (see the module
     docstring: ``main_suite``'s board on its largest image set, else the attack board with the most images), then
-    the other attack boards by suite and largest image set, corruption boards last."""
+    the other attack boards by suite and largest image set, corruption boards last. ``multirobust``: MultiRobustBench's
+    columns against those reference models (:func:`against_reference`) instead of a perfect reference (SC n/a)."""
     results_dir = Path(results_dir)
     found = list(iter_records(results_dir))
     df = latest_per_board(records_table(results_dir, found))
     boards: list[Board] = []
+    by_path = {str(p): r for p, r in found}
+    if multirobust is not None:
+        if df.empty:
+            multirobust.resolve(())  # a --seen model with no board is still an error
+        else:
+            df = against_reference(df, by_path, multirobust)
     if df.empty:
         return boards
-    index, by_path = AAIndex.scan(results_dir), {str(p): r for p, r in found}
+    index = AAIndex.scan(results_dir)
     for (suite, images), rows in df.groupby(BOARD_KEY, sort=False, dropna=False):
         kind = str(rows["kind"].iloc[0])
         rank_by = "mean" if kind == "corruptions" else "union"
@@ -247,7 +324,8 @@ def build_boards(results_dir: Path, main_suite: str | None = None) -> list[Board
             rows = rows.assign(aa=[_autoattack(index, Path(p), by_path[p]) for p in rows["record"]])
         labels = list(rows["dataset"].value_counts(sort=True).index.astype(str))
         boards.append(Board(str(suite), list(rows["threats"].iloc[0]), rows, dataset=labels[0], n=int(rows["n"].iloc[0]),
-                            images=str(rows["dataset_sha256"].iloc[0] or images), kind=kind, labels=labels))
+                            images=str(rows["dataset_sha256"].iloc[0] or images), kind=kind, labels=labels,
+                            mrb_reference=multirobust.label if multirobust is not None else ""))
     attack_boards = [b for b in boards if b.kind != "corruptions"]
     candidates = [b for b in attack_boards if b.suite == main_suite] or attack_boards
     main = max(candidates, key=lambda b: (b.n, len(b.rows))) if candidates else None
@@ -329,12 +407,19 @@ def board_markdown(board: Board, link_base: Path | None = None, plot_links: dict
 
 def _multirobust_cells(rows: pd.DataFrame) -> dict[str, list[str]]:
     """A board's MultiRobustBench columns: CR_ind-avg, CR_ind-worst and SC, "" where a record has no strength curve
-    and "n/a" where SC is undefined (no reference models)."""
+    and "n/a (why)" where SC is undefined (no reference models, training threat models unknown, everything seen)."""
     def num(v: Any, digits: str = ".1f") -> str:
         return "" if _missing(v) else format(float(v), digits)
     has = [not _missing(v) for v in rows["cr_ind_avg"]]
+    notes = rows["stability_note"] if "stability_note" in rows else [None] * len(rows)
     return {"CR_ind-avg": [num(v) for v in rows["cr_ind_avg"]], "CR_ind-worst": [num(v) for v in rows["cr_ind_worst"]],
-            "SC": [num(v, ".3g") if not _missing(v) else ("n/a" if h else "") for v, h in zip(rows["stability_constant"], has)]}
+            "SC": [num(v, ".3g") if not _missing(v) else (_sc_na(why) if h else "")
+                   for v, h, why in zip(rows["stability_constant"], has, notes)]}
+
+
+def _sc_na(why: Any) -> str:
+    """An undefined SC's cell: "n/a" and the reason."""
+    return f"n/a ({_text(why)})" if _text(why) else "n/a"
 
 
 def _text(value: Any) -> str:
@@ -369,9 +454,7 @@ def leaderboard_markdown(results_dir: Path, *, link_base: Path | None = None,
                       "its severities, and the mean over every corruption and severity, which ranks (with 95% intervals "
                       "over the images); with all 15 corruptions x 5 severities it is RobustBench's corruptions accuracy.", ""]
     if any(b.has_multirobust for b in boards):
-        lines += ["CR_ind-avg, CR_ind-worst, SC: MultiRobustBench's metrics (Dai et al. 2023), for runs with robust accuracy "
-                  "at several strengths of a threat type; without reference models (individually trained ones) the CRs are "
-                  "the mean and the smallest accuracy (%) over clean and every strength, and SC is n/a.", ""]
+        lines += [multirobust_footnote(next((b.mrb_reference for b in boards if b.mrb_reference), "")), ""]
     if not boards:
         lines += ["_No records yet: run `rbx run` first._", ""]
     elif len(boards) > 1:
@@ -387,6 +470,19 @@ def leaderboard_markdown(results_dir: Path, *, link_base: Path | None = None,
         lines += [f"_Left out: {len(left)} record(s) whose threat model covers the whole [0, 1] box, so their robust "
                   f"accuracy means nothing ({', '.join(left[:5])}{', ...' if len(left) > 5 else ''})._", ""]
     return "\n".join(lines)
+
+
+def multirobust_footnote(reference: str) -> str:
+    """The boards' note on MultiRobustBench's columns, naming the reference models they are computed against."""
+    head = ("CR_ind-avg, CR_ind-worst, SC: MultiRobustBench's metrics (Dai et al. 2023), for runs with robust accuracy "
+            "at several strengths of a threat type")
+    if not reference:
+        return (f"{head}; without reference models (individually trained ones) the CRs are the mean and the smallest "
+                "accuracy (%) over clean and every strength, and SC is n/a (`rbx leaderboard --reference RECORD`).")
+    return (f"{head}, against the reference models of {reference}: the CRs are 100 x the mean and the smallest ratio "
+            "of a model's accuracy to theirs over clean and every strength; SC's seen points are clean and the model's "
+            "training threat models (`--seen MODEL=THREAT`, else what the record of a model `rbx train` made from "
+            "scratch says); where SC is n/a, the cell says why.")
 
 
 def leaderboard_csv(boards: list[Board]) -> str:
@@ -405,7 +501,11 @@ def leaderboard_csv(boards: list[Board]) -> str:
                      "autoattack_union": [_num(v.union) if v is not None and v.union is not None else "" for v in r["aa"]],
                      "autoattack_source": [v.source if v is not None else "" for v in r["aa"]],
                      **({"cr_ind_avg": [_mrb(v) for v in r["cr_ind_avg"]], "cr_ind_worst": [_mrb(v) for v in r["cr_ind_worst"]],
-                         "stability_constant": [_mrb(v) for v in r["stability_constant"]]} if b.has_multirobust else {}),
+                         "stability_constant": [_mrb(v) for v in r["stability_constant"]],
+                         "stability_note": [_text(v) if _missing(s) and not _missing(a) else ""
+                                            for v, s, a in zip(r["stability_note"], r["stability_constant"], r["cr_ind_avg"])],
+                         "multirobust_reference": [b.mrb_reference or "none" if not _missing(a) else "" for a in r["cr_ind_avg"]]}
+                        if b.has_multirobust else {}),
                      "n": r["n"], "attacks": r["attacks"], "dataset": r["dataset"], "dataset_sha256": r["dataset_sha256"],
                      "device": r["device"], "date": r["date"], "seconds": r["seconds"],
                      "model_link": [_text(v) for v in r["model_link"]], "paper_link": [_text(v) for v in r["paper_link"]],
@@ -452,14 +552,15 @@ def _stem(record_path: str) -> str:
     return Path(record_path).stem
 
 
-def write_all(results_dir: Path, main_suite: str | None = None) -> list[Path]:
+def write_all(results_dir: Path, main_suite: str | None = None, multirobust: MultiRobustReference | None = None) -> list[Path]:
     """Write leaderboard.md/.csv/.html and plots/*.png under ``results_dir``; return the paths written.
 
     ``main_suite``: the suite whose board (on its largest image set) comes first (``rbx leaderboard``: the default
     suite). Board-level plots (robust accuracy vs eps, a corruption run's grid) are embedded in the HTML; the
-    per-record plots are files under ``plots/``, linked from the Markdown and the HTML."""
+    per-record plots are files under ``plots/``, linked from the Markdown and the HTML. ``multirobust``: the
+    reference models of MultiRobustBench's columns (:func:`build_boards`)."""
     results_dir = Path(results_dir)
-    boards = build_boards(results_dir, main_suite)
+    boards = build_boards(results_dir, main_suite, multirobust)
     records = {str(p): r for p, r in iter_records(results_dir)}
     plot_dir = results_dir / "plots"
     written: list[Path] = []
@@ -564,10 +665,12 @@ def render_html(boards: list[Board], n_records: int, link_base: Path | None = No
         view.append({"suite": b.suite, "title": b.title, "anchor": b.anchor, "threats": b.threats, "rows": rows,
                      "plots": b.plots, "main": b.main, "kind": b.kind, "n": b.n, "images": b.images[:8],
                      "labels": b.labels, "attacks": b.attacks, "has_aa": b.has_autoattack, "has_links": b.has_links,
-                     "has_mrb": b.has_multirobust,
+                     "has_mrb": b.has_multirobust, "mrb_reference": b.mrb_reference,
                      "rank_label": "mean" if b.kind == "corruptions" else "union",
                      "attacks_label": "corruption source" if b.kind == "corruptions" else "attack suite"})
-    return env.get_template("leaderboard.html.j2").render(boards=view, n_records=n_records, generated=utc_now())
+    mrb_note = multirobust_footnote(next((b.mrb_reference for b in boards if b.mrb_reference), ""))
+    return env.get_template("leaderboard.html.j2").render(boards=view, n_records=n_records, generated=utc_now(),
+                                                          mrb_note=mrb_note.replace("`", ""))
 
 
 def _multirobust_view(r: pd.Series) -> dict[str, Any]:
@@ -578,6 +681,7 @@ def _multirobust_view(r: pd.Series) -> dict[str, Any]:
             "cr_worst": float(worst) if has else "", "cr_worst_s": f"{float(worst):.1f}" if has else "",
             "sc": float(sc) if has and not _missing(sc) else "",
             "sc_s": (f"{float(sc):.3g}" if not _missing(sc) else "n/a") if has else "",
+            "sc_note": _text(r.get("stability_note")) if has and _missing(sc) else "",
             "mrb_title": _text(r.get("multirobust_note"))}
 
 
@@ -586,13 +690,14 @@ def write_leaderboard(results_dir: Path, main_suite: str | None = None) -> Path:
     return write_all(results_dir, main_suite)[0]
 
 
-def embed_in_readme(readme: Path, results_dir: Path, suite: str) -> None:
-    """Replace the text between ``<!-- leaderboard:SUITE:start -->`` and ``...:end -->`` with that suite's boards."""
+def embed_in_readme(readme: Path, results_dir: Path, suite: str, multirobust: MultiRobustReference | None = None) -> None:
+    """Replace the text between ``<!-- leaderboard:SUITE:start -->`` and ``...:end -->`` with that suite's boards
+    (MultiRobustBench's columns against ``multirobust``'s reference models, as :func:`build_boards`)."""
     text = Path(readme).read_text()
     start, end = f"<!-- leaderboard:{suite}:start -->", f"<!-- leaderboard:{suite}:end -->"
     if start not in text or end not in text:
         raise RbxError(f"{readme} has no {start} ... {end} markers to fill")
-    boards = [b for b in build_boards(results_dir) if b.suite == suite]
+    boards = [b for b in build_boards(results_dir, multirobust=multirobust) if b.suite == suite]
     if not boards:
         raise RbxError(f"no records of suite '{suite}' in {results_dir}")
     # record links relative to the README; one board per image set, largest n first

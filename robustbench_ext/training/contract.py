@@ -103,6 +103,11 @@ class Defense(ABC):
     smoke_params: ClassVar[dict[str, Any]] = {}
     #: The model a quick test run starts from, when the defense needs a particular one (else a fresh arch).
     smoke_init: ClassVar[str | None] = None
+    #: The parameters that name the threat models this defense trains against, at their full budget (each a threat
+    #: spec or a list of them): what a record of a model it trained says the model has *seen* (MultiRobustBench's
+    #: stability constant, :func:`robustbench_ext.records.multirobust.training_threats`). ``()``: clean inputs
+    #: only; None (the default): not declared, so a record cannot say (e.g. budgets drawn at random per batch).
+    trains_on: ClassVar[tuple[str, ...] | None] = None
 
     def params(self) -> dict[str, Any]:
         return dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
