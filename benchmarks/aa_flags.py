@@ -198,16 +198,17 @@ def entries(cache_dir=CACHE_DIR) -> list[dict]:
     return out
 
 
-def load_flags(model, split, start, n, norm, *, verdict="single", cache_dir=CACHE_DIR, threads=None):
+def load_flags(model, split, start, n, norm, *, verdict="single", cache_dir=CACHE_DIR, threads=None, seed=0):
     """AutoAttack's robust flags ``[n]`` (bool) for ``model`` on ``split[start:start+n]`` under ``norm``, joined
     from cached entries of contiguous chunks (the longest first); None if some image is not covered.
 
     ``verdict``: ``single`` (AutoAttack's own pass) or ``majority`` (randomized models). ``threads`` restricts
-    to entries measured with that many torch threads (None: any).
+    to entries measured with that many torch threads (None: any). ``seed``: AutoAttack's seed (the comparisons use
+    seed 0; other seeds measure AutoAttack's own run-to-run disagreement).
     """
     cands = [e for e in entries(cache_dir) if e["key"]["model"] == model and e["key"]["split"] == split
              and e["key"]["norm"] == norm and ("verdict" in e["key"]) == (verdict == "majority")
-             and (threads is None or e["key"]["threads"] == threads)]
+             and (threads is None or e["key"]["threads"] == threads) and e["key"].get("seed", 0) == seed]
     flags, pos = [], start
     while pos < start + n:
         here = [e for e in cands if e["key"]["start"] == pos and pos + e["n"] <= start + n]

@@ -29,6 +29,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--label-only", action="store_true")
+    ap.add_argument("--audit", type=int, default=None, metavar="K",
+                    help="audit K sampled robust points per threat model with its reference attack (rbx run --audit)")
     ap.add_argument("--eps-sweep", default=None, metavar="F1,F2,...",
                     help="also run every threat model at eps x F (robust accuracy vs strength: MultiRobustBench's curves)")
     ap.add_argument("--out", type=Path, default=Path("results/attacks30"))
@@ -42,7 +44,7 @@ def main() -> None:
         raise SystemExit(f"rbx: error: {a.dataset} has {full.n} images; {a.start}+{a.n} is past its end")
     data = dataclasses.replace(full, x=full.x[a.start:a.start + a.n].clone(), y=full.y[a.start:a.start + a.n].clone(),
                                selection=f"test images {a.start}..{a.start + a.n - 1} (held out: tuning uses 9000-9999)")
-    ev = evaluate(a.model, data, suite=a.suite, device="cpu", label_only=a.label_only, progress=False,
+    ev = evaluate(a.model, data, suite=a.suite, device="cpu", label_only=a.label_only, progress=False, audit=a.audit,
                   eps_sweep=[float(f) for f in a.eps_sweep.split(",")] if a.eps_sweep else ())
     print(ev)
     ev.write(a.out)

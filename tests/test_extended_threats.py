@@ -307,6 +307,33 @@ def test_union_only_gives_the_full_runs_union_flags(tiny_runs):
     assert measured == ["color:0.1"]
 
 
+def test_an_audited_extended_run_audits_every_transformation_threat(small_cnn, monkeypatch):
+    """Issue 31, item 3 (the audit): every transformation threat model is audited by its reference (rbx's own
+    first-order attack run past the cascade; here cut down to stay fast), its hits count as broken, the bound is
+    stored, and the notes say the reference is not independent."""
+    from robustbench_ext.evaluation import escalation
+    from robustbench_ext.evaluation.escalation import miss_rate_upper
+    from robustbench_ext.reporting.tables import format_table
+    cheap = {k: "transform-pgd:steps=8,restarts=2,loss=margin" for k in escalation.AUDIT_NOT_INDEPENDENT}
+    monkeypatch.setattr(escalation, "AUDIT_REFERENCES", {**escalation.AUDIT_REFERENCES, **cheap})
+    data = DATASETS.create(DATA, n_examples=12)
+    weak = [ThreatSpec(ThreatModel.parse(t), (AttackSpec.parse("transform-pgd:steps=1,random_start=false"),))
+            for t in ("spatial-rt:30,3", "stadv:0.05", "color:0.1", "recolor:0.06", "jpeg-linf:2/255")]
+    kw = dict(suite="test-extended-audit", seed=3, progress=False, batch_size=12)
+    plain = evaluate(small_cnn, data, weak, **kw)
+    ev = evaluate(small_cnn, data, weak, audit=4, **kw)
+    assert [a["threat"] for a in ev.record.audit] == [t.threat for t in plain.record.threats]
+    for a, t0, t1 in zip(ev.record.audit, plain.record.threats, ev.record.threats):
+        assert a["attack"] == "transform-pgd" and a["population"] == t0.robust.count
+        assert a["sampled"] == min(4, a["population"]) and t1.robust.count == t0.robust.count - a["broken"]
+        assert a["miss_rate_upper95"] == pytest.approx(miss_rate_upper(a["broken"], a["sampled"]), abs=1e-6)
+    assert sum(a["broken"] for a in ev.record.audit) > 0, "the reference should beat a 1-step attack somewhere"
+    np.testing.assert_array_equal(ev.flags.union, ev.flags.clean_correct & ev.flags.robust.all(1))
+    notes = " ".join(ev.record.config.get("notes", []))
+    assert "not audited" not in notes and notes.count("not an independent implementation") == 5
+    assert "audit stadv:0.05: transform-pgd broke" in format_table(ev.record)
+
+
 # ---- MultiRobustBench metrics: hand-computed -----------------------------------------------------------
 def test_metrics_by_hand():
     curves = {"Linf": StrengthCurve("Linf", (0.01, 0.02), (0.6, 0.4)), "stadv": StrengthCurve("stadv", (0.05,), (0.5,))}

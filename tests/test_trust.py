@@ -250,6 +250,8 @@ def test_escalation_and_audit_under_every_norm(norm):
         audits = [s for s in ext.stages if s.kind == "audit"]
         assert len(audits) == 1 and audits[0].attack.supports(threat)
     assert norm not in ("Linf", "L2", "L1", "L0", "L0c") or (box and ref)  # lp and L0 always have both
+    assert ref is not None  # every threat model is audited (transformations by a stronger rbx attack, noted as such)
+    assert (norm in escalation.AUDIT_NOT_INDEPENDENT) == any("not an independent implementation" in n for n in notes)
 
 
 def test_black_box_check_without_a_black_box_flags_no_evidence(small_cnn, cifar200):
