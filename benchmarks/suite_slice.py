@@ -39,11 +39,16 @@ def main() -> None:
     from robustbench_ext import evaluate
     from robustbench_ext.registry import DATASETS
 
+    import splits
+
+    role = ("tuning images: test 9000-9999" if splits.is_tuning("test", a.start, a.n) else
+            "held out: tuning uses 9000-9999" if splits.is_held_out("test", a.start, a.n) else
+            "mixes tuning and held-out images")
     full = DATASETS.create(a.dataset)
     if a.start + a.n > full.n:
         raise SystemExit(f"rbx: error: {a.dataset} has {full.n} images; {a.start}+{a.n} is past its end")
     data = dataclasses.replace(full, x=full.x[a.start:a.start + a.n].clone(), y=full.y[a.start:a.start + a.n].clone(),
-                               selection=f"test images {a.start}..{a.start + a.n - 1} (held out: tuning uses 9000-9999)")
+                               selection=f"test images {a.start}..{a.start + a.n - 1} ({role})")
     ev = evaluate(a.model, data, suite=a.suite, device="cpu", label_only=a.label_only, progress=False, audit=a.audit,
                   eps_sweep=[float(f) for f in a.eps_sweep.split(",")] if a.eps_sweep else ())
     print(ev)
