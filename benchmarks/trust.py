@@ -246,12 +246,17 @@ def cmd_table(a) -> int:
         run = r["runs"][0]
         data.append({k: r[k] for k in ("model", "split", "start", "n", "role", "date", "command")} | {"run": run})
         label = r["model"] + (" (rbx without escalation)" if "--no-escalate" in run["suite"] else "")
+        single = len(run["threats"]) == 2  # one threat model (--norms): its union row would repeat it
         for threat, t in run["threats"].items():
-            rows.append(f"| {label} | {r['split']}[{r['start']}:{r['start'] + r['n']}] | {threat} | "
+            if single and threat == "union":
+                continue
+            last = threat == "union" or single
+            cascade = " > ".join(run["cascades"].get(threat, [])) if threat != "union" else ""
+            rows.append(f"| {label} | {r['split']}[{r['start']}:{r['start'] + r['n']}] | {threat} | {cascade} | "
                         f"{100 * t['rbx_robust'] / r['n']:.1f} | {100 * t['aa_robust'] / r['n']:.1f} | "
                         f"{len(t['aa_breaks_rbx_not'])} | {t['rbx_breaks_aa_not']} | "
-                        + (f"{run['cpu_ratio']}x | " if threat == "union" else "| ")
-                        + (", ".join(e["sign"] for e in (run["escalation"] or {}).get("reasons", [])) if threat == "union"
+                        + (f"{run['cpu_ratio']}x | " if last else "| ")
+                        + (", ".join(e["sign"] for e in (run["escalation"] or {}).get("reasons", [])) if last
                            else "") + " |")
     tuning = []
     for f in sorted(OUT.glob("tuning_*.json")):
@@ -265,9 +270,11 @@ def cmd_table(a) -> int:
              "command it records). Robust accuracy in % of the n images; 'AA only' = points AutoAttack standard breaks "
              "and rbx's default does not (the number that must be 0), 'rbx only' = the reverse; the time ratio is "
              "AutoAttack's process-CPU seconds (cached) over rbx's, on this 2-core CPU (shared with other jobs, so "
-             "wall seconds are not comparable). Escalation: the masking signs rbx found and acted on.", "",
-             "| model | images | threat | rbx % | AA % | AA only | rbx only | CPU ratio | escalation |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |", *rows]
+             "wall seconds are not comparable). Escalation: the masking signs rbx found and acted on. Cascade: the "
+             "attacks rbx's default ran (the L1 cascade gained apgd-ce on 2026-12-05; rows without it are earlier "
+             "runs of the default).", "",
+             "| model | images | threat | cascade | rbx % | AA % | AA only | rbx only | CPU ratio | escalation |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |", *rows]
     if tuning:
         lines += ["", "## Tuning images: how the default cascade was chosen", "",
                   "Candidate cascades against AutoAttack's flags on TUNING images only (CIFAR-10 test 9000-9999; "

@@ -165,3 +165,32 @@ def test_aa_flags_cli_refuses_bad_input(capsys):
     assert "outside" in capsys.readouterr().err
     assert aa_flags.main(["--model", "quantized", "--start", "0", "--n", "5", "--norms", "L3"]) == 2
     assert "unknown norm" in capsys.readouterr().err
+
+
+def test_load_flags_joins_chunks_of_one_seed_and_the_table_compares_seeds(tmp_path, monkeypatch):
+    """AutoAttack's flags of another seed never mix into the comparisons' (seed 0) flags; the trust table's
+    'AutoAttack against itself' rows count what each seed breaks that the other does not."""
+    import json
+
+    import trust
+
+    def entry(name, start, robust, seed):
+        key = {"harness": "aa_flags", "model": "m", "split": "test", "start": start, "norm": "L1", "eps": 12.0,
+               "seed": seed, "threads": 1, "dataset": "cifar10"}
+        (tmp_path / f"{name}.json").write_text(json.dumps({"key": key, "n": len(robust), "robust": robust}))
+    entry("a", 1000, [True, False], 0)
+    entry("b", 1002, [True, True], 0)
+    entry("c", 1000, [False, False, True, True], 1)
+    assert aa_flags.load_flags("m", "test", 1000, 4, "L1", cache_dir=tmp_path).tolist() == [True, False, True, True]
+    assert aa_flags.load_flags("m", "test", 1000, 4, "L1", cache_dir=tmp_path, seed=1).tolist() == [False, False, True, True]
+    assert aa_flags.load_flags("m", "test", 1000, 4, "L1", cache_dir=tmp_path, seed=2) is None
+    monkeypatch.setattr(aa_flags, "CACHE_DIR", tmp_path)
+    monkeypatch.setattr(aa_flags, "entries", lambda cache_dir=tmp_path: [
+        {**json.loads(f.read_text()), "file": f.name} for f in sorted(tmp_path.glob("*.json"))])
+    load = aa_flags.load_flags
+    monkeypatch.setattr(aa_flags, "load_flags", lambda *a, **k: load(*a, **{**k, "cache_dir": tmp_path}))
+    rows = trust._aa_against_itself([{"model": "m", "split": "test", "start": 1000, "n": 4,
+                                      "run": {"threats": {"L1:12": {"aa_breaks_rbx_not": [1001]}}}}])
+    # seed 0 robust at 1000, 1002, 1003 (3); seed 1 at 1002, 1003 (2): seed 1 breaks 1000 that seed 0 does not;
+    # rbx's AA-only point 1001 is broken by seed 1 too.
+    assert rows == ["| m | test[1000:1004] | L1 | 3 | 2 | 0 | 1 | 0 of 1 (1001) |"]
