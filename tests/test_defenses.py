@@ -388,3 +388,23 @@ def test_train_eval_hook_measures_the_saved_weights_and_records_max_norms(tmp_pa
     assert block["sha256"] == file_sha256(weights)
     assert block["trained"]["defense"] == "max"
     assert block["trained"]["defense_params"]["threats"] == ["Linf:8/255", "L2:0.5", "L1:12"]
+
+
+@pytest.mark.parametrize("name", DEFENSES.names())
+def test_declared_training_threats_name_real_threat_parameters(name):
+    """``Defense.trains_on`` (what a trained model's record says it has seen; MultiRobustBench's SC) names only
+    parameters the defense has, and each holds threat specs that parse at the defaults."""
+    import dataclasses
+
+    from robustbench_ext.attack.threat import ThreatModel
+    cls = DEFENSES.get(name).factory
+    declared = cls.trains_on
+    if declared is None:
+        pytest.skip(f"{name} declares no training threat models (its records say: unknown)")
+    defense = DEFENSES.create(name, **cls.smoke_params)
+    fields = {f.name for f in dataclasses.fields(defense)} if dataclasses.is_dataclass(defense) else set()
+    for param in declared:
+        assert param in fields, f"{name}.trains_on names {param!r}, which is not one of its parameters"
+        value = getattr(defense, param)
+        for spec in ([value] if isinstance(value, str) else list(value)):
+            ThreatModel.parse(spec if isinstance(spec, str) else spec.label)
