@@ -238,7 +238,7 @@ def test_boards_show_sc_against_a_reference(tmp_path):
     assert "fine-tuned" in csv.loc["finetuned-model", "stability_note"]
     assert csv.loc["plain-model", "multirobust_reference"].startswith("individual-at (reference.json")
     html = render_html(boards, 3)
-    assert ">15</td>" in html and ">5</td>" in html and "<small>training threat models unknown" in html
+    assert ">15</td>" in html and ">5</td>" in html and "SC n/a: training threat models unknown" in html  # the reason in the cell's tooltip
     assert "against the reference models of individual-at" in html
     # without --seen, the plain model's record says nothing: n/a with the reason
     rows = build_boards(results, multirobust=MultiRobustReference.read(ref)).pop().rows.set_index("model")
