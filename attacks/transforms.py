@@ -125,14 +125,12 @@ class TransformPGD(Attack):
         return out
 
 
-@ATTACKS.register("stadv", summary="StAdv flow-field attack with the flow smoothness loss (Xiao et al. 2018)")
 @dataclass(eq=False)
-class StAdv(TransformPGD):
-    """:class:`TransformPGD` on a flow field, maximizing ``cw_margin - tau * L_flow`` (Xiao et al.'s objective)."""
+class _SmoothedTransformPGD(TransformPGD):
+    """:class:`TransformPGD` maximizing ``margin - tau * smoothness(p)``, the smoothness term being that of
+    :attr:`smoothing` (a transform with a ``smoothness`` staticmethod). Not registered: its subclasses are."""
 
-    name: ClassVar[str] = "stadv"
-    norms: ClassVar[tuple[str, ...]] = ("stadv",)
-    smoke_params: ClassVar[dict] = {"steps": 20}  # 10 steps with the smoothness penalty break 2 of 16 tiny-model points at a 1-pixel flow; 20 break all
+    smoothing: ClassVar[type]
 
     steps: int = 50
     loss: str = "margin"
@@ -144,12 +142,23 @@ class StAdv(TransformPGD):
             raise RbxError(f"attack '{self.name}': tau must be a finite number >= 0, got {self.tau!r}")
 
     def penalty(self, p: Tensor) -> Tensor:
-        return self.tau * StAdvFlow.smoothness(p)
+        return self.tau * self.smoothing.smoothness(p)
+
+
+@ATTACKS.register("stadv", summary="StAdv flow-field attack with the flow smoothness loss (Xiao et al. 2018)")
+@dataclass(eq=False)
+class StAdv(_SmoothedTransformPGD):
+    """:class:`TransformPGD` on a flow field, maximizing ``cw_margin - tau * L_flow`` (Xiao et al.'s objective)."""
+
+    name: ClassVar[str] = "stadv"
+    norms: ClassVar[tuple[str, ...]] = ("stadv",)
+    smoke_params: ClassVar[dict] = {"steps": 20}  # 10 steps with the smoothness penalty break 2 of 16 tiny-model points at a 1-pixel flow; 20 break all
+    smoothing: ClassVar[type] = StAdvFlow
 
 
 @ATTACKS.register("recolor", summary="ReColorAdv colour-function attack with the grid smoothness loss (Laidlaw & Feizi 2019)")
 @dataclass(eq=False)
-class ReColorAdv(TransformPGD):
+class ReColorAdv(_SmoothedTransformPGD):
     """:class:`TransformPGD` on a colour-function grid, maximizing ``margin - tau * R_smooth`` (Laidlaw & Feizi).
 
     Example::
@@ -162,18 +171,7 @@ class ReColorAdv(TransformPGD):
     name: ClassVar[str] = "recolor"
     norms: ClassVar[tuple[str, ...]] = ("recolor",)
     smoke_params: ClassVar[dict] = {"steps": 10}
-
-    steps: int = 50
-    loss: str = "margin"
-    tau: float = 0.05
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not (self.tau >= 0 and math.isfinite(self.tau)):
-            raise RbxError(f"attack '{self.name}': tau must be a finite number >= 0, got {self.tau!r}")
-
-    def penalty(self, p: Tensor) -> Tensor:
-        return self.tau * ReColor.smoothness(p)
+    smoothing: ClassVar[type] = ReColor
 
 
 @ATTACKS.register("spatial-grid", summary="grid search over rotations and translations (Engstrom et al. 2019)")
