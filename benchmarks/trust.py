@@ -95,6 +95,23 @@ def run_rbx(net, data, suite, seed: int, batch_size: int, escalate: bool = True)
     return ev, time.perf_counter() - t0, time.process_time() - c0
 
 
+def prefix_misses(broken_by: np.ndarray, aa_robust: np.ndarray, correct: np.ndarray, stages) -> list[dict]:
+    """What each prefix of one threat model's cascade would have given, read off one run of the whole cascade.
+
+    Stage ``k``'s outcome on a point does not depend on later stages nor on the batch (per-sample seeds, see
+    ``evaluation/plan.py``), so the first ``k`` stages of a run ARE the run of the ``k``-stage cascade: a point
+    counts as broken by the prefix when its ``broken_by`` mark is below ``k``. Per prefix: the stage it ends with,
+    points AutoAttack breaks and the prefix does not, the prefix's robust count, and its seconds (the stages' own
+    wall clock as the record stores it). One run of a long candidate thus judges every shorter one."""
+    out, seconds = [], 0.0
+    for k, st in enumerate(stages, start=1):
+        seconds += float(st.seconds)
+        robust_k = correct & ((broken_by < 0) | (broken_by >= k))
+        out.append({"stages": k, "last": st.attack, "robust": int(robust_k.sum()),
+                    "aa_only": int((robust_k & ~aa_robust).sum()), "seconds": round(seconds, 1)})
+    return out
+
+
 def compare_one(ev, aa: dict, norms) -> dict:
     """Per threat model and union: robust counts and the points each side breaks that the other does not."""
     f = ev.flags
@@ -110,11 +127,33 @@ def compare_one(ev, aa: dict, norms) -> dict:
         rbx_cols.append(r)
         out[t.threat] = {"rbx_robust": int(r.sum()), "aa_robust": int(a.sum()),
                          "aa_breaks_rbx_not": [int(i) for i in f.index[~a & r]],
-                         "rbx_breaks_aa_not": int((a & ~r).sum())}
+                         "rbx_breaks_aa_not": int((a & ~r).sum()),
+                         "by_prefix": prefix_misses(f.broken_by[:, ti], a, correct, t.attacks)}
     ua, ur = union_flags(correct, np.stack(aa_cols, 1)), union_flags(correct, np.stack(rbx_cols, 1))
     out["union"] = {"rbx_robust": int(ur.sum()), "aa_robust": int(ua.sum()),
                     "aa_breaks_rbx_not": [int(i) for i in f.index[~ua & ur]], "rbx_breaks_aa_not": int((ua & ~ur).sum())}
     return out
+
+
+def _same_cascade(old: dict, new: dict) -> bool:
+    """Whether two runs of one suite name ran the same cascades (runs before the ``spec`` field: attack names)."""
+    if "spec" in old:
+        return old["spec"] == new["spec"]
+    return old["cascades"] == {k: [x.split("{")[0] for x in v] for k, v in new["cascades"].items()}
+
+
+def accumulate(old_runs: list[dict], new_runs: list[dict]) -> list[dict]:
+    """Candidate runs of one slice, old then new. A suite measured again replaces its older run only when it ran
+    the same cascades; when the suite has changed since (the default's cascade did, 2026-12-05), the older run is
+    evidence for the choice made then and stays, its name dated (``cifar10-union (as of 2026-12-05T04:48)``)."""
+    kept = []
+    for run in old_runs:
+        same = [n for n in new_runs if n["suite"] == run["suite"]]
+        if not same:
+            kept.append(run)
+        elif not _same_cascade(run, same[0]):
+            kept.append({**run, "suite": f"{run['suite']} (as of {str(run.get('date', '?'))[:16]})"})
+    return kept + new_runs
 
 
 def cmd_compare(a) -> int:
@@ -130,7 +169,10 @@ def cmd_compare(a) -> int:
         raise RbxError("candidate cascades are compared on tuning images only (never tune on what you report)")
     data = splits.images(split, a.start, a.n)
     # global indices in the records' flags: the slice's own positions, offset to the split's numbering
-    suites = [_restrict(load_suite(s), a.norms) for s in [_suite_for(dataset, a.suite), *a.candidates]]
+    if a.candidates_only and not a.candidates:
+        raise RbxError("--candidates-only needs --candidates FILE ...")
+    default = [] if a.candidates_only else [_suite_for(dataset, a.suite)]
+    suites = [_restrict(load_suite(s), a.norms) for s in [*default, *a.candidates]]
     norms = [t.threat.norm for t in suites[0].threats]
     aa, aa_cpu, aa_wall = aa_side(a.model, split, a.start, a.n, norms, bool(meta.get("randomized")))
     rows = []
@@ -142,6 +184,7 @@ def cmd_compare(a) -> int:
         row = {"suite": suite.name + (" (--no-escalate)" if a.no_escalate else ""),
                "cascades": {t.threat: [s.attack + (str(s.params) if a.verbose else "") for s in t.attacks]
                             for t in ev.record.threats},
+               "spec": {str(t.threat): [sp.text() for sp in t.attacks] for t in suite.threats},
                "escalation": ev.record.escalation or None, "clean": int(ev.flags.clean_correct.sum()),
                "rbx_wall": round(wall, 1), "rbx_cpu": round(cpu, 1), "aa_cpu": round(aa_cpu, 1),
                "aa_wall": round(aa_wall, 1), "cpu_ratio": round(aa_cpu / cpu, 1) if cpu else None,
@@ -150,6 +193,10 @@ def cmd_compare(a) -> int:
         misses = {k: len(v["aa_breaks_rbx_not"]) for k, v in comp.items()}
         print(f"{a.model} {split}[{a.start}:{a.start + a.n}] ({role}) {row['suite']}: AA broke, rbx not: {misses}; "
               f"rbx {cpu:.0f} s CPU ({wall:.0f} s wall), AA {aa_cpu:.0f} s CPU: {row['cpu_ratio']}x", flush=True)
+        for k, v in comp.items():
+            if len(v.get("by_prefix", ())) > 1:
+                print(f"  {k} by cascade prefix (AA-only / robust / stage seconds): " + "; ".join(
+                    f"{p['stages']}:{p['last']} {p['aa_only']}/{p['robust']}/{p['seconds']}s" for p in v["by_prefix"]))
     result = {"model": a.model, "model_meta": {k: v for k, v in meta.items() if k != "module"}, "dataset": dataset,
               "split": split, "start": a.start, "n": a.n, "role": role, "seed": a.seed, "threads": torch.get_num_threads(),
               "device_name": provenance.device_name(torch.device("cpu")), "torch": torch.__version__,
@@ -165,9 +212,7 @@ def cmd_compare(a) -> int:
         for run in rows:
             run.update(command=result["command"], git_commit=result["git_commit"], date=result["date"])
         if out.is_file():
-            mine = {run["suite"] for run in rows}
-            kept = [run for run in json.loads(out.read_text())["runs"] if run["suite"] not in mine]
-            result["runs"] = kept + rows
+            result["runs"] = accumulate(json.loads(out.read_text())["runs"], rows)
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
@@ -263,8 +308,11 @@ def cmd_table(a) -> int:
         r = json.loads(f.read_text())
         for run in r["runs"]:
             misses = {k: len(v["aa_breaks_rbx_not"]) for k, v in run["threats"].items()}
+            prefix = "; ".join(f"{k}: " + ", ".join(f"{p['last']} {p['aa_only']}" for p in v["by_prefix"])
+                               for k, v in run["threats"].items() if len(v.get("by_prefix", ())) > 2)
             tuning.append(f"| {r['model']} | {r['split']}[{r['start']}:{r['start'] + r['n']}] | {run['suite']} | "
-                          + ", ".join(f"{k} {v}" for k, v in misses.items()) + f" | {run['rbx_cpu']} | {run['cpu_ratio']}x |")
+                          + ", ".join(f"{k} {v}" for k, v in misses.items())
+                          + f" | {prefix} | {run['rbx_cpu']} | {run['cpu_ratio']}x |")
     lines = ["# rbx's default vs AutoAttack on held-out models and images", "",
              "Generated by `python benchmarks/trust.py table` from `results/trust/heldout_*.json` (each made by the "
              "command it records). Robust accuracy in % of the n images; 'AA only' = points AutoAttack standard breaks "
@@ -280,8 +328,12 @@ def cmd_table(a) -> int:
                   "Candidate cascades against AutoAttack's flags on TUNING images only (CIFAR-10 test 9000-9999; "
                   "`benchmarks/splits.py`), from `results/trust/tuning_*.json`. 'AA only' per threat model: points AutoAttack "
                   "breaks and the candidate does not. The default is kept unless a candidate misses fewer points at "
-                  "a CPU ratio of at least 20x on the ordinary models.", "",
-                  "| model | images | candidate | AA only | rbx CPU s | CPU ratio |", "| --- | --- | --- | --- | ---: | ---: |",
+                  "a CPU ratio of at least 20x on the ordinary models. 'By prefix' (runs since 2026-12-05 08:00, "
+                  "cascades of 3 or more stages): AA only after each stage of the threat model's cascade, read off the "
+                  "same run (a stage's outcome does not depend on later stages: `prefix_misses`), so one run of a long "
+                  "candidate judges each of its shorter prefixes too.", "",
+                  "| model | images | candidate | AA only | by prefix | rbx CPU s | CPU ratio |",
+                  "| --- | --- | --- | --- | --- | ---: | ---: |",
                   *tuning]
     audits = []
     for f in sorted(OUT.glob("audit_*.json")):
@@ -366,6 +418,8 @@ def main(argv=None) -> int:
         p.add_argument("--verbose", action="store_true")
         if name == "compare":
             p.add_argument("--candidates", nargs="*", default=[])
+            p.add_argument("--candidates-only", action="store_true",
+                           help="run the candidates without the default (its run on the slice is already stored)")
             p.add_argument("--no-escalate", action="store_true",
                            help="rbx without its masking escalation (what the default was before issue 26)")
             p.add_argument("--norms", nargs="*", default=None, choices=NORM_ORDER,

@@ -8,6 +8,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -194,3 +195,47 @@ def test_load_flags_joins_chunks_of_one_seed_and_the_table_compares_seeds(tmp_pa
     # seed 0 robust at 1000, 1002, 1003 (3); seed 1 at 1002, 1003 (2): seed 1 breaks 1000 that seed 0 does not;
     # rbx's AA-only point 1001 is broken by seed 1 too.
     assert rows == ["| m | test[1000:1004] | L1 | 3 | 2 | 0 | 1 | 0 of 1 (1001) |"]
+
+
+def test_cascade_prefix_read_off_one_run_equals_running_the_prefix(small_cnn, cifar200):
+    """trust.py compare judges every prefix of a candidate's cascade from one run (``prefix_misses``): the claim
+    is that stage k's outcome does not depend on later stages. Checked against a separate run of the prefix, with
+    flags standing in for AutoAttack's that break every clean-correct point (so 'AA only' = the prefix's robust)."""
+    import trust
+    from robustbench_ext import evaluate
+
+    data = cifar200.first(40)
+    long = evaluate(small_cnn.module, data, "Linf:8/255", attacks=["fgsm", "pgd:steps=10"], progress=False, seed=0)
+    short = evaluate(small_cnn.module, data, "Linf:8/255", attacks=["fgsm"], progress=False, seed=0)
+    f = long.flags
+    aa_robust = np.zeros(data.n, dtype=bool)
+    rows = trust.prefix_misses(f.broken_by[:, 0], aa_robust, f.clean_correct, long.record.threats[0].attacks)
+    assert [r["stages"] for r in rows] == [1, 2] and [r["last"] for r in rows] == ["fgsm", "pgd"]
+    assert rows[0]["robust"] == int(short.flags.robust[:, 0].sum()) == rows[0]["aa_only"]
+    assert rows[1]["robust"] == int(f.robust[:, 0].sum())
+    assert rows[0]["robust"] > rows[1]["robust"]  # the second stage broke something: the two rows differ
+    assert rows[1]["seconds"] >= rows[0]["seconds"]
+
+
+def test_candidate_runs_accumulate_and_a_changed_default_keeps_its_old_run():
+    """A candidate measured again replaces its older run; a suite whose cascade changed since keeps the old run
+    (dated), so the evidence a past choice was made on is not overwritten by the next comparison."""
+    import trust
+
+    def run(suite, spec, date):
+        return {"suite": suite, "spec": {"L1:12": spec}, "cascades": {"L1:12": [s.split(":")[0] for s in spec]},
+                "date": date}
+
+    old = [run("cifar10-union[L1]", ["pma:steps=40"], "2026-12-05T04:48:00"),
+           run("cand-a", ["apgd-ce:steps=50"], "2026-12-05T04:48:00"), run("cand-b", ["fab"], "2026-12-04T23:00:00")]
+    new = [run("cifar10-union[L1]", ["pma:steps=40", "apgd-ce:steps=50"], "2026-12-05T09:00:00"),
+           run("cand-a", ["apgd-ce:steps=50"], "2026-12-05T09:00:00")]
+    got = trust.accumulate(old, new)
+    assert [r["suite"] for r in got] == ["cifar10-union[L1] (as of 2026-12-05T04:48)", "cand-b",
+                                         "cifar10-union[L1]", "cand-a"]
+    assert got[-1]["date"].startswith("2026-12-05T09")  # the re-measured candidate is the new run, once
+    # runs from before the spec field: judged by their attack names
+    legacy = [{k: v for k, v in old[0].items() if k != "spec"}]
+    assert [r["suite"] for r in trust.accumulate(legacy, new[:1])][0].endswith("(as of 2026-12-05T04:48)")
+    same = [{k: v for k, v in new[0].items() if k != "spec"}]
+    assert len(trust.accumulate(same, new[:1])) == 1
