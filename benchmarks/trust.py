@@ -319,8 +319,10 @@ def cmd_table(a) -> int:
              "and rbx's default does not (the number that must be 0), 'rbx only' = the reverse; the time ratio is "
              "AutoAttack's process-CPU seconds (cached) over rbx's, on this 2-core CPU (shared with other jobs, so "
              "wall seconds are not comparable). Escalation: the masking signs rbx found and acted on. Cascade: the "
-             "attacks rbx's default ran (the L1 cascade gained apgd-ce on 2026-12-05; rows without it are earlier "
-             "runs of the default).", "",
+             "attacks rbx's default ran. The L1 cascade changed twice on 2026-12-05: it gained apgd-ce (3 x 50), then "
+             "apgd-ce took AutoAttack's own L1 budget (5 x 100) followed by apgd-t 5 x 100 ('pma > apgd-t > apgd-ce > "
+             "apgd-t', the current default). Rows with a shorter L1 cascade are earlier runs of the default, kept as "
+             "evidence (files named *_before-*.json, or made before a change).", "",
              "| model | images | threat | cascade | rbx % | AA % | AA only | rbx only | CPU ratio | escalation |",
              "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |", *rows]
     if tuning:
