@@ -12,7 +12,11 @@ against rbx's own APGD-CE at the same settings, and rbx's with the "mind the box
 
 Output of that command (2026-12-05, CPU, 1 thread): results/trust/l1_seed_check_resnet18_tuning.txt.
 """
-import sys, time, torch
+import argparse
+import sys
+import time
+
+import torch
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 import aa_flags, splits
 from robustbench_ext.registry import ATTACKS
@@ -23,11 +27,22 @@ from robustbench_ext.runtime import frozen
 from robustbench_ext.errors import RbxError
 
 
-def main() -> None:
+def _points(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"points must be comma-separated test indices, got {text!r}") from None
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", help="a registered model or zoo entry")
+    ap.add_argument("points", type=_points, help="comma-separated CIFAR-10 test indices (tuning images only)")
+    ap.add_argument("variants", help="';'-separated attack specs; prefix 'nomask/' for rbx's L1 step without box masking")
+    ap.add_argument("seeds", type=int, nargs="?", default=3, help="seeds 0..N-1 (default 3)")
+    a = ap.parse_args(argv)
     torch.set_num_threads(1)
-    model, pts = sys.argv[1], [int(v) for v in sys.argv[2].split(",")]
-    variants = sys.argv[3].split(";")
-    seeds = range(int(sys.argv[4]) if len(sys.argv) > 4 else 3)
+    model, pts, variants, seeds = a.model, a.points, a.variants.split(";"), range(a.seeds)
     held = [p for p in pts if not splits.is_tuning("test", p, 1)]
     if held:
         raise RbxError(f"points {held} are held-out images: this check runs on tuning images only (benchmarks/splits.py)")

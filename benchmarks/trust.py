@@ -329,8 +329,9 @@ def cmd_table(a) -> int:
         lines += ["", "## Tuning images: how the default cascade was chosen", "",
                   "Candidate cascades against AutoAttack's flags on TUNING images only (CIFAR-10 test 9000-9999; "
                   "`benchmarks/splits.py`), from `results/trust/tuning_*.json`. 'AA only' per threat model: points AutoAttack "
-                  "breaks and the candidate does not. The default is kept unless a candidate misses fewer points at "
-                  "a CPU ratio of at least 20x on the ordinary models. 'By prefix' (runs since 2026-12-05 08:00, "
+                  "breaks and the candidate does not. The rule was: the default is kept unless a candidate misses fewer "
+                  "points at a CPU ratio of at least 20x on the ordinary models. On 2026-12-05 no candidate met both and "
+                  "the default took the fewest misses at about 15x (header of benchmarks/cifar10-union.toml). 'By prefix' (runs since 2026-12-05 08:00, "
                   "cascades of 3 or more stages): AA only after each stage of the threat model's cascade, read off the "
                   "same run (a stage's outcome does not depend on later stages: `prefix_misses`), so one run of a long "
                   "candidate judges each of its shorter prefixes too.", "",
